@@ -1,0 +1,2 @@
+"""Deploy: benchmark ONNX models on any device; needs no torch."""
+

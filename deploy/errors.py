@@ -1,0 +1,17 @@
+"""Errors raised by `deploy`; the CLI turns each into one line and a non-zero exit code."""
+
+
+class DeployError(Exception):
+    """Base of every error `deploy` raises on purpose."""
+
+
+class DeployConfigError(DeployError, ValueError):
+    """A setting is out of range or names something unknown (bad batch list, backend)."""
+
+
+class DeployInputError(DeployError):
+    """A file or input the user gave cannot be used (missing, unreadable, wrong shape)."""
+
+
+class MissingDependencyError(DeployError, ImportError):
+    """An optional package is needed for what was asked and is not installed."""

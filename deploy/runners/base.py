@@ -1,0 +1,81 @@
+"""The interface every runner offers, so the benchmark harness need not know the backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deploy.errors import DeployInputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one model input or output.
+
+    Dynamic dimensions are None (the ONNX dim_param or an unset dim), so callers can pick
+    a batch size or spatial size for them.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # numpy dtype name, e.g. "float32"
+
+
+class Runner:
+    """Base class: a context manager that runs one model on named numpy inputs.
+
+    Subclasses implement `_activate`, `_deactivate` and `_infer`. `infer` checks the feed
+    against `input_specs` first so every backend fails the same clear way on bad input.
+    """
+
+    backend: str = "base"
+    device: str = "cpu"
+
+    def __enter__(self) -> Runner:
+        self._activate()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._deactivate()
+
+    def _activate(self) -> None:  # pragma: no cover - trivial default
+        pass
+
+    def _deactivate(self) -> None:  # pragma: no cover - trivial default
+        pass
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model; returns outputs by name as numpy arrays on the host."""
+        expected = {spec.name: spec for spec in self.input_specs}
+        missing = sorted(set(expected) - set(feed))
+        extra = sorted(set(feed) - set(expected))
+        if missing or extra:
+            raise DeployInputError(
+                f"{self.backend} runner: inputs do not match the model: missing {missing}, "
+                f"unexpected {extra}; the model takes {sorted(expected)}"
+            )
+        for name, array in feed.items():
+            spec = expected[name]
+            if array.ndim != len(spec.shape):
+                raise DeployInputError(
+                    f"{self.backend} runner: input '{name}' has {array.ndim} dims "
+                    f"{tuple(array.shape)}, the model expects {len(spec.shape)} {spec.shape}"
+                )
+            for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
+                if want is not None and got != want:
+                    raise DeployInputError(
+                        f"{self.backend} runner: input '{name}' axis {axis} is {got}, "
+                        f"the model expects {want} (shape {spec.shape})"
+                    )
+        return self._infer(feed)
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; a no-op on CPU backends (timing calls it)."""

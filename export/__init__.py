@@ -1,0 +1,2 @@
+"""Export: nn.Module -> checked ONNX file with parity against torch and metadata."""
+
