@@ -1,0 +1,190 @@
+"""Block saliency criteria for layer pruning at initialization (the paper's Algorithm 2).
+
+Each criterion scores every weight of the network on its initial values; `block_scores`
+then turns weight scores into one number per residual block. Higher means "keep". Adding
+a criterion is one registered function in this file.
+
+Which weights are scored: every parameter with two or more dimensions (conv kernels and
+linear matrices), as SNIP, GraSP and SynFlow do; batch-norm affine parameters are left out.
+
+Aggregation (the paper leaves it open): "sum" adds the weight scores of a block — a
+block's total contribution, the natural reading of the paper; "mean" divides by the
+number of scored weights, which removes the effect of block size (a stage-3 block has 16x
+the weights of a stage-1 block at the same depth).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.blocks import BlockInfo
+from compressor.errors import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
+WeightScorer = Callable[[nn.Module, Batch | None, int], dict[str, torch.Tensor]]
+Aggregation = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    score_weights: WeightScorer | None  # None: scores whole blocks (random)
+    needs_data: bool  # False for data-free criteria (SynFlow, random)
+    description: str
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, *, needs_data: bool, description: str):  # noqa: ANN201
+    def decorate(fn: WeightScorer) -> WeightScorer:
+        CRITERIA[name] = Criterion(name, fn, needs_data, description)
+        return fn
+
+    return decorate
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ConfigError(
+            f"prune.criterion: unknown criterion '{name}'; choose one of {', '.join(CRITERIA)}"
+        )
+    return CRITERIA[name]
+
+
+def _scored_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.dim() >= 2}
+
+
+@register_criterion("snip", needs_data=True, description="|gradient x weight| on one batch")
+def snip_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
+    """SNIP (Lee et al. 2019): connection sensitivity |dL/dw * w| at initialization."""
+    images, labels = _require_batch(batch, "snip")
+    params = _scored_parameters(model)
+    model.train()
+    loss = F.cross_entropy(model(images), labels)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return {
+        name: (grad * p).abs().detach()
+        for (name, p), grad in zip(params.items(), grads, strict=True)
+    }
+
+
+# GraSP divides logits by a temperature so the softmax is not saturated at init (its paper
+# uses 200); the value only rescales all scores, it does not change the ranking much.
+GRASP_TEMPERATURE = 200.0
+
+
+@register_criterion(
+    "grasp", needs_data=True, description="weight x Hessian-gradient product (gradient flow)"
+)
+def grasp_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
+    """GraSP (Wang et al. 2020), the paper's default.
+
+    GraSP's removal score is -w * Hg (remove the largest: their removal hurts gradient flow
+    least); we return its negation w * Hg so that, like every criterion here, higher = keep.
+    """
+    images, labels = _require_batch(batch, "grasp")
+    params = _scored_parameters(model)
+    weights = list(params.values())
+    model.train()
+    loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
+    grads = [g.detach() for g in torch.autograd.grad(loss, weights)]
+    loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
+    grads_graph = torch.autograd.grad(loss, weights, create_graph=True)
+    grad_dot = sum((g1 * g2).sum() for g1, g2 in zip(grads_graph, grads, strict=True))
+    hessian_grad = torch.autograd.grad(grad_dot, weights)
+    return {
+        name: (p * hg).detach() for (name, p), hg in zip(params.items(), hessian_grad, strict=True)
+    }
+
+
+@register_criterion(
+    "synflow", needs_data=False, description="data-free synaptic flow: |w| network, all-ones input"
+)
+def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
+    """SynFlow (Tanaka et al. 2020): |dR/dw * w| with R the sum of outputs of the |w| network.
+
+    Runs in float64 and eval mode (batch norm uses its initial statistics) on an all-ones
+    input, as the original; the input shape is taken from `batch` when given.
+    """
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+        # Rescale each |w| tensor to unit gain (fan-in sum of 1 per output): with |w| the
+        # signal grows by a large factor per layer and a ResNet-56 overflows float64. In a
+        # plain chain a per-layer scale multiplies every score alike, so ranks are kept.
+        for p in _scored_parameters(model).values():
+            fan_in = p[0].numel()
+            p.div_(p.mean() * fan_in)
+    shape = (1, *batch[0].shape[1:]) if batch is not None else None
+    if shape is None:
+        raise ConfigError("synflow needs the input shape; pass an example batch")
+    params = _scored_parameters(model)
+    output = model(torch.ones(shape, dtype=torch.float64))
+    grads = torch.autograd.grad(output.sum(), list(params.values()))
+    return {
+        name: (grad * p).abs().float().detach()
+        for (name, p), grad in zip(params.items(), grads, strict=True)
+    }
+
+
+# Random scores whole blocks directly (one uniform draw per block, see block_scores): a
+# per-weight random score summed over a block would favour big blocks.
+CRITERIA["random"] = Criterion("random", None, False, "uniform random score per block")
+
+
+def _require_batch(batch: Batch | None, name: str) -> Batch:
+    if batch is None:
+        raise ConfigError(f"criterion '{name}' needs a batch of images and labels")
+    return batch
+
+
+def block_scores(
+    model: nn.Module,
+    blocks: list[BlockInfo],
+    criterion: str,
+    batch: Batch | None,
+    *,
+    aggregation: Aggregation = "sum",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Score each block of `blocks` on the model's current (initial) weights.
+
+    The criterion runs on a deep copy, so the caller's model — theta_0 — is untouched
+    (batch norm in train mode would otherwise update its running statistics).
+    """
+    if aggregation not in ("sum", "mean"):
+        raise ConfigError(f"prune.aggregation: must be 'sum' or 'mean', got '{aggregation}'")
+    chosen = get_criterion(criterion)
+    if chosen.score_weights is None:
+        return _random_block_scores(blocks, seed)
+    torch.manual_seed(seed)
+    work = copy.deepcopy(model)
+    weight_scores = chosen.score_weights(work, batch, seed)
+    result = {}
+    for block in blocks:
+        prefix = block.name + "."
+        parts = [s for name, s in weight_scores.items() if name.startswith(prefix)]
+        if not parts:
+            raise ConfigError(f"block '{block.name}' has no scored weights")
+        total = torch.stack([s.double().sum() for s in parts]).sum()
+        count = sum(s.numel() for s in parts)
+        value = total / count if aggregation == "mean" else total
+        result[block.name] = float(value)
+    return result
+
+
+def _random_block_scores(blocks: list[BlockInfo], seed: int) -> dict[str, float]:
+    """One uniform draw per block: block size must not bias a random baseline."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.rand(len(blocks), generator=generator, dtype=torch.float64)
+    return {block.name: float(d) for block, d in zip(blocks, draws, strict=True)}

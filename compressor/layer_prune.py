@@ -1,0 +1,189 @@
+"""Layer pruning at initialization (the paper's Algorithm 2), as one stage.
+
+Score every removable residual block on theta_0 with a criterion, rank all blocks globally,
+remove the lowest-scoring ones in one shot. The result is a physically shallower network
+whose kept weights are exactly theta_0's; the dense network is never trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.blocks import BlockInfo, discover_blocks, model_macs, removable_summary
+from compressor.criteria import CRITERIA, Aggregation, block_scores, get_criterion
+from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.spec import ModelSpec, remove_blocks_
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerPruneConfig:
+    """How many blocks to remove and how to choose them. Give exactly one amount."""
+
+    criterion: str = "grasp"  # snip | grasp | synflow | random (the paper's default: grasp)
+    aggregation: Aggregation = "sum"  # weight scores -> block score (see criteria.py)
+    blocks: int | None = None  # remove this many blocks
+    fraction: float | None = None  # remove this fraction of the removable blocks
+    macs_target: float | None = None  # remove until MACs <= this fraction of the dense MACs
+    samples_per_class: int = 10  # scoring batch: this many labelled images of each class
+    seed: int = 0  # scoring batch choice and the random criterion
+
+    def __post_init__(self) -> None:
+        get_criterion(self.criterion)
+        if self.aggregation not in ("sum", "mean"):
+            raise ConfigError(
+                f"prune.aggregation: must be 'sum' or 'mean', got {self.aggregation!r}"
+            )
+        given = [k for k in ("blocks", "fraction", "macs_target") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"prune: give exactly one of blocks, fraction, macs_target (got {given or 'none'})"
+            )
+        if self.blocks is not None and (not isinstance(self.blocks, int) or self.blocks < 0):
+            raise ConfigError(f"prune.blocks: must be a whole number >= 0, got {self.blocks!r}")
+        if self.fraction is not None and not 0 <= self.fraction <= 1:
+            raise ConfigError(f"prune.fraction: must be in [0, 1], got {self.fraction}")
+        if self.macs_target is not None and not 0 < self.macs_target <= 1:
+            raise ConfigError(f"prune.macs_target: must be in (0, 1], got {self.macs_target}")
+        if self.samples_per_class < 1:
+            raise ConfigError(
+                f"prune.samples_per_class: must be >= 1, got {self.samples_per_class}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerPruneConfig:
+        return cls(**_known_keys(cls, data, "prune"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerPruneResult:
+    spec: ModelSpec  # the ticket's architecture
+    removed: tuple[str, ...]  # in removal order (lowest score first)
+    scores: dict[str, float]  # every removable block's score
+    blocks: tuple[BlockInfo, ...]  # all blocks of the dense model
+    macs_before: int
+    macs_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "removed": list(self.removed),
+            "scores": self.scores,
+            "blocks": [asdict(b) for b in self.blocks],
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "spec": self.spec.to_dict(),
+        }
+
+
+def _known_keys(cls: type, data: dict[str, Any], section: str) -> dict[str, Any]:
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return dict(data)
+
+
+def scoring_batch(
+    images: torch.Tensor, labels: torch.Tensor, samples_per_class: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A class-balanced batch, as GraSP uses, chosen deterministically from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        index = torch.nonzero(labels == cls).flatten()
+        order = torch.randperm(len(index), generator=generator)
+        chosen.append(index[order[:samples_per_class]])
+    picked = torch.cat(chosen)
+    return images[picked], labels[picked]
+
+
+def count_to_remove(config: LayerPruneConfig, blocks: list[BlockInfo], model_name: str) -> int:
+    """Blocks to remove for a count or fraction; MACs targets are resolved while ranking."""
+    removable = sum(b.removable for b in blocks)
+    if config.fraction is not None:
+        return round(config.fraction * removable)
+    wanted = config.blocks or 0
+    if wanted > removable:
+        raise UnsupportedModelError(
+            f"remove {wanted} blocks: {model_name} has only {removable} removable blocks "
+            f"({removable_summary(blocks)}); lower `blocks` or use a fraction"
+        )
+    return wanted
+
+
+def select_blocks(
+    blocks: list[BlockInfo],
+    scores: dict[str, float],
+    config: LayerPruneConfig,
+    *,
+    dense_macs: int,
+    model_name: str,
+) -> list[str]:
+    """Global ranking, lowest score first; ties broken by forward order (deterministic)."""
+    ranked = sorted((b for b in blocks if b.removable), key=lambda b: (scores[b.name], b.index))
+    if config.macs_target is None:
+        return [b.name for b in ranked[: count_to_remove(config, blocks, model_name)]]
+    budget = config.macs_target * dense_macs
+    removed, macs = [], dense_macs
+    for block in ranked:
+        if macs <= budget:
+            break
+        removed.append(block.name)
+        macs -= block.macs
+    if macs > budget:
+        raise UnsupportedModelError(
+            f"prune.macs_target {config.macs_target}: removing all {len(ranked)} removable "
+            f"blocks of {model_name} leaves {macs / dense_macs:.2f} of the dense MACs; "
+            "raise the target or add channel shrinking"
+        )
+    return removed
+
+
+def prune_at_init(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: LayerPruneConfig,
+) -> tuple[nn.Module, LayerPruneResult]:
+    """Score blocks of the untrained `model` (theta_0) and return the shallower ticket.
+
+    `model` is not modified; the ticket is a copy with the chosen blocks deleted, so its
+    kept weights equal theta_0 exactly.
+    """
+    blocks = discover_blocks(model, images[:1])
+    removable = [b for b in blocks if b.removable]
+    if not removable:
+        raise UnsupportedModelError(f"{spec.model} has no removable blocks")
+    batch = scoring_batch(images, labels, config.samples_per_class, config.seed)
+    scores = block_scores(
+        model,
+        removable,
+        config.criterion,
+        batch,
+        aggregation=config.aggregation,
+        seed=config.seed,
+    )
+    dense_macs = model_macs(model, images[:1])
+    removed = select_blocks(blocks, scores, config, dense_macs=dense_macs, model_name=spec.model)
+    ticket = copy.deepcopy(model)
+    remove_blocks_(ticket, removed)
+    result = LayerPruneResult(
+        spec=spec.with_removed(removed),
+        removed=tuple(removed),
+        scores=scores,
+        blocks=tuple(blocks),
+        macs_before=dense_macs,
+        macs_after=model_macs(ticket, images[:1]),
+    )
+    return ticket, result
+
+
+__all__ = ["CRITERIA", "LayerPruneConfig", "LayerPruneResult", "prune_at_init", "select_blocks"]

@@ -1,0 +1,93 @@
+"""Layer pruning at init: amounts, physical removal, kept weights equal theta_0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.blocks import discover_blocks
+from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.layer_prune import LayerPruneConfig, prune_at_init
+from compressor.spec import ModelSpec, build_model
+
+SPEC = ModelSpec(model="resnet20", kwargs={"num_classes": 5, "in_channels": 1})
+
+
+@pytest.fixture()
+def dense_and_data():  # noqa: ANN201
+    torch.manual_seed(0)
+    images = torch.randn(50, 1, 12, 12)
+    labels = torch.arange(50) % 5
+    return build_model(SPEC), images, labels
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow", "random"])
+def test_ticket_is_physically_shallower_and_keeps_theta0(dense_and_data, criterion) -> None:  # noqa: ANN001
+    dense, images, labels = dense_and_data
+    theta0 = {k: v.clone() for k, v in dense.state_dict().items()}
+    ticket, result = prune_at_init(
+        dense, SPEC, images, labels, LayerPruneConfig(criterion=criterion, blocks=3)
+    )
+    assert len(result.removed) == 3
+    assert len(discover_blocks(ticket, images)) == 9 - 3
+    # The dense model is untouched and every kept weight is theta_0's value: the ticket's
+    # blocks are the dense blocks minus the removed ones, in order.
+    assert all(torch.equal(theta0[k], v) for k, v in dense.state_dict().items())
+    remaining = [b.name for b in discover_blocks(dense, images) if b.name not in result.removed]
+    ticket_blocks = [b.name for b in discover_blocks(ticket, images)]
+    ticket_state = ticket.state_dict()
+    for old, new in zip(remaining, ticket_blocks, strict=True):
+        for suffix in ("conv1.weight", "conv2.weight", "bn1.weight", "bn2.running_var"):
+            assert torch.equal(theta0[f"{old}.{suffix}"], ticket_state[f"{new}.{suffix}"])
+    for key in ("stem.0.weight", "fc.weight", "fc.bias"):
+        assert torch.equal(theta0[key], ticket_state[key])
+    # Rebuilt from its spec (no masks), the ticket computes the same function.
+    rebuilt = build_model(result.spec)
+    rebuilt.load_state_dict(ticket_state)
+    ticket.eval()
+    rebuilt.eval()
+    assert ticket(images[:4]).shape == (4, 5)
+    assert torch.equal(ticket(images[:4]), rebuilt(images[:4]))
+    assert not any(isinstance(m, torch.nn.Identity) for m in ticket.modules())
+    assert result.macs_after < result.macs_before
+
+
+def test_same_seed_same_selection(dense_and_data) -> None:  # noqa: ANN001
+    dense, images, labels = dense_and_data
+    config = LayerPruneConfig(criterion="grasp", fraction=0.5, seed=7)
+    first = prune_at_init(dense, SPEC, images, labels, config)[1].removed
+    second = prune_at_init(dense, SPEC, images, labels, config)[1].removed
+    assert first == second and len(first) == round(0.5 * 7)
+
+
+def test_macs_target_is_met(dense_and_data) -> None:  # noqa: ANN001
+    dense, images, labels = dense_and_data
+    _, result = prune_at_init(dense, SPEC, images, labels, LayerPruneConfig(macs_target=0.6))
+    assert result.macs_after <= 0.6 * result.macs_before
+    with pytest.raises(UnsupportedModelError, match="macs_target"):
+        prune_at_init(dense, SPEC, images, labels, LayerPruneConfig(macs_target=0.05))
+
+
+def test_too_many_blocks_names_the_counts(dense_and_data) -> None:  # noqa: ANN001
+    dense, images, labels = dense_and_data
+    with pytest.raises(UnsupportedModelError) as err:
+        prune_at_init(dense, SPEC, images, labels, LayerPruneConfig(blocks=8))
+    message = str(err.value)
+    assert "remove 8 blocks: resnet20 has only 7 removable blocks" in message
+    assert "stage 1: 3, stage 2: 2, stage 3: 2" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"blocks": 2, "fraction": 0.5}, "exactly one"),
+        ({}, "exactly one"),
+        ({"fraction": 1.5}, "prune.fraction"),
+        ({"blocks": -1}, "prune.blocks"),
+        ({"blocks": 1, "criterion": "hrank"}, "unknown criterion 'hrank'"),
+        ({"blocks": 1, "aggregation": "max"}, "prune.aggregation"),
+    ],
+)
+def test_bad_prune_config_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        LayerPruneConfig(**kwargs)
