@@ -1,2 +1,1 @@
 """Deploy: benchmark ONNX models on any device; needs no torch."""
-

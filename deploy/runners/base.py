@@ -31,13 +31,24 @@ class Runner:
 
     backend: str = "base"
     device: str = "cpu"
+    # Intra-op threads the backend was asked to use; None means the backend's own default.
+    threads: int | None = None
+    # Numeric precision of the computation, recorded with every latency measurement.
+    precision: str = "fp32"
+    # True between __enter__ and __exit__, so helpers such as the benchmark can use a runner
+    # the caller already opened without building its session a second time.
+    is_active: bool = False
 
     def __enter__(self) -> Runner:
         self._activate()
+        self.is_active = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._deactivate()
+        try:
+            self._deactivate()
+        finally:
+            self.is_active = False
 
     def _activate(self) -> None:  # pragma: no cover - trivial default
         pass

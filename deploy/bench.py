@@ -1,0 +1,325 @@
+"""Benchmark harness: time runners on random inputs and return one record per model x batch.
+
+`benchmark_side_by_side` is what the pipeline uses to compare variants (dense, ticket,
+shrunk): it interleaves the models iteration by iteration, rotating the order each round, so
+thermal drift, frequency scaling and background load hit every variant equally instead of
+whichever happened to run last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from deploy.errors import DeployConfigError, DeployInputError
+from deploy.runners.base import Runner, TensorSpec
+from deploy.stats import latency_stats
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """How to time a model. Timing stops once both `iterations` and `min_seconds` are met."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    warmup_iters: int = 20  # untimed runs per model and batch: allocator, caches, clocks
+    iterations: int = 100  # timed runs per model and batch, at least
+    min_seconds: float = 0.0  # ...and keep timing until each model has this much timed time
+    max_seconds: float = 300.0  # safety cap on the timed phase of one batch size (wall clock)
+    seed: int = 0  # for the random inputs, so reruns feed the same data
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
+
+    def __post_init__(self) -> None:
+        batches = tuple(self.batch_sizes)
+        if not batches or any(not _is_int(b) or b < 1 for b in batches):
+            raise DeployConfigError(
+                f"batch_sizes must be a non-empty list of integers >= 1, got {self.batch_sizes!r}"
+            )
+        if len(set(batches)) != len(batches):
+            raise DeployConfigError(f"batch_sizes has duplicates: {batches}")
+        object.__setattr__(self, "batch_sizes", batches)
+        if not _is_int(self.warmup_iters) or self.warmup_iters < 0:
+            raise DeployConfigError(
+                f"warmup_iters must be an integer >= 0, got {self.warmup_iters!r}"
+            )
+        if not _is_int(self.iterations) or self.iterations < 1:
+            raise DeployConfigError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        if not _is_number(self.min_seconds) or self.min_seconds < 0:
+            raise DeployConfigError(f"min_seconds must be a number >= 0, got {self.min_seconds!r}")
+        if not _is_number(self.max_seconds) or self.max_seconds <= 0:
+            raise DeployConfigError(f"max_seconds must be a number > 0, got {self.max_seconds!r}")
+        if self.max_seconds < self.min_seconds:
+            raise DeployConfigError(
+                f"max_seconds ({self.max_seconds}) must not be below min_seconds "
+                f"({self.min_seconds})"
+            )
+        if not _is_int(self.seed):
+            raise DeployConfigError(f"seed must be an integer, got {self.seed!r}")
+        shapes = {}
+        for name, shape in dict(self.shapes).items():
+            dims = tuple(shape)
+            if not dims or any(not _is_int(d) or d < 1 for d in dims):
+                raise DeployConfigError(
+                    f"shapes['{name}'] must be a tuple of integers >= 1, got {shape!r}"
+                )
+            shapes[str(name)] = dims
+        object.__setattr__(self, "shapes", shapes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyRecord:
+    """One measurement: a model on a backend, device, precision and batch size."""
+
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch: int
+    threads: int | None  # None: the backend's default thread count
+    warmup_iters: int
+    iterations: int  # timed iterations actually run (fewer than asked only if max_seconds hit)
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    cv: float
+    throughput_ips: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> LatencyRecord:
+        """Rebuild a record from `to_dict` output, saying which fields are missing or wrong."""
+        if not isinstance(data, Mapping):
+            raise DeployInputError(f"a record must be an object, got {type(data).__name__}")
+        names = {f.name: f for f in fields(cls)}
+        missing = sorted(set(names) - set(data))
+        unknown = sorted(set(data) - set(names))
+        if missing or unknown:
+            raise DeployInputError(f"record fields: missing {missing}, unknown {unknown}")
+        for name in ("model", "backend", "device", "precision"):
+            if not isinstance(data[name], str):
+                raise DeployInputError(
+                    f"record field '{name}' must be a string, got {data[name]!r}"
+                )
+        for name in ("batch", "warmup_iters", "iterations"):
+            if not _is_int(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be an integer, got {data[name]!r}"
+                )
+        if data["threads"] is not None and not _is_int(data["threads"]):
+            raise DeployInputError(
+                f"record field 'threads' must be an integer or null, got {data['threads']!r}"
+            )
+        for name in names:
+            is_measurement = name.endswith("_ms") or name in ("cv", "throughput_ips")
+            if is_measurement and not _is_number(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be a number, got {data[name]!r}"
+                )
+        return cls(**dict(data))
+
+
+def make_inputs(
+    input_specs: Sequence[TensorSpec],
+    batch: int,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random inputs of the right shape and dtype for a batch of `batch`.
+
+    A dynamic axis 0 becomes `batch`. Other dynamic axes come from `shapes` (the full shape
+    per input name; its axis 0 is replaced by `batch` when the model's batch axis is dynamic).
+    """
+    shapes = shapes or {}
+    unknown = sorted(set(shapes) - {spec.name for spec in input_specs})
+    if unknown:
+        raise DeployInputError(
+            f"--shapes names {unknown} are not inputs of the model; its inputs are "
+            f"{[spec.name for spec in input_specs]}"
+        )
+    rng = np.random.default_rng(seed)
+    return {
+        spec.name: _random_array(spec, _concrete_shape(spec, batch, shapes), rng)
+        for spec in input_specs
+    }
+
+
+def _concrete_shape(
+    spec: TensorSpec, batch: int, shapes: Mapping[str, Sequence[int]]
+) -> tuple[int, ...]:
+    if spec.name in shapes:
+        given = tuple(shapes[spec.name])
+        if len(given) != len(spec.shape):
+            raise DeployInputError(
+                f"--shapes gives input '{spec.name}' {len(given)} dims {given}, the model "
+                f"expects {len(spec.shape)} {_fmt(spec.shape)}"
+            )
+        for axis, (got, want) in enumerate(zip(given, spec.shape, strict=True)):
+            if axis > 0 and want is not None and got != want:  # axis 0 is the batch
+                raise DeployInputError(
+                    f"--shapes gives input '{spec.name}' axis {axis} = {got}, but the model "
+                    f"fixes it to {want} (shape {_fmt(spec.shape)})"
+                )
+        template: tuple[int | None, ...] = given
+    else:
+        template = spec.shape
+    shape = list(template)
+    if shape:
+        if spec.shape[0] is not None and spec.shape[0] != batch:
+            raise DeployInputError(
+                f"input '{spec.name}' has a fixed batch size of {spec.shape[0]} "
+                f"(shape {_fmt(spec.shape)}), cannot run batch {batch}; export the model with a "
+                f"dynamic batch axis or benchmark batch {spec.shape[0]} only"
+            )
+        shape[0] = batch
+    dynamic = [axis for axis, dim in enumerate(shape) if dim is None]
+    if dynamic:
+        raise DeployInputError(
+            f"input '{spec.name}' has dynamic dims at axes {dynamic} (shape {_fmt(spec.shape)}); "
+            f"pass their sizes with --shapes {spec.name}:"
+            + "x".join(str(batch) if i == 0 else "D" for i in range(len(shape)))
+            + " (e.g. 1x3x224x224)"
+        )
+    return tuple(int(d) for d in shape)
+
+
+def _random_array(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError as exc:
+        raise DeployInputError(
+            f"input '{spec.name}' has type {spec.dtype}, which the benchmark cannot generate"
+        ) from exc
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 10, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    raise DeployInputError(
+        f"input '{spec.name}' has type {spec.dtype}, which the benchmark cannot generate"
+    )
+
+
+def benchmark(runner: Runner, config: BenchConfig, model_name: str) -> list[LatencyRecord]:
+    """Time one runner at every batch size in `config`; one record per batch size."""
+    return benchmark_side_by_side({model_name: runner}, config)
+
+
+def benchmark_side_by_side(
+    runners: Mapping[str, Runner], config: BenchConfig
+) -> list[LatencyRecord]:
+    """Time several models interleaved; one record per model x batch, models in given order.
+
+    Runners not yet entered are entered here and closed afterwards; runners the caller already
+    entered are used as they are.
+    """
+    if not runners:
+        raise DeployConfigError("benchmark: no models to time")
+    names = list(runners)
+    records: list[LatencyRecord] = []
+    with contextlib.ExitStack() as stack:
+        for runner in runners.values():
+            if not runner.is_active:
+                stack.enter_context(runner)
+        for batch in config.batch_sizes:
+            feeds = {
+                name: make_inputs(runners[name].input_specs, batch, config.shapes, config.seed)
+                for name in names
+            }
+            for name in names:
+                for _ in range(config.warmup_iters):
+                    runners[name].infer(feeds[name])
+                runners[name].synchronize()
+            timings = _timed_rounds(runners, feeds, config)
+            for name in names:
+                records.append(_record(name, runners[name], batch, config, timings[name]))
+    return records
+
+
+def _timed_rounds(
+    runners: Mapping[str, Runner], feeds: Mapping[str, dict[str, np.ndarray]], config: BenchConfig
+) -> dict[str, list[int]]:
+    """Run rounds (each model once, order rotated per round) until the stopping rule holds.
+
+    Returns nanoseconds per iteration per model. The garbage collector is paused so a
+    collection does not land inside one model's timed iteration.
+    """
+    names = list(runners)
+    timings: dict[str, list[int]] = {name: [] for name in names}
+    totals = dict.fromkeys(names, 0)
+    min_ns = int(config.min_seconds * 1e9)
+    cap_ns = int(config.max_seconds * 1e9)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter_ns()
+        round_index = 0
+        while True:
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                runner, feed = runners[name], feeds[name]
+                start = time.perf_counter_ns()
+                runner.infer(feed)
+                runner.synchronize()
+                elapsed = time.perf_counter_ns() - start
+                timings[name].append(elapsed)
+                totals[name] += elapsed
+            round_index += 1
+            if round_index >= config.iterations and min(totals.values()) >= min_ns:
+                break
+            if time.perf_counter_ns() - started >= cap_ns:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return timings
+
+
+def _record(
+    name: str, runner: Runner, batch: int, config: BenchConfig, ns: list[int]
+) -> LatencyRecord:
+    stats = latency_stats([t / 1e9 for t in ns], batch)
+    return LatencyRecord(
+        model=name,
+        backend=runner.backend,
+        device=runner.device,
+        precision=runner.precision,
+        batch=batch,
+        threads=runner.threads,
+        warmup_iters=config.warmup_iters,
+        iterations=stats.iterations,
+        mean_ms=stats.mean_ms,
+        p50_ms=stats.p50_ms,
+        p90_ms=stats.p90_ms,
+        p95_ms=stats.p95_ms,
+        p99_ms=stats.p99_ms,
+        std_ms=stats.std_ms,
+        min_ms=stats.min_ms,
+        max_ms=stats.max_ms,
+        cv=stats.cv,
+        throughput_ips=stats.throughput_ips,
+    )
+
+
+def _fmt(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))

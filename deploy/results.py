@@ -1,0 +1,178 @@
+"""Result files: the one format every benchmark writes and every report reads.
+
+Schema "deploy.results/1" (JSON object):
+    schema       "deploy.results/1"
+    created      ISO 8601 UTC time the file was written, e.g. "2026-05-09T07:35:25Z"
+    fingerprint  object from `deploy.fingerprint.device_fingerprint`
+    records      list of `LatencyRecord.to_dict()` objects (one per model x backend x
+                 precision x batch x device)
+
+Reports are made from these files only, so results from a Jetson and a server merge into one
+table. Files are written atomically, so an interrupted run never leaves a half-written file
+that a later report would choke on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from deploy.bench import LatencyRecord
+from deploy.errors import DeployInputError
+
+SCHEMA = "deploy.results/1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultFile:
+    """A result file as read back: where the numbers came from and the numbers."""
+
+    schema: str
+    created: str
+    fingerprint: dict[str, Any]
+    records: tuple[LatencyRecord, ...]
+
+
+def default_results_path(directory: str | os.PathLike[str] | None = None) -> Path:
+    """./results/bench-<UTC timestamp>.json, with a suffix if that name is already taken."""
+    base = Path(directory) if directory is not None else Path.cwd() / "results"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = base / f"bench-{stamp}.json"
+    counter = 2
+    while path.exists():
+        path = base / f"bench-{stamp}-{counter}.json"
+        counter += 1
+    return path
+
+
+def write_results(
+    path: str | os.PathLike[str],
+    records: Sequence[LatencyRecord],
+    fingerprint: dict[str, Any],
+) -> Path:
+    """Write a result file atomically (temp file in the same dir, fsync, rename); returns it."""
+    path = Path(path)
+    document = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "fingerprint": fingerprint,
+        "records": [record.to_dict() for record in records],
+    }
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DeployInputError(f"cannot write results to {path}: {exc.strerror or exc}") from exc
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if hasattr(os, "fchmod"):  # mkstemp makes it private (0600); results are shared
+                os.fchmod(handle.fileno(), 0o644)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(exc, OSError):
+            reason = exc.strerror or exc
+            raise DeployInputError(f"cannot write results to {path}: {reason}") from exc
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def read_results(path: str | os.PathLike[str]) -> ResultFile:
+    """Read and validate a result file; errors name the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DeployInputError(f"results file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployInputError(f"cannot read results file {path}: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DeployInputError(
+            f"results file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg})"
+        ) from exc
+    if not isinstance(document, dict):
+        raise DeployInputError(f"results file {path}: expected a JSON object at the top level")
+    schema = document.get("schema")
+    if schema != SCHEMA:
+        raise DeployInputError(
+            f"results file {path}: schema is {schema!r}, expected {SCHEMA!r}"
+            + ("; it was written by another version of deploy" if isinstance(schema, str) else "")
+        )
+    for key, kind in (("created", str), ("fingerprint", dict), ("records", list)):
+        if not isinstance(document.get(key), kind):
+            raise DeployInputError(
+                f"results file {path}: '{key}' must be a {kind.__name__} (JSON "
+                f"{'string' if kind is str else 'object' if kind is dict else 'array'}), "
+                f"got {type(document.get(key)).__name__}"
+            )
+    records = []
+    for index, entry in enumerate(document["records"]):
+        try:
+            records.append(LatencyRecord.from_dict(entry))
+        except DeployInputError as exc:
+            raise DeployInputError(f"results file {path}: records[{index}]: {exc}") from exc
+    return ResultFile(
+        schema=schema,
+        created=document["created"],
+        fingerprint=document["fingerprint"],
+        records=tuple(records),
+    )
+
+
+def format_table(records: Sequence[LatencyRecord]) -> str:
+    """Aligned plain-text table, one row per record, for terminals and logs."""
+    header = ("model", "backend", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s")
+    rows = [
+        (
+            r.model,
+            r.backend,
+            str(r.batch),
+            f"{r.mean_ms:.3f}",
+            f"{r.p50_ms:.3f}",
+            f"{r.p90_ms:.3f}",
+            f"{r.p99_ms:.3f}",
+            f"{r.throughput_ips:.1f}",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    text_columns = 2  # model and backend are left-aligned, numbers right-aligned
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable too (POSIX); harmless to skip where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,74 @@
+"""Small real ONNX classifiers built with onnx.helper, run by real onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def build_classifier(
+    path: Path,
+    *,
+    channels: int = 4,
+    classes: int = 3,
+    spatial: tuple[int | str, int | str] = (8, 8),
+    batch: int | str = "N",
+    seed: int = 0,
+) -> Path:
+    """Conv(1->channels, 3x3) + Relu + GlobalAveragePool + Flatten + Gemm(channels->classes).
+
+    Input "input" [batch, 1, H, W], output "logits" [batch, classes]. String dims are dynamic.
+    """
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(
+            rng.standard_normal((channels, 1, 3, 3)).astype(np.float32), "conv_w"
+        ),
+        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "conv_b"),
+        numpy_helper.from_array(
+            rng.standard_normal((classes, channels)).astype(np.float32), "fc_w"
+        ),
+        numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, *spatial])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Named model files: a dense and a narrower ("shrunk") classifier with a dynamic batch,
+    one with dynamic spatial dims, and one with a fixed batch of 1."""
+    root = tmp_path_factory.mktemp("onnx")
+    return {
+        "dense": build_classifier(root / "dense.onnx", channels=8),
+        "shrunk": build_classifier(root / "shrunk.onnx", channels=2, seed=1),
+        "dynamic_hw": build_classifier(root / "dynamic_hw.onnx", spatial=("H", "W")),
+        "fixed_batch": build_classifier(root / "fixed_batch.onnx", batch=1),
+    }
+
+
+@pytest.fixture()
+def classifier(onnx_models: dict[str, Path]) -> Path:
+    return onnx_models["dense"]

@@ -1,0 +1,166 @@
+"""`deploy bench` end to end on a real ONNX file, and how it reports user mistakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main
+from deploy.results import read_results
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--warmup", "1", "--iterations", "5", "--threads", "1"]
+
+
+def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m deploy ...` in a fresh interpreter, as a user on a device would run it."""
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_bench_writes_results_and_prints_the_table(
+    classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out" / "run.json"
+    code = main(
+        [
+            "bench",
+            str(classifier),
+            "--batch",
+            "1,2",
+            *FAST,
+            "--output",
+            str(output),
+            "--name",
+            "tiny",
+        ]
+    )
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert stdout.startswith("device: ")
+    assert f"results written to {output}" in stdout
+    table_rows = [line.split() for line in stdout.splitlines() if line.startswith("tiny ")]
+    assert [(row[1], row[2]) for row in table_rows] == [("onnxruntime", "1"), ("onnxruntime", "2")]
+    results = read_results(output)
+    assert [(r.model, r.batch, r.iterations, r.threads) for r in results.records] == [
+        ("tiny", 1, 5, 1),
+        ("tiny", 2, 5, 1),
+    ]
+    assert results.fingerprint["threads"] == 1
+
+
+def test_default_output_goes_to_results_dir_and_name_to_file_stem(
+    classifier: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(classifier), *FAST]) == 0
+    (written,) = (tmp_path / "results").glob("bench-*.json")
+    assert str(written.name) in capsys.readouterr().out
+    assert [r.model for r in read_results(written).records] == [classifier.stem]
+
+
+def test_shapes_make_dynamic_spatial_models_runnable(
+    onnx_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(onnx_models["dynamic_hw"])
+    output = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "bench",
+                model,
+                *FAST,
+                "--batch",
+                "3",
+                "--shapes",
+                "input:1x1x12x10",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    assert read_results(output).records[0].batch == 3
+    assert main(["bench", model, *FAST, "--output", str(output)]) == 1
+    assert "pass their sizes with --shapes input:" in capsys.readouterr().err
+
+
+def test_python_dash_m_deploy_runs_a_benchmark(classifier: Path, tmp_path: Path) -> None:
+    result = run_module("bench", str(classifier), *FAST, "--output", "r.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "results written to r.json" in result.stdout
+    assert len(read_results(tmp_path / "r.json").records) == 1
+
+
+def _garbage(tmp_path: Path) -> str:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(bytes(range(256)) * 4)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "exit_code", "message"),
+    [
+        (lambda m, t: ["bench", str(t / "absent.onnx")], 1, "ONNX file not found"),
+        (lambda m, t: ["bench", _garbage(t)], 1, "onnxruntime cannot load"),
+        (lambda m, t: ["bench", str(m["dense"]), "--batch", "0"], 2, "--batch"),
+        (lambda m, t: ["bench", str(m["dense"]), "--batch", "abc"], 2, "got 'abc'"),
+        (lambda m, t: ["bench", str(m["dense"]), "--batch", "1,,2"], 2, "--batch"),
+        (lambda m, t: ["bench", str(m["dense"]), "--shapes", "input=1x1"], 2, "--shapes"),
+        (lambda m, t: ["bench", str(m["dense"]), "--iterations", "-3"], 2, "--iterations"),
+        (lambda m, t: ["bench", str(m["dense"]), "--backend", "tensorrt"], 2, "not available yet"),
+        (lambda m, t: ["bench", str(m["fixed_batch"]), "--batch", "2"], 1, "fixed batch size"),
+        (lambda m, t: ["bench"], 2, "required: model"),
+        (lambda m, t: ["bench", str(m["dense"]), "--no-such-flag"], 2, "unrecognized"),
+        (lambda m, t: [], 2, "required"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_an_exit_code(
+    make_args,
+    exit_code: int,
+    message: str,
+    onnx_models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = make_args(onnx_models, tmp_path)
+    if len(args) >= 2:  # keep runs short; the case's own flags come later and win
+        args = [*args[:2], *FAST, *args[2:]]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == exit_code
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deploy: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "results").exists()  # no result file from a failed run
+
+
+def test_corrupt_model_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    result = run_module("bench", _garbage(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("deploy: error: ")
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--help"]) == 0
+    assert "--shapes" in capsys.readouterr().out

@@ -1,0 +1,138 @@
+"""Result files: round trip, atomic writes, schema errors a user can act on, the table."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from deploy.bench import LatencyRecord
+from deploy.errors import DeployInputError
+from deploy.results import SCHEMA, default_results_path, format_table, read_results, write_results
+
+FINGERPRINT = {"fingerprint_id": "abc123", "cpu_model": "test cpu", "threads": 1}
+
+
+def make_record(model: str = "dense", batch: int = 1, mean_ms: float = 2.0) -> LatencyRecord:
+    return LatencyRecord(
+        model=model,
+        backend="onnxruntime",
+        device="cpu",
+        precision="fp32",
+        batch=batch,
+        threads=1,
+        warmup_iters=20,
+        iterations=100,
+        mean_ms=mean_ms,
+        p50_ms=1.9,
+        p90_ms=2.5,
+        p95_ms=2.8,
+        p99_ms=3.5,
+        std_ms=0.3,
+        min_ms=1.5,
+        max_ms=4.0,
+        cv=0.15,
+        throughput_ips=batch * 1000 / mean_ms,
+    )
+
+
+def test_round_trip_keeps_records_and_fingerprint(tmp_path: Path) -> None:
+    records = [make_record("dense", 1), make_record("shrunk", 8, mean_ms=0.5)]
+    path = write_results(tmp_path / "sub" / "run.json", records, FINGERPRINT)
+    loaded = read_results(path)
+    assert loaded.schema == SCHEMA == "deploy.results/1"
+    assert loaded.records == tuple(records)
+    assert loaded.fingerprint == FINGERPRINT
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded.created)
+    # No temporary file is left next to the result.
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]
+
+
+def test_rewrite_replaces_the_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    write_results(path, [make_record("old")] * 3, FINGERPRINT)
+    write_results(path, [make_record("new")], FINGERPRINT)
+    assert [r.model for r in read_results(path).records] == ["new"]
+
+
+def test_default_path_is_under_results_in_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = default_results_path()
+    assert first.parent == tmp_path / "results"
+    assert re.fullmatch(r"bench-\d{8}T\d{6}Z\.json", first.name)
+    write_results(first, [make_record()], FINGERPRINT)
+    assert default_results_path() != first  # never overwrites a result of the same second
+
+
+def _write(path: Path, document: object) -> Path:
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('{"schema": "deploy.results/1", "records": [', "not valid JSON"),
+        ([1, 2], "expected a JSON object"),
+        (
+            {"schema": "deploy.results/9", "created": "x", "fingerprint": {}, "records": []},
+            "schema is 'deploy.results/9', expected 'deploy.results/1'",
+        ),
+        ({"created": "x", "fingerprint": {}, "records": []}, "schema is None"),
+        (
+            {"schema": SCHEMA, "created": "x", "fingerprint": {}, "records": {}},
+            "'records' must be a list",
+        ),
+        (
+            {"schema": SCHEMA, "created": "x", "fingerprint": {}, "records": [{"model": "m"}]},
+            r"records\[0\].*missing \['backend'",
+        ),
+    ],
+)
+def test_corrupt_files_name_the_file_and_the_problem(
+    tmp_path: Path, document: object, message: str
+) -> None:
+    path = _write(tmp_path / "bad.json", document)
+    with pytest.raises(DeployInputError, match=message) as info:
+        read_results(path)
+    assert str(path) in str(info.value)
+
+
+def test_record_with_a_wrong_type_is_named(tmp_path: Path) -> None:
+    record = make_record().to_dict() | {"mean_ms": "fast"}
+    document = {"schema": SCHEMA, "created": "x", "fingerprint": {}, "records": [record]}
+    with pytest.raises(DeployInputError, match="'mean_ms' must be a number"):
+        read_results(_write(tmp_path / "bad.json", document))
+
+
+def test_missing_results_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(DeployInputError, match="results file not found"):
+        read_results(tmp_path / "absent.json")
+
+
+def test_table_is_aligned_and_shows_the_numbers() -> None:
+    records = [make_record("dense", 1, 2.0), replace(make_record("a-much-longer-name", 32, 0.25))]
+    lines = format_table(records).splitlines()
+    assert lines[0].split() == [
+        "model",
+        "backend",
+        "batch",
+        "mean",
+        "ms",
+        "p50",
+        "ms",
+        "p90",
+        "ms",
+        "p99",
+        "ms",
+        "img/s",
+    ]
+    assert len(lines) == 4
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+    assert "2.000" in lines[2] and "500.0" in lines[2]  # mean ms and img/s of dense
+    assert lines[3].startswith("a-much-longer-name") and "128000.0" in lines[3]
