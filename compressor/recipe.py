@@ -1,0 +1,149 @@
+"""A recipe: one YAML file whose sections map one to one onto the stage configs.
+
+Unknown keys are errors that name the key and its section, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor.data import DataConfig
+from compressor.errors import ConfigError, InputError
+from compressor.layer_prune import LayerPruneConfig
+from compressor.shrink import ShrinkConfig
+from compressor.train import TrainConfig
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    name: str = "resnet56"  # zoo name
+    width: float = 1.0  # channel multiplier of the zoo ResNets
+    # num_classes and in_channels come from the dataset.
+
+    def kwargs(self, num_classes: int, in_channels: int) -> dict[str, Any]:
+        return {"num_classes": num_classes, "in_channels": in_channels, "width": self.width}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSection:
+    opset: int = 18  # ONNX opset (>= 17)
+    parity_atol: float = 1e-4  # max |onnxruntime - torch| allowed on the logits
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSection:
+    backends: tuple[str, ...] = ("onnxruntime", "torch")  # CPU; torch also on CUDA if present
+    batch_sizes: tuple[int, ...] = (1, 8)
+    threads: int | None = None  # intra-op threads for both backends (None: library default)
+    warmup_iters: int = 20
+    iterations: int = 200  # timed iterations per model and batch (interleaved across models)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.backends) - {"onnxruntime", "torch"})
+        if unknown:
+            raise ConfigError(
+                f"bench.backends: unknown backend(s) {unknown}; use onnxruntime, torch"
+            )
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ConfigError(f"bench.batch_sizes: need whole numbers >= 1, got {self.batch_sizes}")
+        if self.iterations < 1 or self.warmup_iters < 0:
+            raise ConfigError("bench: iterations must be >= 1 and warmup_iters >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str = "default"
+    seed: int = 0  # initial weights theta_0 (dense and ticket start from the same)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: LayerPruneConfig = field(default_factory=lambda: LayerPruneConfig(fraction=0.6))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
+    shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
+    export: ExportSection = field(default_factory=ExportSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": RECIPE_VERSION, "name": self.name, "seed": self.seed}
+        for section in ("model", "data", "prune", "train", "shrink", "export", "bench"):
+            value = getattr(self, section)
+            out[section] = value.to_dict() if hasattr(value, "to_dict") else _plain(value)
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _section(cls: type, data: Any, section: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe: section '{section}' must be a mapping, got {data!r}")
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(data)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
+
+
+_SECTIONS = {
+    "model": ModelSection,
+    "data": DataConfig,
+    "prune": LayerPruneConfig,
+    "train": TrainConfig,
+    "shrink": ShrinkConfig,
+    "export": ExportSection,
+    "bench": BenchSection,
+}
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
+    known = {"version", "name", "seed", *_SECTIONS}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"recipe: unknown key(s) {unknown}; known: {sorted(known)}")
+    if data.get("version", RECIPE_VERSION) != RECIPE_VERSION:
+        raise ConfigError(
+            f"recipe: version {data['version']} is not supported (use {RECIPE_VERSION})"
+        )
+    default = Recipe()
+    kwargs: dict[str, Any] = {
+        "name": str(data.get("name", default.name)),
+        "seed": int(data.get("seed", default.seed)),
+    }
+    for key, cls in _SECTIONS.items():
+        if key in data:
+            kwargs[key] = _section(cls, data[key] or {}, key)
+    return Recipe(**kwargs)
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """Read a YAML recipe; None gives the embedded default (ResNet-56 on the digits)."""
+    if path is None:
+        return Recipe()
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    return recipe_from_dict(data)

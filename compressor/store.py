@@ -1,0 +1,100 @@
+"""The model store: an architecture spec (JSON) plus weights (safetensors), nothing pickled.
+
+Loading rebuilds the architecture from the spec and fills it with tensors, so a model file
+from someone else can never execute code. The spec file records a SHA-256 of the weights,
+checked on every load: a truncated, edited or swapped weights file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.atomic import atomic_write_bytes, atomic_write_text
+from compressor.errors import InputError
+from compressor.spec import ModelSpec, build_model
+
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    model: nn.Module
+    spec: ModelSpec
+    info: dict[str, Any]  # what the saver recorded (accuracy, params, MACs, data, ...)
+    directory: Path
+
+
+def save_model(
+    model: nn.Module, spec: ModelSpec, directory: str | Path, info: dict[str, Any] | None = None
+) -> Path:
+    """Write `directory/spec.json` and `directory/weights.safetensors` atomically."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = save(state)
+    atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+    document = {
+        "spec": spec.to_dict(),
+        "spec_sha256": spec.sha256(),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "info": info or {},
+    }
+    atomic_write_text(directory / SPEC_FILE, json.dumps(document, indent=2, sort_keys=True))
+    return directory
+
+
+def load_model(directory: str | Path) -> StoredModel:
+    """Rebuild a stored model; any missing, corrupt or mismatching file is an InputError."""
+    from safetensors.torch import load
+
+    directory = Path(directory)
+    spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise InputError(
+                f"not a stored model: {path} is missing (a model directory holds "
+                f"{SPEC_FILE} and {WEIGHTS_FILE}, as written by `compressor` stages)"
+            )
+    try:
+        document = json.loads(spec_path.read_text())
+        spec = ModelSpec.from_dict(document["spec"])
+        expected_sha = document["weights_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{spec_path} is not a valid model spec: {exc}") from exc
+    weights = weights_path.read_bytes()
+    actual_sha = hashlib.sha256(weights).hexdigest()
+    if actual_sha != expected_sha:
+        raise InputError(
+            f"{weights_path} does not match its spec (sha256 {actual_sha[:12]}..., spec "
+            f"records {expected_sha[:12]}...): the file was changed, truncated or swapped"
+        )
+    try:
+        state = load(weights)
+    except Exception as exc:  # safetensors raises its own error type for corrupt headers
+        raise InputError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{weights_path} does not fit the spec's architecture: {first}") from exc
+    model.eval()
+    return StoredModel(model, spec, dict(document.get("info", {})), directory)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file (used by tests and tools that compare weights)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
