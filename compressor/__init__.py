@@ -1,4 +1,3 @@
 """Compressor: layer pruning at init, training, channel shrinking, and the pipeline."""
 
 __version__ = "0.1.0"
-

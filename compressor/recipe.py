@@ -61,9 +61,12 @@ class Recipe:
     name: str = "default"
     seed: int = 0  # initial weights theta_0 (dense and ticket start from the same)
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="digits", image_size=16))
     prune: LayerPruneConfig = field(default_factory=lambda: LayerPruneConfig(fraction=0.6))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15))
+    # lr 0.1 without warm-up diverges on a ResNet-56 here (val loss 4e7 in epoch 1).
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=15, lr=0.05, warmup_epochs=2)
+    )
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     export: ExportSection = field(default_factory=ExportSection)
     bench: BenchSection = field(default_factory=BenchSection)

@@ -98,3 +98,14 @@ def test_recipe_maps_sections_onto_configs(tmp_path) -> None:  # noqa: ANN001
     assert recipe.train.epochs == 2 and recipe.shrink.macs_target == 0.5
     assert recipe.shrink.ratio is None and recipe.bench.batch_sizes == (1, 4)
     assert recipe_from_dict(recipe.to_dict()) == recipe  # round trip
+
+
+def test_default_recipe_file_is_the_embedded_default() -> None:
+    from pathlib import Path
+
+    from compressor.recipe import Recipe
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_recipe(root / "recipes" / "default.yaml") == Recipe()
+    for name in ("quick.yaml", "cifar10-resnet56.yaml"):
+        assert load_recipe(root / "recipes" / name).name  # every shipped recipe parses

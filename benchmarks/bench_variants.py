@@ -1,0 +1,103 @@
+"""Dense vs layer ticket vs shrunk ticket: latency side by side, speed-up ratios printed last.
+
+    python benchmarks/bench_variants.py [--run-dir runs/default] [--iterations 300]
+
+Uses the stored models and ONNX files of a `compressor run` output directory (runs the
+embedded default first when the directory has no report). All variants are timed in one
+process, interleaved iteration by iteration, for onnxruntime (CPU) and torch (CPU, and
+CUDA when present), so machine load hits every variant alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.fingerprint import device_fingerprint
+from deploy.results import format_table, write_results
+from deploy.runners.torch_runner import TorchRunner
+
+from compressor.pipeline import VARIANTS, run_pipeline
+from compressor.recipe import load_recipe
+from compressor.store import load_model
+from deploy.runners import OnnxRuntimeRunner
+
+
+def _timed(runners: dict, config: BenchConfig) -> list:  # noqa: ANN001
+    for runner in runners.values():
+        runner.__enter__()
+    try:
+        return benchmark_side_by_side(runners, config)
+    finally:
+        for runner in runners.values():
+            runner.__exit__(None, None, None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", default="runs/default")
+    parser.add_argument("--recipe", default=None, help="recipe used if the run must be made")
+    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "report.json").is_file():
+        print(f"no report in {run_dir}: running the pipeline first", file=sys.stderr)
+        run_pipeline(load_recipe(args.recipe), run_dir)
+    stored = {name: load_model(run_dir / name / "model") for name in VARIANTS}
+    example_shape = _input_shape(run_dir)
+    config = BenchConfig(
+        batch_sizes=tuple(int(b) for b in args.batch.split(",")),
+        warmup_iters=args.warmup,
+        iterations=args.iterations,
+    )
+    records = _timed(
+        {n: OnnxRuntimeRunner(run_dir / n / "model.onnx", threads=args.threads) for n in VARIANTS},
+        config,
+    )
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        records += _timed(
+            {
+                n: TorchRunner(
+                    s.model, device=device, input_shape=example_shape, threads=args.threads
+                )
+                for n, s in stored.items()
+            },
+            config,
+        )
+    fingerprint = device_fingerprint(threads=args.threads)
+    path = write_results(run_dir / "bench_variants.json", records, fingerprint)
+    print(format_table(records))
+    machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
+    print(f"\nresults: {path}\nmachine: {machine}")
+    accuracy = {n: s.info["accuracy"] for n, s in stored.items()}
+    print("\nspeed-up over dense (ratio of median latencies), accuracy from the run:")
+    p50 = {(r.model, r.backend, r.device, r.batch): r.p50_ms for r in records}
+    for (model, backend, device, batch), ms in sorted(p50.items()):
+        if model == "dense":
+            continue
+        dense = p50[("dense", backend, device, batch)]
+        print(
+            f"  {model:<7} {backend:<12} {device:<5} batch {batch:<3} {dense / ms:5.2f}x "
+            f"(dense {dense:.3f} ms -> {ms:.3f} ms; accuracy {accuracy['dense']:.4f} -> "
+            f"{accuracy[model]:.4f})"
+        )
+    return 0
+
+
+def _input_shape(run_dir: Path) -> tuple:
+    import onnx
+
+    model = onnx.load(str(run_dir / "dense" / "model.onnx"), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.dim_value > 0 else None for d in dims)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`compressor`: the whole pipeline (`run`) and each stage as a subcommand.
+
+Every stage reads and writes files (stored models, ONNX, JSON), so any one of them can be
+re-run alone. User mistakes end in one line on stderr and a non-zero exit code:
+2 for a bad recipe or argument, 1 for anything else the project reports; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compressor.errors import CompressorError, ConfigError
+
+EXIT_ERROR, EXIT_CONFIG = 1, 2
+
+
+def _recipe(args: argparse.Namespace):  # noqa: ANN202
+    from compressor.recipe import load_recipe
+
+    return load_recipe(args.recipe)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compressor.pipeline import run_pipeline
+
+    recipe = _recipe(args)
+    result = run_pipeline(recipe, args.out, resume=args.resume)
+    print(Path(result.report_md).read_text())
+    print(f"report: {result.report_json}")
+    return 0
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from compressor.stages import list_blocks
+
+    print(list_blocks(_recipe(args)))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from compressor.stages import prune_stage
+
+    print(json.dumps(prune_stage(_recipe(args), Path(args.out)), indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from compressor.stages import train_stage
+
+    print(json.dumps(train_stage(args.model, _recipe(args), Path(args.out), args.resume), indent=2))
+    return 0
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from compressor.stages import shrink_stage
+
+    print(
+        json.dumps(shrink_stage(args.model, _recipe(args), Path(args.out), args.resume), indent=2)
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compressor.stages import export_stage
+
+    print(json.dumps(export_stage(args.model, _recipe(args), Path(args.out)), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compressor",
+        description="Layer pruning at initialization -> training -> channel shrinking -> "
+        "ONNX -> measured latency. With no recipe, the embedded default (ResNet-56 on the "
+        "bundled 8x8 digits, offline).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, *, model: bool = False, out: str | None = None):  # noqa: ANN202
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if model:
+            p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
+        p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
+        if out is not None:
+            p.add_argument("--out", default=out, help=f"output location (default: {out})")
+        return p
+
+    p = add(
+        "run", "run the whole pipeline: dense, ticket, shrunk ticket, report", out="runs/default"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_run)
+    add("blocks", "list the model's residual blocks and which can be removed").set_defaults(
+        func=cmd_blocks
+    )
+    add("prune", "layer pruning at init: store the ticket (theta_0 weights)", out="runs/prune")
+    sub.choices["prune"].set_defaults(func=cmd_prune)
+    p = add("train", "train a stored model", model=True, out="runs/train")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.set_defaults(func=cmd_train)
+    p = add(
+        "shrink", "shrink channels of a trained model and fine-tune", model=True, out="runs/shrink"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
+    p.set_defaults(func=cmd_shrink)
+    add("export", "export a stored model to ONNX with parity check", model=True, out="model.onnx")
+    sub.choices["export"].set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False
+    )
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from deploy.cli import main as deploy_main
+
+        return deploy_main(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from deploy.errors import DeployConfigError, DeployError
+    from export.errors import ExportConfigError, ExportError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DeployConfigError, ExportConfigError) as exc:
+        print(f"compressor: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CompressorError, DeployError, ExportError) as exc:
+        print(f"compressor: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("compressor: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""`compressor run`: dense baseline, layer ticket at init, shrunk ticket — measured side by side.
+
+Every stage writes its files under the output directory (models in the store format,
+training checkpoints, ONNX files, result JSON), so a run can be resumed and any stage
+re-run alone. The three variants share theta_0: the ticket is chosen on the dense
+network's initial weights before anything is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.atomic import atomic_write_text
+from compressor.data import DataSplits, load_data
+from compressor.layer_prune import prune_at_init, scoring_batch
+from compressor.recipe import Recipe
+from compressor.report import write_report
+from compressor.shrink import count_macs_params, shrink_channels_
+from compressor.spec import ModelSpec, build_model
+from compressor.store import load_model, save_model
+from compressor.train import TrainConfig, train
+
+Log = Callable[[str], None]
+VARIANTS = ("dense", "ticket", "shrunk")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    out_dir: Path
+    report: dict[str, Any]
+    report_json: Path
+    report_md: Path
+    plot: Path
+
+
+@dataclass
+class _Variant:
+    name: str
+    model: nn.Module
+    spec: ModelSpec
+    info: dict[str, Any]
+
+
+def _train_stage(
+    name: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataSplits,
+    config: TrainConfig,
+    out_dir: Path,
+    resume: bool,
+    log: Log,
+    extra: dict[str, Any],
+) -> _Variant:
+    """Train (or, on resume, reuse a finished stage) and store the model with its facts."""
+    model_dir = out_dir / name / "model"
+    if resume and (model_dir / "spec.json").is_file():
+        stored = load_model(model_dir)
+        log(f"[{name}] reusing finished stage {model_dir}")
+        return _Variant(name, stored.model, stored.spec, stored.info)
+    log(
+        f"[{name}] training {config.epochs} epochs ({spec.model}, "
+        f"{len(spec.removed_blocks)} blocks removed)"
+    )
+    result = train(
+        model,
+        data,
+        config,
+        out_dir / name / "train",
+        resume=resume,
+        describe={"variant": name, "spec": spec.to_dict()},
+    )
+    macs, params = count_macs_params(model, data.val.images[:1].to(next(model.parameters()).device))
+    info = {
+        "variant": name,
+        "accuracy": result.test_acc,
+        "val_accuracy": result.final_val_acc,
+        "params": params,
+        "macs": macs,
+        "removed_blocks": list(spec.removed_blocks),
+        "train_seconds": result.train_seconds,
+        "epoch_seconds": result.median_epoch_seconds,
+        "epochs": result.epochs_run,
+        "device": result.device,
+        **extra,
+    }
+    model.cpu().eval()
+    save_model(model, spec, model_dir, info)
+    log(
+        f"[{name}] test accuracy {result.test_acc:.4f}, "
+        f"median epoch {result.median_epoch_seconds:.2f}s"
+    )
+    return _Variant(name, model, spec, info)
+
+
+def run_pipeline(
+    recipe: Recipe, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
+) -> PipelineResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    started = time.perf_counter()
+    data = load_data(recipe.data)
+    log(
+        f"[data] {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} "
+        f"test images, {data.in_channels}x{data.image_size}x{data.image_size}, "
+        f"{data.num_classes} classes"
+    )
+    spec = ModelSpec(
+        model=recipe.model.name, kwargs=recipe.model.kwargs(data.num_classes, data.in_channels)
+    )
+    torch.manual_seed(recipe.seed)
+    dense = build_model(spec)  # theta_0, shared by the dense run and the ticket
+
+    # Algorithm 2: score blocks on theta_0, remove the lowest, before any training.
+    tick = time.perf_counter()
+    ticket, pruned = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
+    prune_seconds = time.perf_counter() - tick
+    (out_dir / "ticket").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "ticket" / "prune.json", json.dumps(pruned.to_dict(), indent=2))
+    log(
+        f"[prune] {recipe.prune.criterion}: removed {len(pruned.removed)} of "
+        f"{sum(b.removable for b in pruned.blocks)} removable blocks in {prune_seconds:.1f}s "
+        f"(MACs {pruned.macs_after / pruned.macs_before:.2f}x of dense)"
+    )
+
+    variants = [
+        _train_stage("dense", dense, spec, data, recipe.train, out_dir, resume, log, {}),
+        _train_stage(
+            "ticket",
+            ticket,
+            pruned.spec,
+            data,
+            recipe.train,
+            out_dir,
+            resume,
+            log,
+            {"criterion": recipe.prune.criterion, "prune_seconds": prune_seconds},
+        ),
+    ]
+    variants.append(_shrink_stage(variants[1], data, recipe, out_dir, resume, log))
+
+    from compressor.deliver import benchmark_variants, export_variant
+
+    exports = {
+        v.name: export_variant(v.model, v.spec, v.info, data, recipe, out_dir / v.name, log)
+        for v in variants
+    }
+    records, fingerprint = benchmark_variants(
+        {v.name: v.model for v in variants},
+        {name: result.path for name, result in exports.items()},
+        data,
+        recipe,
+        out_dir,
+        log,
+    )
+    report = _build_report(
+        variants, exports, records, fingerprint, recipe, time.perf_counter() - started
+    )
+    json_path, md_path, plot_path = write_report(report, out_dir)
+    log(f"[report] {md_path}")
+    return PipelineResult(out_dir, report, json_path, md_path, plot_path)
+
+
+def _shrink_stage(
+    ticket: _Variant, data: DataSplits, recipe: Recipe, out_dir: Path, resume: bool, log: Log
+) -> _Variant:
+    if resume and (out_dir / "shrunk" / "model" / "spec.json").is_file():
+        stored = load_model(out_dir / "shrunk" / "model")
+        log("[shrunk] reusing finished stage")
+        return _Variant("shrunk", stored.model, stored.spec, stored.info)
+    model = copy.deepcopy(ticket.model).cpu()
+    calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
+    result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    (out_dir / "shrunk").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "shrunk" / "shrink.json", json.dumps(result.to_dict(), indent=2))
+    log(
+        f"[shrink] {recipe.shrink.importance}: "
+        f"MACs {result.macs_before:,} -> {result.macs_after:,}, "
+        f"params {result.params_before:,} -> {result.params_after:,}"
+    )
+    fine_tune = dataclasses.replace(
+        recipe.train,
+        epochs=recipe.shrink.fine_tune_epochs,
+        lr=recipe.shrink.fine_tune_lr,
+        warmup_epochs=0,
+    )
+    spec = ticket.spec.with_shapes(model)
+    extra = {
+        "shrink": result.to_dict(),
+        "fine_tune_epochs": recipe.shrink.fine_tune_epochs,
+        "ticket_train_seconds": ticket.info["train_seconds"],
+    }
+    return _train_stage("shrunk", model, spec, data, fine_tune, out_dir, resume, log, extra)
+
+
+def _build_report(
+    variants: list[_Variant],
+    exports: dict[str, Any],
+    records: list[dict[str, Any]],
+    fingerprint: dict[str, Any],
+    recipe: Recipe,
+    seconds: float,
+) -> dict[str, Any]:
+    rows = []
+    for variant in variants:
+        export = exports[variant.name]
+        latency = [
+            {
+                key: record[key]
+                for key in (
+                    "backend",
+                    "device",
+                    "batch",
+                    "mean_ms",
+                    "p50_ms",
+                    "p90_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "std_ms",
+                    "throughput_ips",
+                )
+            }
+            for record in records
+            if record["model"] == variant.name
+        ]
+        info = variant.info
+        rows.append(
+            {
+                "name": variant.name,
+                "accuracy": info["accuracy"],
+                "val_accuracy": info["val_accuracy"],
+                "params": info["params"],
+                "macs": info["macs"],
+                "removed_blocks": info["removed_blocks"],
+                "train_seconds": info["train_seconds"],
+                "epoch_seconds": info["epoch_seconds"],
+                "epochs": info["epochs"],
+                "onnx": str(export.path),
+                "onnx_sha256": export.sha256,
+                "parity_max_abs_diff": export.parity_max_abs_diff,
+                "parity_top1_agreement": export.parity_top1_agreement,
+                "spec_sha256": variant.spec.sha256(),
+                "latency": latency,
+            }
+        )
+    return {
+        "schema": "compressor.report/1",
+        "recipe": recipe.to_dict(),
+        "variants": rows,
+        "speedups": _speedups(rows),
+        "environment": {
+            **fingerprint,
+            "torch_version": torch.__version__,
+            "train_device": variants[0].info.get("device"),
+        },
+        "pipeline_seconds": seconds,
+    }
+
+
+def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dense median latency / variant median latency, per backend, device and batch."""
+    dense = {(r["backend"], r["device"], r["batch"]): r["p50_ms"] for r in rows[0]["latency"]}
+    out = []
+    for row in rows[1:]:
+        for r in row["latency"]:
+            key = (r["backend"], r["device"], r["batch"])
+            if key in dense:
+                out.append(
+                    {
+                        "variant": row["name"],
+                        "backend": key[0],
+                        "device": key[1],
+                        "batch": key[2],
+                        "latency_speedup_p50": dense[key] / r["p50_ms"],
+                    }
+                )
+        out.append(
+            {
+                "variant": row["name"],
+                "epoch_time_speedup": rows[0]["epoch_seconds"] / row["epoch_seconds"],
+                "accuracy_delta": row["accuracy"] - rows[0]["accuracy"],
+            }
+        )
+    return out

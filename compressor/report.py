@@ -1,0 +1,132 @@
+"""Pipeline report: report.json (the data), report.md (for people), a PNG of accuracy vs latency.
+
+The Markdown and the plot are made from the report dictionary alone, so they can be
+re-drawn from report.json without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compressor.atomic import atomic_write_bytes, atomic_write_text
+
+PLOT_FILE = "accuracy_vs_latency.png"
+
+
+def _latency(
+    variant: dict[str, Any], backend: str, batch: int, device: str = "cpu"
+) -> float | None:
+    for r in variant["latency"]:
+        if r["backend"] == backend and r["batch"] == batch and r["device"] == device:
+            return r["p50_ms"]
+    return None
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    variants = report["variants"]
+    dense = variants[0]
+    env = report["environment"]
+    lines = [
+        f"# Compression report: {report['recipe']['name']}",
+        "",
+        f"Model `{report['recipe']['model']['name']}` on `{report['recipe']['data']['name']}`; "
+        f"layer criterion `{report['recipe']['prune']['criterion']}`; "
+        f"measured on {env.get('cpu_model', 'unknown CPU')} "
+        f"({env.get('threads') or 'default'} threads), fingerprint `{env.get('fingerprint_id')}`.",
+        "",
+        "| variant | test acc | Δ acc (pts) | params | MACs | blocks removed | median epoch (s) "
+        "| ORT b1 p50 (ms) | ORT b1 speed-up | parity max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    dense_ort = _latency(dense, "onnxruntime", 1)
+    for v in variants:
+        ort = _latency(v, "onnxruntime", 1)
+        speedup = f"{dense_ort / ort:.2f}x" if ort and dense_ort else "n/a"
+        lines.append(
+            f"| {v['name']} | {v['accuracy']:.4f} "
+            f"| {100 * (v['accuracy'] - dense['accuracy']):+.2f} "
+            f"| {v['params']:,} | {v['macs']:,} | {len(v['removed_blocks'])} "
+            f"| {v['epoch_seconds']:.2f} | {ort if ort is None else f'{ort:.3f}'} | {speedup} "
+            f"| {v['parity_max_abs_diff']:.2e} |"
+        )
+    lines += [
+        "",
+        "## Latency (median over interleaved timed iterations; ms)",
+        "",
+        "| variant | backend | device | batch | mean | p50 | p90 | p99 | throughput (img/s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        for r in v["latency"]:
+            lines.append(
+                f"| {v['name']} | {r['backend']} | {r['device']} | {r['batch']} "
+                f"| {r['mean_ms']:.3f} "
+                f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
+                f"| {r['throughput_ips']:.1f} |"
+            )
+    lines += ["", "## Speed-ups over dense (p50 latency ratio)", ""]
+    for s in report["speedups"]:
+        if "latency_speedup_p50" in s:
+            lines.append(
+                f"- {s['variant']}: {s['backend']} {s['device']} batch {s['batch']}: "
+                f"{s['latency_speedup_p50']:.2f}x"
+            )
+        else:
+            lines.append(
+                f"- {s['variant']}: epoch time {s['epoch_time_speedup']:.2f}x faster, accuracy "
+                f"{100 * s['accuracy_delta']:+.2f} points"
+            )
+    removed = variants[1]["removed_blocks"]
+    lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
+    lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    series = sorted(
+        {(r["backend"], r["device"], r["batch"]) for v in report["variants"] for r in v["latency"]}
+    )
+    for backend, device, batch in series:
+        xs, ys, names = [], [], []
+        for v in report["variants"]:
+            ms = _latency(v, backend, batch, device)
+            if ms is not None:
+                xs.append(ms)
+                ys.append(100 * v["accuracy"])
+                names.append(v["name"])
+        ax.plot(xs, ys, marker="o", label=f"{backend} {device} b{batch}")
+        for x, y, name in zip(xs, ys, names, strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency per batch (ms, log scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:
+    json_path, md_path, plot_path = (
+        out_dir / "report.json",
+        out_dir / "report.md",
+        out_dir / PLOT_FILE,
+    )
+    atomic_write_text(json_path, json.dumps(report, indent=2))
+    atomic_write_text(md_path, render_markdown(report))
+    plot_accuracy_latency(report, plot_path)
+    return json_path, md_path, plot_path

@@ -1,0 +1,130 @@
+"""Single stages for the CLI: each reads files, writes files, returns a small summary dict."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.atomic import atomic_write_text
+from compressor.blocks import discover_blocks
+from compressor.data import DataSplits, load_data
+from compressor.layer_prune import prune_at_init, scoring_batch
+from compressor.recipe import Recipe
+from compressor.shrink import count_macs_params, shrink_channels_
+from compressor.spec import ModelSpec, build_model
+from compressor.store import load_model, save_model
+from compressor.train import train
+
+
+def _dense_spec(recipe: Recipe, data: DataSplits) -> ModelSpec:
+    return ModelSpec(
+        model=recipe.model.name, kwargs=recipe.model.kwargs(data.num_classes, data.in_channels)
+    )
+
+
+def list_blocks(recipe: Recipe) -> str:
+    data = load_data(recipe.data)
+    model = build_model(_dense_spec(recipe, data))
+    blocks = discover_blocks(model, data.val.images[:1])
+    lines = [f"{'block':<12} {'stage':>5} {'removable':>9} {'params':>9} {'MACs':>12}  in -> out"]
+    for b in blocks:
+        lines.append(
+            f"{b.name:<12} {b.stage + 1:>5} {'yes' if b.removable else 'no':>9} {b.params:>9,} "
+            f"{b.macs:>12,}  {b.in_shape} -> {b.out_shape}"
+        )
+    lines.append(f"{sum(b.removable for b in blocks)} of {len(blocks)} blocks are removable")
+    return "\n".join(lines)
+
+
+def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Store theta_0's ticket; `compressor train` then trains it."""
+    data = load_data(recipe.data)
+    spec = _dense_spec(recipe, data)
+    torch.manual_seed(recipe.seed)
+    dense = build_model(spec)
+    ticket, result = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
+    save_model(ticket, result.spec, out, {"variant": "ticket", "stage": "pruned at init"})
+    atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+    return {
+        "model": str(out),
+        "removed_blocks": list(result.removed),
+        "macs_ratio": result.macs_after / result.macs_before,
+    }
+
+
+def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
+    stored = load_model(model_dir)
+    data = load_data(recipe.data)
+    result = train(
+        stored.model,
+        data,
+        recipe.train,
+        out / "train",
+        resume=resume,
+        describe={"spec": stored.spec.to_dict()},
+    )
+    return _save_trained(stored.model, stored.spec, data, out, result.to_dict())
+
+
+def _save_trained(model, spec, data, out: Path, train_info: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+    model.cpu().eval()
+    macs, params = count_macs_params(model, data.val.images[:1])
+    info = {
+        "accuracy": train_info.get("test_acc"),
+        "params": params,
+        "macs": macs,
+        "train": train_info,
+    }
+    save_model(model, spec, out / "model", info)
+    return {"model": str(out / "model"), **{k: info[k] for k in ("accuracy", "params", "macs")}}
+
+
+def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
+    stored = load_model(model_dir)
+    data = load_data(recipe.data)
+    model = copy.deepcopy(stored.model)
+    calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
+    shrunk = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "shrink.json", json.dumps(shrunk.to_dict(), indent=2))
+    config = dataclasses.replace(
+        recipe.train,
+        epochs=recipe.shrink.fine_tune_epochs,
+        lr=recipe.shrink.fine_tune_lr,
+        warmup_epochs=0,
+    )
+    spec = stored.spec.with_shapes(model)
+    result = train(
+        model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
+    )
+    return _save_trained(model, spec, data, out, result.to_dict())
+
+
+def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
+    from export import ExportConfig, export_onnx
+
+    stored = load_model(model_dir)
+    data = load_data(recipe.data)
+    info = stored.info
+    metadata = {
+        "spec_sha256": stored.spec.sha256(),
+        "spec": json.dumps(stored.spec.to_dict()),
+        "accuracy": str(info.get("accuracy")),
+        "params": str(info.get("params")),
+        "macs": str(info.get("macs")),
+    }
+    config = ExportConfig(opset=recipe.export.opset, parity_atol=recipe.export.parity_atol)
+    result = export_onnx(
+        stored.model,
+        data.val.images[:2],  # a batch of 1 would be specialised by torch.export
+        out,
+        config,
+        parity_inputs=data.val.images,
+        metadata=metadata,
+    )
+    return result.to_dict()

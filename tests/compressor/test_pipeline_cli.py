@@ -1,0 +1,151 @@
+"""The whole pipeline on a tiny recipe, and the CLI's behaviour on good and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from compressor.cli import main
+from compressor.recipe import recipe_from_dict
+
+TINY = {
+    "name": "tiny",
+    "model": {"name": "resnet8", "width": 0.5},
+    "data": {"name": "digits", "image_size": 8},
+    "prune": {"criterion": "grasp", "blocks": 1},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "progress": "none"},
+    "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 1},
+    "bench": {"batch_sizes": [1, 2], "warmup_iters": 1, "iterations": 5},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:  # noqa: ANN001
+    from compressor.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("run")
+    run_pipeline(recipe_from_dict(TINY), out, log=lambda _: None)
+    return out
+
+
+def test_report_has_three_variants_with_the_documented_fields(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["dense", "ticket", "shrunk"]
+    dense, ticket, shrunk = report["variants"]
+    for v in report["variants"]:
+        assert 0.0 <= v["accuracy"] <= 1.0
+        assert v["accuracy"] > 0.2  # 10 classes: chance is 0.1, even after 2 epochs
+        assert v["parity_max_abs_diff"] <= 1e-4 and v["parity_top1_agreement"] == 1.0
+        assert Path(v["onnx"]).is_file()
+        assert v["epoch_seconds"] > 0 and v["train_seconds"] > 0
+        keys = {(r["backend"], r["batch"]) for r in v["latency"]}
+        assert {("onnxruntime", 1), ("onnxruntime", 2), ("torch", 1), ("torch", 2)} <= keys
+        for r in v["latency"]:
+            assert 0 < r["p50_ms"] <= r["p99_ms"]
+            assert r["throughput_ips"] > 0
+    assert dense["removed_blocks"] == [] and len(ticket["removed_blocks"]) == 1
+    assert shrunk["removed_blocks"] == ticket["removed_blocks"]
+    assert ticket["macs"] < dense["macs"] and shrunk["macs"] < ticket["macs"]
+    assert shrunk["params"] < ticket["params"] < dense["params"]
+    assert report["environment"]["cpu_model"]
+    assert (tiny_run / "report.md").read_text().count("| shrunk |") >= 1
+    assert (tiny_run / "accuracy_vs_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onnx_metadata_names_the_architecture(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report.json").read_text())
+    ticket = report["variants"][1]
+    model = onnx.load(ticket["onnx"])
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["spec_sha256"] == ticket["spec_sha256"]
+    assert float(meta["accuracy"]) == pytest.approx(ticket["accuracy"])
+    assert json.loads(meta["spec"])["removed_blocks"] == ticket["removed_blocks"]
+    # The removed block is physically absent: fewer Conv nodes than the dense graph.
+    dense = onnx.load(report["variants"][0]["onnx"])
+    convs = lambda m: sum(n.op_type == "Conv" for n in m.graph.node)  # noqa: E731
+    assert convs(dense) - convs(model) == 2
+
+
+def test_resume_reuses_finished_stages(tiny_run: Path) -> None:
+    from compressor.pipeline import run_pipeline
+
+    before = (tiny_run / "dense" / "model" / "weights.safetensors").read_bytes()
+    logs: list[str] = []
+    run_pipeline(recipe_from_dict(TINY), tiny_run, resume=True, log=logs.append)
+    assert any("reusing finished stage" in line for line in logs)
+    assert (tiny_run / "dense" / "model" / "weights.safetensors").read_bytes() == before
+
+
+def test_rerun_without_resume_refuses_to_overwrite(tiny_run: Path, capsys) -> None:  # noqa: ANN001
+    recipe = tiny_run / "recipe.yaml"
+    recipe.write_text(json.dumps(TINY))
+    code = main(["run", str(recipe), "--out", str(tiny_run)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(json.dumps(TINY))
+    assert main(["prune", str(recipe), "--out", str(tmp_path / "p")]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert len(pruned["removed_blocks"]) == 1
+    assert main(["train", str(tmp_path / "p"), str(recipe), "--out", str(tmp_path / "t")]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["accuracy"] > 0.2
+    assert main(["shrink", trained["model"], str(recipe), "--out", str(tmp_path / "s")]) == 0
+    shrunk = json.loads(capsys.readouterr().out)
+    assert shrunk["macs"] < trained["macs"]
+    onnx_path = tmp_path / "s.onnx"
+    assert main(["export", shrunk["model"], str(recipe), "--out", str(onnx_path)]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["parity_max_abs_diff"] <= 1e-4 and onnx_path.is_file()
+    assert main(["blocks", str(recipe)]) == 0
+    assert "2 of 3 blocks are removable" in capsys.readouterr().out
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "compressor", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "recipe,expected,code",
+    [
+        ({"prune": {"blocks": 30}}, "remove 30 blocks: resnet56 has only 25 removable blocks", 1),
+        ({"prune": {"criterion": "hrank", "blocks": 1}}, "unknown criterion 'hrank'", 2),
+        ({"data": {"name": "cifar10", "root": "no/such/dir"}}, "no/such/dir", 1),
+        ({"trian": {"epochs": 1}}, "unknown key(s) ['trian']", 2),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(
+    tmp_path: Path, recipe: dict, expected: str, code: int
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(recipe))
+    result = _cli("run", str(path), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("compressor: error:")
+
+
+def test_unreadable_onnx_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    result = _cli("bench", str(bad), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "broken.onnx" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
