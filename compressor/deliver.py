@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from deploy.bench import BenchConfig, benchmark_side_by_side
-from deploy.fingerprint import device_fingerprint
-from deploy.results import format_table, write_results
 from torch import nn
 
 from compressor.data import DataSplits
 from compressor.recipe import Recipe
 from compressor.spec import ModelSpec
+from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.fingerprint import device_fingerprint
+from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
 from export import ExportConfig, ExportResult, export_onnx
 

@@ -1,2 +1,30 @@
 """Export: nn.Module -> checked ONNX file with parity against torch and metadata."""
 
+from export.errors import (
+    ExportConfigError,
+    ExportError,
+    ExportInputError,
+    OnnxValidationError,
+    ParityError,
+    UnsupportedModelError,
+)
+from export.metadata import file_sha256, read_metadata, write_metadata
+from export.onnx_export import ExportConfig, ExportResult, export_onnx
+from export.parity import Parity, check_parity
+
+__all__ = [
+    "ExportConfig",
+    "ExportConfigError",
+    "ExportError",
+    "ExportInputError",
+    "ExportResult",
+    "OnnxValidationError",
+    "Parity",
+    "ParityError",
+    "UnsupportedModelError",
+    "check_parity",
+    "export_onnx",
+    "file_sha256",
+    "read_metadata",
+    "write_metadata",
+]

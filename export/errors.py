@@ -1,4 +1,4 @@
-"""Errors raised by `export`."""
+"""Errors raised by `export`; the CLI turns each into one line and a non-zero exit code."""
 
 
 class ExportError(Exception):
@@ -7,6 +7,14 @@ class ExportError(Exception):
 
 class ExportConfigError(ExportError, ValueError):
     """An export setting is invalid (opset too old, bad tolerance)."""
+
+
+class ExportInputError(ExportError, ValueError):
+    """An argument other than the config cannot be used (example input, metadata, paths)."""
+
+
+class UnsupportedModelError(ExportError):
+    """torch cannot export the model, or the exported graph is unfit (training-mode ops)."""
 
 
 class ParityError(ExportError):
