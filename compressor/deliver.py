@@ -45,7 +45,7 @@ def export_variant(
     }
     result = export_onnx(
         model,
-        data.val.images[:2],  # torch.export specialises a batch of 1: no dynamic batch
+        data.val.images[:2],
         variant_dir / "model.onnx",
         config,
         parity_inputs=data.val.images,

@@ -23,6 +23,7 @@ from torch import nn
 
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
+from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init, scoring_batch
 from compressor.recipe import Recipe
 from compressor.report import write_report
@@ -112,6 +113,7 @@ def run_pipeline(
     recipe: Recipe, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
 ) -> PipelineResult:
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir, recipe, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
@@ -175,6 +177,31 @@ def run_pipeline(
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")
     return PipelineResult(out_dir, report, json_path, md_path, plot_path)
+
+
+def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
+    """Refuse, before writing anything, to mix two runs in one directory."""
+    previous = out_dir / "recipe.json"
+    if not previous.is_file():
+        return
+    if not resume:
+        raise InputError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    try:
+        before = json.loads(previous.read_text())
+    except ValueError as exc:
+        raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
+    if before != json.loads(json.dumps(recipe.to_dict())):
+        changed = sorted(
+            k
+            for k in set(before) | set(recipe.to_dict())
+            if before.get(k) != json.loads(json.dumps(recipe.to_dict())).get(k)
+        )
+        raise ConfigError(
+            f"--resume: the recipe differs from the one {out_dir} was started with (sections "
+            f"{changed}); resume with the same recipe or choose another --out"
+        )
 
 
 def _shrink_stage(

@@ -121,7 +121,7 @@ def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
     config = ExportConfig(opset=recipe.export.opset, parity_atol=recipe.export.parity_atol)
     result = export_onnx(
         stored.model,
-        data.val.images[:2],  # a batch of 1 would be specialised by torch.export
+        data.val.images[:2],
         out,
         config,
         parity_inputs=data.val.images,

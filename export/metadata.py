@@ -1,0 +1,143 @@
+"""Read and write an ONNX file's metadata_props, and the file-level helpers around them.
+
+The ONNX file is the artifact that travels to a Jetson or a server, so the facts a later
+stage needs (source spec hash, accuracy, exporter versions, parity) live inside it as
+metadata_props rather than in a side file that can get separated from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnx
+
+from export.errors import ExportError, ExportInputError, OnnxValidationError
+
+# protobuf cannot serialize a message of 2 GiB or more; such models need external data.
+MetadataValue = str | int | float  # numbers are written with str()
+_PROTOBUF_LIMIT_BYTES = 2**31 - 1
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load the model proto without its external data (metadata never needs the weights).
+
+    Raises OnnxValidationError naming the file when it is missing, unreadable, or not an
+    ONNX model, so callers get one error type for "this file cannot be used".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxValidationError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors differ by version
+        raise OnnxValidationError(
+            f"cannot read {path} as an ONNX model ({_first_line(exc)}); the file is corrupt "
+            "or truncated; export it again"
+        ) from exc
+    # Arbitrary bytes sometimes decode as an (empty) protobuf message without an error.
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise OnnxValidationError(
+            f"{path} is not an ONNX model (no IR version or graph); the file is corrupt or "
+            "of another format; export it again"
+        )
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write `model` as one self-contained file, atomically (temp file + os.replace).
+
+    Atomic so that a crash or a full disk never leaves a half-written .onnx at `path` that a
+    later stage would pick up; the temp file sits in the same folder so os.replace is a
+    rename on one filesystem.
+    """
+    path = Path(path)
+    size = model.ByteSize()
+    if size > _PROTOBUF_LIMIT_BYTES:
+        raise ExportError(
+            f"cannot write {path}: the model is {size / 2**30:.2f} GiB, above protobuf's 2 GiB "
+            "limit for a single self-contained ONNX file"
+        )
+    if not path.parent.is_dir():
+        raise ExportInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    data = model.SerializeToString()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Return the file's metadata_props as a dict (later duplicates of a key win)."""
+    return {prop.key: prop.value for prop in load_onnx(path).metadata_props}
+
+
+def set_metadata(
+    model: onnx.ModelProto, metadata: Mapping[str, MetadataValue], *, replace: bool = False
+) -> dict[str, str]:
+    """Merge `metadata` into the proto's metadata_props in place; returns the full dict.
+
+    Keys stay unique: onnx allows duplicates but readers disagree on which one wins.
+    """
+    merged = {} if replace else {prop.key: prop.value for prop in model.metadata_props}
+    merged.update(checked_metadata(metadata))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, merged)
+    return merged
+
+
+def write_metadata(
+    path: str | os.PathLike[str], metadata: Mapping[str, MetadataValue], *, replace: bool = False
+) -> dict[str, str]:
+    """Merge `metadata` into the file's metadata_props (or replace them all) and rewrite it.
+
+    Returns the metadata now in the file. External data, if the file has any, is left where
+    it is: only the model proto is rewritten.
+    """
+    model = load_onnx(path)
+    merged = set_metadata(model, metadata, replace=replace)
+    save_onnx(model, path)
+    return merged
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of the file's bytes, read in chunks so large files need little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checked_metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, str]:
+    """metadata_props hold strings only; numbers are accepted and written with str().
+
+    Public so export can reject bad metadata before spending seconds on the export.
+    """
+    checked: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ExportInputError(f"metadata keys must be non-empty strings, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ExportInputError(
+                f"metadata[{key!r}] must be a string (or a number, written with str()), got "
+                f"{type(value).__name__} {value!r}; format it yourself, e.g. json.dumps(value)"
+            )
+        checked[key] = value if isinstance(value, str) else str(value)
+    return checked
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,382 @@
+"""nn.Module -> a checked, self-contained ONNX file whose outputs match torch's.
+
+Exporter: torch's dynamo-based `torch.onnx.export(dynamo=True)`, the default since
+PyTorch 2.9 and the one that keeps being developed. For conv/bn/relu/residual-add/pool/
+linear CNNs it gives a clean graph: eval-mode batch norm is captured as
+`_native_batch_norm_legit_no_training` and folded into the convolutions by its optimizer,
+and `dynamic_shapes` yields a named symbolic batch axis even from a batch-1 example. It is
+slow (about 1.5 s per export of a small CNN on 2 CPU cores, 4 s for the first one in a
+process). The TorchScript exporter (`exporter="torchscript"`, 0.05 s) is deprecated and
+kept as a fallback for models torch.export cannot trace; it folds batch norm too."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from export.checks import check_graph, run_checker, training_aten_ops
+from export.errors import ExportConfigError, ExportInputError, UnsupportedModelError
+from export.metadata import (
+    MetadataValue,
+    checked_metadata,
+    file_sha256,
+    save_onnx,
+    set_metadata,
+    write_metadata,
+)
+from export.parity import as_float32_batch, check_parity, eval_on_cpu
+
+Exporter = Literal["dynamo", "torchscript"]
+MIN_OPSET = 17  # dynamo emits 18 and converts down; below 17 ops go missing (LayerNorm)
+CONFIG_VERSION = 1  # bump when a field changes meaning, so old recipes fail loudly
+RESERVED_PREFIX = "export."  # metadata keys this package writes; user keys may not use it
+BATCH_DIM_NAME = "batch"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# torch.export names the user's frame that raised: 'File "m.py", line 8, in forward\n  code'
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in \w+\n\s*(.+)')
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """How to export and how strictly onnxruntime must agree with torch."""
+
+    opset: int = 18  # ONNX opset; the dynamo exporter's native one is 18
+    dynamic_batch: bool = True  # symbolic batch axis: one file serves every batch size
+    input_name: str = "input"
+    output_name: str = "logits"
+    parity_atol: float = 1e-4  # largest |onnxruntime - torch| allowed on any output element
+    require_top1_agreement: float = 1.0  # fraction of inputs whose argmax must agree
+    parity_batch_size: int = 64  # inputs per parity batch (bounds memory on big val sets)
+    exporter: Exporter = "dynamo"  # "torchscript": deprecated, for models dynamo can't trace
+    optimize: bool = True  # constant folding and conv-bn fusion in the exporter
+    keep_node_metadata: bool = False  # dynamo's per-node stack traces; off: reproducible bytes
+
+    def __post_init__(self) -> None:
+        newest = onnx.defs.onnx_opset_version()
+        if _not_int(self.opset) or not MIN_OPSET <= self.opset <= newest:
+            raise ExportConfigError(
+                f"ExportConfig.opset: must be an integer from {MIN_OPSET} to {newest} (the "
+                f"newest this onnx {onnx.__version__} knows), got {self.opset!r}"
+            )
+        for name in ("dynamic_batch", "optimize", "keep_node_metadata"):
+            if not isinstance(getattr(self, name), bool):
+                raise ExportConfigError(
+                    f"ExportConfig.{name}: must be true or false, got {getattr(self, name)!r}"
+                )
+        for name in ("input_name", "output_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ExportConfigError(
+                    f"ExportConfig.{name}: must be a non-empty string, got {getattr(self, name)!r}"
+                )
+        if self.input_name == self.output_name:
+            raise ExportConfigError(
+                f"ExportConfig.output_name: must differ from input_name ('{self.input_name}')"
+            )
+        atol = self.parity_atol
+        if isinstance(atol, bool) or not isinstance(atol, int | float) or not 0 <= atol < np.inf:
+            raise ExportConfigError(
+                f"ExportConfig.parity_atol: must be a finite number >= 0, got {atol!r}"
+            )
+        top1 = self.require_top1_agreement
+        if isinstance(top1, bool) or not isinstance(top1, int | float) or not 0 <= top1 <= 1:
+            raise ExportConfigError(
+                f"ExportConfig.require_top1_agreement: must be a fraction in [0, 1] (1.0 = every "
+                f"input), got {top1!r}"
+            )
+        if _not_int(self.parity_batch_size) or self.parity_batch_size < 1:
+            raise ExportConfigError(
+                f"ExportConfig.parity_batch_size: must be an integer >= 1, "
+                f"got {self.parity_batch_size!r}"
+            )
+        if self.exporter not in get_args(Exporter):
+            raise ExportConfigError(
+                f"ExportConfig.exporter: must be one of {list(get_args(Exporter))}, "
+                f"got {self.exporter!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with a version, for result files and recipes."""
+        return {"version": CONFIG_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExportConfig:
+        """Inverse of to_dict; an unknown key or a newer version is an error naming it."""
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ExportConfigError(
+                f"ExportConfig.version: this code reads version {CONFIG_VERSION}, got {version!r}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExportConfigError(
+                f"ExportConfig: unknown key(s) {unknown}; known keys are {sorted(known)}"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_onnx` wrote and how closely it matches torch."""
+
+    path: Path
+    opset: int
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | None, ...]  # None where the dimension is symbolic
+    output_shape: tuple[int | None, ...]
+    parity_max_abs_diff: float
+    parity_top1_agreement: float
+    parity_samples: int
+    sha256: str  # of the final file, metadata included
+    size_bytes: int
+    exporter: str
+    export_seconds: float  # torch.onnx.export alone, without checks and parity
+    metadata: dict[str, str] = field(default_factory=dict)  # every metadata_prop in the file
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: path as a string, shapes as lists."""
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["input_shape"] = list(self.input_shape)
+        out["output_shape"] = list(self.output_shape)
+        return out
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path: str | os.PathLike[str],
+    config: ExportConfig | None = None,
+    *,
+    parity_inputs: torch.Tensor | np.ndarray | None = None,
+    metadata: Mapping[str, MetadataValue] | None = None,
+) -> ExportResult:
+    """Export `model` to one self-contained ONNX file at `path`, check it, prove parity.
+
+    Steps: eval mode on CPU (the model is given back in the mode and on the device it came
+    in) -> torch.onnx.export -> metadata_props (yours plus `export.*` producer keys) ->
+    atomic write -> onnx.checker (full) -> symbolic batch and no training-mode ops ->
+    torch vs onnxruntime on `parity_inputs` (default: the example) -> parity numbers
+    written into the metadata. A failed check raises and leaves the file for inspection.
+    """
+    config = config or ExportConfig()
+    path = Path(path)
+    if path.is_dir():
+        raise ExportInputError(f"export path {path} is a folder; give a file path like model.onnx")
+    # Standard strides: torch.export fails on a dynamic batch ("Invalid ranges [2:1]") when a
+    # size-1 channel axis has stride 1, as numpy's images[:, None] or an NHWC permute gives.
+    example = as_float32_batch(example_input, "example_input")
+    example = example.clone(memory_format=torch.contiguous_format)
+    checks = example if parity_inputs is None else as_float32_batch(parity_inputs, "parity_inputs")
+    if tuple(checks.shape[1:]) != tuple(example.shape[1:]):
+        raise ExportInputError(
+            f"parity_inputs have per-sample shape {tuple(checks.shape[1:])}, the example input "
+            f"{tuple(example.shape[1:])}; give validation images preprocessed like the example"
+        )
+    user_metadata = checked_metadata(metadata or {})
+    reserved = sorted(key for key in user_metadata if key.startswith(RESERVED_PREFIX))
+    if reserved:
+        raise ExportInputError(
+            f"metadata keys {reserved} use the prefix '{RESERVED_PREFIX}', which export "
+            "writes itself; rename them"
+        )
+
+    with eval_on_cpu(model):
+        started = time.perf_counter()
+        proto = _torch_to_onnx(model, example, config)
+        export_seconds = time.perf_counter() - started
+        set_metadata(proto, user_metadata)
+        set_metadata(proto, _producer_metadata(config))
+        save_onnx(proto, path)
+        run_checker(path)
+        input_shape, output_shape = check_graph(proto, path, config)
+        parity = check_parity(model, path, checks, config)
+
+    final_metadata = write_metadata(
+        path,
+        {
+            "export.parity_max_abs_diff": f"{parity.max_abs_diff:.6g}",
+            "export.parity_top1_agreement": f"{parity.top1_agreement:.6f}",
+            "export.parity_samples": str(len(checks)),
+            "export.parity_atol": f"{config.parity_atol:g}",
+        },
+    )
+    return ExportResult(
+        path=path,
+        opset=config.opset,
+        input_name=config.input_name,
+        output_name=config.output_name,
+        input_shape=input_shape,
+        output_shape=output_shape,
+        parity_max_abs_diff=parity.max_abs_diff,
+        parity_top1_agreement=parity.top1_agreement,
+        parity_samples=len(checks),
+        sha256=file_sha256(path),
+        size_bytes=path.stat().st_size,
+        exporter=config.exporter,
+        export_seconds=export_seconds,
+        metadata=final_metadata,
+    )
+
+
+def _torch_to_onnx(
+    model: nn.Module, example: torch.Tensor, config: ExportConfig
+) -> onnx.ModelProto:
+    """Run the chosen exporter in memory; the caller decides where and how the file is written."""
+    try:
+        with _quiet_exporter():
+            if config.exporter == "dynamo":
+                return _export_dynamo(model, example, config)
+            return _export_torchscript(model, example, config)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # torch raises many types (TorchExportError, UserError, ...)
+        other = "torchscript" if config.exporter == "dynamo" else "dynamo"
+        raise UnsupportedModelError(
+            f"torch.onnx.export ({config.exporter} exporter) failed for "
+            f"{type(model).__name__}: {_describe_failure(exc)}; if the model has data-dependent "
+            f"control flow make it traceable, or try ExportConfig(exporter='{other}')"
+        ) from exc
+
+
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, config: ExportConfig
+) -> onnx.ModelProto:
+    dynamic = ({0: torch.export.Dim(BATCH_DIM_NAME)},) if config.dynamic_batch else None
+    program = torch.onnx.export(
+        model,
+        (example,),
+        None,  # in memory: the file is written atomically by save_onnx
+        dynamo=True,
+        input_names=[config.input_name],
+        output_names=[config.output_name],
+        dynamic_shapes=dynamic,
+        opset_version=config.opset,
+        optimize=config.optimize,
+        external_data=False,
+        verbose=False,
+    )
+    # Caught here by name, before decomposition into plain ONNX ops hides them.
+    training_ops = training_aten_ops(program.exported_program)
+    if training_ops:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} runs training-mode ops {training_ops} even in eval mode; "
+            "its forward forces training behaviour (e.g. F.batch_norm(training=True) or "
+            "F.dropout(training=True)); use self.training there"
+        )
+    proto = program.model_proto
+    if not config.keep_node_metadata:
+        _strip_node_metadata(proto)
+    return proto
+
+
+def _strip_node_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the dynamo exporter's per-node debug props (stack traces, fx nodes, scopes).
+
+    They hold absolute source paths, so the same model exported from two checkouts would get
+    different bytes and SHA-256s, and they are a third of this small model's file.
+    """
+    for graph_nodes in [proto.graph.node, *(function.node for function in proto.functions)]:
+        for node in graph_nodes:
+            del node.metadata_props[:]
+
+
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, config: ExportConfig
+) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {config.input_name: {0: BATCH_DIM_NAME}, config.output_name: {0: BATCH_DIM_NAME}}
+    torch.onnx.export(
+        model,
+        (example,),
+        buffer,
+        dynamo=False,
+        input_names=[config.input_name],
+        output_names=[config.output_name],
+        dynamic_axes=axes if config.dynamic_batch else None,
+        opset_version=config.opset,
+        do_constant_folding=config.optimize,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence exporter chatter that is not the user's concern, only while exporting.
+
+    The dynamo exporter logs a warning per torchvision op it cannot register (torchvision
+    is optional) and torch internals emit deprecation warnings; the legacy exporter warns
+    that it is deprecated, which the user chose knowingly.
+    """
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _producer_metadata(config: ExportConfig) -> dict[str, str]:
+    """Who made the file, so a result months later can be traced to the tool versions."""
+    return {
+        "export.exporter": f"torch.onnx.export({config.exporter})",
+        "export.torch_version": torch.__version__,
+        "export.onnx_version": onnx.__version__,
+        "export.onnxruntime_version": _package_version("onnxruntime"),
+        "export.opset": str(config.opset),
+        "export.dynamic_batch": str(config.dynamic_batch).lower(),
+    }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """The root cause's first line and the user's line that triggered it, without colours.
+
+    torch wraps the real error (e.g. a guard on a data-dependent value) in a page of
+    generic advice; the root cause and the offending line of forward are what to fix.
+    """
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    summary = _ANSI_ESCAPE.sub("", _first_line(root))
+    where = _USER_FRAME.search(_ANSI_ESCAPE.sub("", str(exc)))
+    if where:
+        file, line, code = where.groups()
+        summary += f" (at {Path(file).name}:{line}: {code.strip()})"
+    return summary
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
