@@ -90,27 +90,50 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     series = sorted(
         {(r["backend"], r["device"], r["batch"]) for v in report["variants"] for r in v["latency"]}
     )
-    for backend, device, batch in series:
-        xs, ys, names = [], [], []
-        for v in report["variants"]:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D", "v", "P"]  # one shape per variant
+    for i, (backend, device, batch) in enumerate(series):
+        for j, v in enumerate(report["variants"]):
             ms = _latency(v, backend, batch, device)
             if ms is not None:
-                xs.append(ms)
-                ys.append(100 * v["accuracy"])
-                names.append(v["name"])
-        ax.plot(xs, ys, marker="o", label=f"{backend} {device} b{batch}")
-        for x, y, name in zip(xs, ys, names, strict=True):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.scatter(
+                    ms,
+                    100 * v["accuracy"],
+                    color=colors[i % len(colors)],
+                    marker=markers[j % len(markers)],
+                    s=40,
+                    zorder=3,
+                )
+    # Two legends: colour = backend/device/batch, shape = variant.
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colors[i % len(colors)],
+            marker="o",
+            linestyle="",
+            label=f"{b} {d} batch {n}",
+        )
+        for i, (b, d, n) in enumerate(series)
+    ]
+    handles += [
+        Line2D(
+            [], [], color="gray", marker=markers[j % len(markers)], linestyle="", label=v["name"]
+        )
+        for j, v in enumerate(report["variants"])
+    ]
     ax.set_xscale("log")
     ax.set_xlabel("median latency per batch (ms, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     import io
 
