@@ -15,15 +15,15 @@ import sys
 from pathlib import Path
 
 import torch
-from deploy.bench import BenchConfig, benchmark_side_by_side
-from deploy.fingerprint import device_fingerprint
-from deploy.results import format_table, write_results
-from deploy.runners.torch_runner import TorchRunner
 
 from compressor.pipeline import VARIANTS, run_pipeline
 from compressor.recipe import load_recipe
 from compressor.store import load_model
+from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.fingerprint import device_fingerprint
+from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
+from deploy.runners.torch_runner import TorchRunner
 
 
 def _timed(runners: dict, config: BenchConfig) -> list:  # noqa: ANN001
