@@ -26,8 +26,15 @@ import torch.nn.functional as F
 from compressor.errors import ConfigError, InputError
 
 __all__ = [
-    "AugmentConfig", "DataConfig", "DataSplits", "Split", "augment_batch", "config_kwargs",
-    "default_augment", "iterate_batches", "load_data",
+    "AugmentConfig",
+    "DataConfig",
+    "DataSplits",
+    "Split",
+    "augment_batch",
+    "config_kwargs",
+    "default_augment",
+    "iterate_batches",
+    "load_data",
 ]
 
 DatasetName = Literal["digits", "cifar10", "cifar100"]
@@ -37,8 +44,13 @@ MIN_IMAGE_SIZE = 4  # smaller images cannot pass through even one pooling stage 
 
 CIFAR_FILES: dict[str, tuple[str, list[str], str, str, str]] = {
     # name: (folder, train files, test file, meta file, label key)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                "test_batch", "batches.meta", "labels"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+    ),
     "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels"),
 }
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -52,10 +64,14 @@ class AugmentConfig:
     hflip: bool  # random horizontal flip with probability 0.5
 
     def __post_init__(self) -> None:
-        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) \
-                or self.crop_padding < 0:
+        if (
+            isinstance(self.crop_padding, bool)
+            or not isinstance(self.crop_padding, int)
+            or self.crop_padding < 0
+        ):
             raise ConfigError(
-                f"augment.crop_padding must be an int >= 0, got {self.crop_padding!r}")
+                f"augment.crop_padding must be an int >= 0, got {self.crop_padding!r}"
+            )
         if not isinstance(self.hflip, bool):
             raise ConfigError(f"augment.hflip must be true or false, got {self.hflip!r}")
 
@@ -90,7 +106,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in get_args(DatasetName):
             raise ConfigError(
-                f"data.name must be one of {get_args(DatasetName)}, got {self.name!r}")
+                f"data.name must be one of {get_args(DatasetName)}, got {self.name!r}"
+            )
         if self.root is not None and not isinstance(self.root, str):
             raise ConfigError(f"data.root must be a path string, got {self.root!r}")
         _check_int("image_size", self.image_size, MIN_IMAGE_SIZE, optional=True)
@@ -98,8 +115,11 @@ class DataConfig:
         _check_int("limit_train", self.limit_train, 1, optional=True)
         for field in ("val_fraction", "test_fraction"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0.0 < value < 1.0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0.0 < value < 1.0
+            ):
                 raise ConfigError(f"data.{field} must be a number in (0, 1), got {value!r}")
         if isinstance(self.augment, Mapping):  # a recipe's nested `augment:` mapping
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
@@ -142,8 +162,11 @@ def config_kwargs(cls: type, d: Mapping[str, Any], section: str) -> dict[str, An
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]}; known keys: {sorted(known)}")
     for f in fields:
-        if f.name not in d and f.default is dataclasses.MISSING \
-                and f.default_factory is dataclasses.MISSING:
+        if (
+            f.name not in d
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(f"{section}.{f.name} is required")
     return dict(d)
 
@@ -190,15 +213,24 @@ def load_data(config: DataConfig) -> DataSplits:
     mean = tensors[0].mean(dim=(0, 2, 3))
     std = tensors[0].std(dim=(0, 2, 3)).clamp_min(1e-6)  # guard constant channels
     splits = [  # in place: the arrays are ours, and CIFAR as float32 is 600 MB
-        Split(x.sub_(mean[:, None, None]).div_(std[:, None, None]),
-              torch.from_numpy(y.astype(np.int64)))
+        Split(
+            x.sub_(mean[:, None, None]).div_(std[:, None, None]),
+            torch.from_numpy(y.astype(np.int64)),
+        )
         for x, (_, y) in zip(tensors, (train, val, test), strict=True)
     ]
     return DataSplits(
-        train=splits[0], val=splits[1], test=splits[2], num_classes=len(class_names),
-        in_channels=int(tensors[0].shape[1]), image_size=size,
-        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-        name=config.name, class_names=tuple(class_names), augment=config.resolved_augment,
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
+        num_classes=len(class_names),
+        in_channels=int(tensors[0].shape[1]),
+        image_size=size,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        name=config.name,
+        class_names=tuple(class_names),
+        augment=config.resolved_augment,
     )
 
 
@@ -216,8 +248,9 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int, what: str)
     from sklearn.model_selection import train_test_split
 
     try:
-        return train_test_split(np.arange(len(labels)), test_size=fraction,
-                                random_state=seed, stratify=labels)
+        return train_test_split(
+            np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=labels
+        )
     except ValueError as exc:
         raise ConfigError(f"data.{what}={fraction} cannot be split stratified: {exc}") from exc
 
@@ -229,21 +262,28 @@ def _load_digits(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]
     images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # 0..16 -> 0..1, one channel
     labels = bunch.target.astype(np.int64)
     pool, test = _stratified_split(labels, config.test_fraction, config.seed, "test_fraction")
-    train_i, val_i = _stratified_split(labels[pool], config.val_fraction, config.seed,
-                                       "val_fraction")
+    train_i, val_i = _stratified_split(
+        labels[pool], config.val_fraction, config.seed, "val_fraction"
+    )
     train, val = np.sort(pool[train_i]), np.sort(pool[val_i])
     test = np.sort(test)
     names = [str(c) for c in bunch.target_names]
-    return (images[train], labels[train]), (images[val], labels[val]), \
-        (images[test], labels[test]), names
+    return (
+        (images[train], labels[train]),
+        (images[val], labels[val]),
+        (images[test], labels[test]),
+        names,
+    )
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Rebuilds dicts, lists, bytes and numpy arrays only: the CIFAR files need nothing else."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2 (re-saved copies)
     }
 
@@ -260,8 +300,10 @@ def _read_pickle(path: Path) -> dict[bytes, Any]:
         with path.open("rb") as handle:
             content = _ArrayOnlyUnpickler(handle, encoding="bytes").load()
     except Exception as exc:  # unpickling garbage can raise almost any type: all mean corrupt
-        raise InputError(f"{path} is not a readable CIFAR batch file ({exc}); "
-                         f"re-extract the python version from {CIFAR_SOURCE}") from exc
+        raise InputError(
+            f"{path} is not a readable CIFAR batch file ({exc}); "
+            f"re-extract the python version from {CIFAR_SOURCE}"
+        ) from exc
     if not isinstance(content, dict):
         raise InputError(f"{path} does not hold a dict as CIFAR batch files do; re-extract it")
     return {k.encode() if isinstance(k, str) else k: v for k, v in content.items()}
@@ -271,9 +313,11 @@ def _cifar_dir(config: DataConfig) -> Path:
     folder, train_files, test_file, meta_file, _ = CIFAR_FILES[config.name]
     expected = [*train_files, test_file, meta_file]
     title = "CIFAR-10" if config.name == "cifar10" else "CIFAR-100"
-    hint = (f"expected the files {', '.join(expected)} in {config.root!r} or in its "
-            f"subfolder {folder}/; download the {title} python version from {CIFAR_SOURCE} "
-            "and extract it there")
+    hint = (
+        f"expected the files {', '.join(expected)} in {config.root!r} or in its "
+        f"subfolder {folder}/; download the {title} python version from {CIFAR_SOURCE} "
+        "and extract it there"
+    )
     if config.root is None:
         raise InputError(f"data.root is required for {config.name}: {hint}")
     root = Path(config.root).expanduser()
@@ -291,12 +335,20 @@ def _cifar_batch(path: Path, label_key: str) -> Arrays:
     batch = _read_pickle(path)
     data, labels = batch.get(b"data"), batch.get(label_key.encode())
     shape = getattr(data, "shape", None)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072 or labels is None or len(labels) != data.shape[0]:
-        raise InputError(f"{path}: expected b'data' as an N x 3072 uint8 array and N "
-                         f"b'{label_key}', got data of shape {shape} and "
-                         f"{'no' if labels is None else len(labels)} labels; the file is "
-                         "corrupt or from another dataset")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or labels is None
+        or len(labels) != data.shape[0]
+    ):
+        raise InputError(
+            f"{path}: expected b'data' as an N x 3072 uint8 array and N "
+            f"b'{label_key}', got data of shape {shape} and "
+            f"{'no' if labels is None else len(labels)} labels; the file is "
+            "corrupt or from another dataset"
+        )
     images = data.astype(np.float32).reshape(-1, 3, 32, 32) / 255.0
     return images, np.asarray(labels, dtype=np.int64)
 
@@ -321,8 +373,9 @@ def _load_cifar(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]:
     return (images[train_i], labels[train_i]), (images[val_i], labels[val_i]), test, names
 
 
-def augment_batch(images: torch.Tensor, config: AugmentConfig,
-                  generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Random crop after zero padding, then random horizontal flip, per sample.
 
     Images are already normalised, so the zero padding is the dataset mean colour rather than
@@ -347,9 +400,14 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig,
     return out
 
 
-def iterate_batches(split: Split, batch_size: int, *, shuffle: bool,
-                    generator: torch.Generator | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images, labels) batches; the order is drawn from `generator` when shuffling."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -357,5 +415,5 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool,
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         yield split.images[index], split.labels[index]

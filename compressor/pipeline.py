@@ -9,7 +9,6 @@ network's initial weights before anything is trained.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sys
 import time
@@ -24,11 +23,12 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
 from compressor.errors import ConfigError, InputError
-from compressor.layer_prune import prune_at_init, scoring_batch
+from compressor.layer_prune import prune_at_init
 from compressor.recipe import Recipe
 from compressor.report import write_report
-from compressor.shrink import count_macs_params, shrink_channels_
+from compressor.shrink import count_macs_params
 from compressor.spec import ModelSpec, build_model
+from compressor.stages import shrink_for_recipe
 from compressor.store import load_model, save_model
 from compressor.train import TrainConfig, train
 
@@ -212,20 +212,11 @@ def _shrink_stage(
         log("[shrunk] reusing finished stage")
         return _Variant("shrunk", stored.model, stored.spec, stored.info)
     model = copy.deepcopy(ticket.model).cpu()
-    calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
-    result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
-    (out_dir / "shrunk").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "shrunk" / "shrink.json", json.dumps(result.to_dict(), indent=2))
+    result, fine_tune = shrink_for_recipe(model, data, recipe, out_dir / "shrunk")
     log(
         f"[shrink] {recipe.shrink.importance}: "
         f"MACs {result.macs_before:,} -> {result.macs_after:,}, "
         f"params {result.params_before:,} -> {result.params_after:,}"
-    )
-    fine_tune = dataclasses.replace(
-        recipe.train,
-        epochs=recipe.shrink.fine_tune_epochs,
-        lr=recipe.shrink.fine_tune_lr,
-        warmup_epochs=0,
     )
     spec = ticket.spec.with_shapes(model)
     extra = {

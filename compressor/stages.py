@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from compressor.atomic import atomic_write_text
 from compressor.blocks import discover_blocks
 from compressor.data import DataSplits, load_data
 from compressor.layer_prune import prune_at_init, scoring_batch
 from compressor.recipe import Recipe
-from compressor.shrink import count_macs_params, shrink_channels_
+from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.spec import ModelSpec, build_model
 from compressor.store import load_model, save_model
-from compressor.train import train
+from compressor.train import TrainConfig, train
 
 
 def _dense_spec(recipe: Recipe, data: DataSplits) -> ModelSpec:
@@ -84,20 +85,32 @@ def _save_trained(model, spec, data, out: Path, train_info: dict[str, Any]) -> d
     return {"model": str(out / "model"), **{k: info[k] for k in ("accuracy", "params", "macs")}}
 
 
-def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
-    stored = load_model(model_dir)
-    data = load_data(recipe.data)
-    model = copy.deepcopy(stored.model)
+def shrink_for_recipe(
+    model: nn.Module, data: DataSplits, recipe: Recipe, out: Path
+) -> tuple[ShrinkResult, TrainConfig]:
+    """Shrink `model` in place, write out/shrink.json, return the fine-tune settings.
+
+    Fine-tuning reuses the recipe's training settings at the shrink section's epochs and
+    (lower) learning rate, without warm-up: the weights are already trained.
+    """
     calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
-    shrunk = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "shrink.json", json.dumps(shrunk.to_dict(), indent=2))
-    config = dataclasses.replace(
+    atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
+    fine_tune = dataclasses.replace(
         recipe.train,
         epochs=recipe.shrink.fine_tune_epochs,
         lr=recipe.shrink.fine_tune_lr,
         warmup_epochs=0,
     )
+    return result, fine_tune
+
+
+def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
+    stored = load_model(model_dir)
+    data = load_data(recipe.data)
+    model = copy.deepcopy(stored.model)
+    _, config = shrink_for_recipe(model, data, recipe, out)
     spec = stored.spec.with_shapes(model)
     result = train(
         model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}

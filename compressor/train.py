@@ -75,31 +75,45 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.milestones, list):  # recipes give YAML lists
             object.__setattr__(self, "milestones", tuple(self.milestones))
-        for field, minimum in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0),
-                               ("seed", 0), ("threads", 1)):
+        for field, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("warmup_epochs", 0),
+            ("seed", 0),
+            ("threads", 1),
+        ):
             value = getattr(self, field)
             if not (field == "threads" and value is None):
                 _check(field, value, lambda v, m=minimum: v >= m, f"an int >= {minimum}", int)
         for field, ok, expected in (
-            ("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+            ("lr", lambda v: v > 0, "> 0"),
+            ("weight_decay", lambda v: v >= 0, ">= 0"),
             ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
         ):
             _check(field, getattr(self, field), ok, f"a number {expected}", (int, float))
-        for field, kind in (("schedule", Schedule), ("device", DeviceName),
-                            ("progress", ProgressMode)):
+        for field, kind in (
+            ("schedule", Schedule),
+            ("device", DeviceName),
+            ("progress", ProgressMode),
+        ):
             if getattr(self, field) not in get_args(kind):
-                raise ConfigError(f"train.{field} must be one of {get_args(kind)}, "
-                                  f"got {getattr(self, field)!r}")
+                raise ConfigError(
+                    f"train.{field} must be one of {get_args(kind)}, got {getattr(self, field)!r}"
+                )
         if not isinstance(self.nesterov, bool) or not isinstance(self.amp, (bool, type(None))):
-            raise ConfigError(f"train.nesterov and train.amp must be true or false (amp also "
-                              f"null), got {self.nesterov!r} and {self.amp!r}")
+            raise ConfigError(
+                f"train.nesterov and train.amp must be true or false (amp also "
+                f"null), got {self.nesterov!r} and {self.amp!r}"
+            )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("train.nesterov needs train.momentum > 0; set nesterov: false")
         if self.warmup_epochs >= self.epochs:
-            raise ConfigError(f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than "
-                              f"train.epochs ({self.epochs})")
+            raise ConfigError(
+                f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than "
+                f"train.epochs ({self.epochs})"
+            )
         ms = self.milestones
         valid = isinstance(ms, tuple) and all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms)
         if not valid or list(ms) != sorted(set(ms)):
@@ -115,8 +129,12 @@ class TrainConfig:
 
 
 def _check(field: str, value: Any, ok: Any, expected: str, kind: type | tuple) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) \
-            or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or not ok(value)
+    ):
         raise ConfigError(f"train.{field} must be {expected}, got {value!r}")
 
 
@@ -154,8 +172,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, *, batch_size: int = 256,
-             device: str | torch.device | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy); on the model's device unless `device` moves it there."""
     if len(split) == 0:
         raise InputError("cannot evaluate on an empty split")
@@ -193,8 +216,15 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int):
 class _Run:
     """Everything one training run mutates, so the epoch loop and the checkpoint see the same."""
 
-    def __init__(self, model: nn.Module, data: DataSplits, config: TrainConfig, out_dir: Path,
-                 augment: AugmentConfig, describe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        config: TrainConfig,
+        out_dir: Path,
+        augment: AugmentConfig,
+        describe: dict[str, Any],
+    ) -> None:
         self.data, self.config, self.augment, self.describe = data, config, augment, describe
         self.device = resolve_device(config.device)
         self.use_amp = self.device.type == "cuda" and config.amp is not False
@@ -204,10 +234,16 @@ class _Run:
         self.steps_per_epoch = n // bs + (1 if n % bs > 1 else 0)
         if self.steps_per_epoch == 0:
             raise InputError(f"the training split has {n} image(s); at least 2 are needed")
-        self.optimizer = torch.optim.SGD(model.parameters(), config.lr, config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            config.lr,
+            config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(config, self.steps_per_epoch))
+            self.optimizer, _lr_factor(config, self.steps_per_epoch)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed)
@@ -218,23 +254,41 @@ class _Run:
 
     def data_fingerprint(self) -> dict[str, Any]:
         d = self.data
-        return {"name": d.name, "train_size": len(d.train), "num_classes": d.num_classes,
-                "in_channels": d.in_channels, "image_size": d.image_size,
-                "mean": list(d.mean), "std": list(d.std)}
+        return {
+            "name": d.name,
+            "train_size": len(d.train),
+            "num_classes": d.num_classes,
+            "in_channels": d.in_channels,
+            "image_size": d.image_size,
+            "mean": list(d.mean),
+            "std": list(d.std),
+        }
 
     def save_checkpoint(self) -> None:
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
-               "augment": self.augment_gen.get_state()}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "shuffle": self.shuffle_gen.get_state(),
+            "augment": self.augment_gen.get_state(),
+        }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "epoch": self.epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "config": self.config.to_dict(), "augment": self.augment.to_dict(),
-            "data": self.data_fingerprint(), "describe": self.describe, "rng": rng,
-            "metrics": self.metrics,
-        }, self.checkpoint_path)
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "config": self.config.to_dict(),
+                "augment": self.augment.to_dict(),
+                "data": self.data_fingerprint(),
+                "describe": self.describe,
+                "rng": rng,
+                "metrics": self.metrics,
+            },
+            self.checkpoint_path,
+        )
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.metrics))
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -254,11 +308,15 @@ class _Run:
     def fail(self, what: str, step: int) -> TrainingError:
         lr, at = self.config.lr, f"epoch {self.epoch + 1} step {step}"  # lr: the setting
         if self.epoch == 0:
-            return TrainingError(f"{what} at {at}; no checkpoint was written yet; lower lr "
-                                 f"(now {lr:.4g}) and start again")
-        return TrainingError(f"{what} at {at}; the last good checkpoint (epoch {self.epoch}) is "
-                             f"at {self.checkpoint_path}; lower lr (now {lr:.4g}) or resume "
-                             "with --resume")
+            return TrainingError(
+                f"{what} at {at}; no checkpoint was written yet; lower lr "
+                f"(now {lr:.4g}) and start again"
+            )
+        return TrainingError(
+            f"{what} at {at}; the last good checkpoint (epoch {self.epoch}) is "
+            f"at {self.checkpoint_path}; lower lr (now {lr:.4g}) or resume "
+            "with --resume"
+        )
 
     def train_epoch(self, bar: Any) -> tuple[float, float, float]:
         """One pass over the training split: (mean loss, accuracy, seconds)."""
@@ -266,12 +324,18 @@ class _Run:
         loss_sum, correct = (torch.zeros((), device=self.device) for _ in range(2))
         pending: list[torch.Tensor] = []  # losses since the last finiteness check
         seen, start = 0, time.perf_counter()
-        batches = iterate_batches(self.data.train, self.config.batch_size, shuffle=True,
-                                  generator=self.shuffle_gen, drop_last=self.drop_last)
+        batches = iterate_batches(
+            self.data.train,
+            self.config.batch_size,
+            shuffle=True,
+            generator=self.shuffle_gen,
+            drop_last=self.drop_last,
+        )
         for step, (images, labels) in enumerate(batches, start=1):
             labels = labels.to(self.device, non_blocking=True)
-            images = augment_batch(images.to(self.device, non_blocking=True), self.augment,
-                                   self.augment_gen)
+            images = augment_batch(
+                images.to(self.device, non_blocking=True), self.augment, self.augment_gen
+            )
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 logits = self.model(images)
                 loss = self.criterion(logits.float(), labels)
@@ -288,8 +352,10 @@ class _Run:
                 bad = (~torch.isfinite(torch.stack(pending))).nonzero()
                 if len(bad):
                     first = pending[int(bad[0, 0])]
-                    raise self.fail(f"loss became {'NaN' if first.isnan() else 'inf'}",
-                                    step - len(pending) + 1 + int(bad[0, 0]))
+                    raise self.fail(
+                        f"loss became {'NaN' if first.isnan() else 'inf'}",
+                        step - len(pending) + 1 + int(bad[0, 0]),
+                    )
                 pending.clear()
             if bar is not None:
                 bar.update(1)
@@ -309,29 +375,44 @@ class _Run:
 def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
     """Resuming under another schedule, augmentation or dataset would silently change the run."""
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} has checkpoint format {state.get('format')!r}, this version "
-                         f"reads {CHECKPOINT_FORMAT}; choose another output directory")
+        raise InputError(
+            f"{path} has checkpoint format {state.get('format')!r}, this version "
+            f"reads {CHECKPOINT_FORMAT}; choose another output directory"
+        )
     saved, now = dict(state["config"]), run.config.to_dict()
     for k in (k for k in now if k not in RUNTIME_ONLY_FIELDS and saved.get(k) != now[k]):
-        raise ConfigError(f"cannot resume {path}: train.{k} was {saved.get(k)!r}, now {now[k]!r};"
-                          " use the same training config or choose another output directory")
+        raise ConfigError(
+            f"cannot resume {path}: train.{k} was {saved.get(k)!r}, now {now[k]!r};"
+            " use the same training config or choose another output directory"
+        )
     for key, current in (("augment", run.augment.to_dict()), ("data", run.data_fingerprint())):
         if state[key] != current:
-            raise ConfigError(f"cannot resume {path}: its {key} was {state[key]}, now {current};"
-                              " use the same data settings or choose another output directory")
+            raise ConfigError(
+                f"cannot resume {path}: its {key} was {state[key]}, now {current};"
+                " use the same data settings or choose another output directory"
+            )
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as exc:
-        raise InputError(f"cannot read checkpoint {path} ({exc}); delete it to start over "
-                         "or choose another output directory") from exc
+        raise InputError(
+            f"cannot read checkpoint {path} ({exc}); delete it to start over "
+            "or choose another output directory"
+        ) from exc
 
 
-def train(model: nn.Module, data: DataSplits, config: TrainConfig, out_dir: str | Path, *,
-          resume: bool = False, augment: AugmentConfig | None = None,
-          describe: dict[str, Any] | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    augment: AugmentConfig | None = None,
+    describe: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train `model` in place; write metrics.jsonl and checkpoint.pt under `out_dir`.
 
     `describe` (e.g. the architecture spec) is stored in every checkpoint so it describes
@@ -346,8 +427,10 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, out_dir: str 
         raise ConfigError(f"describe must be JSON-serialisable ({exc})") from exc
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if checkpoint_path.exists() and not resume:
-        raise InputError(f"{checkpoint_path} already exists; pass --resume to continue that run "
-                         "or choose another output directory")
+        raise InputError(
+            f"{checkpoint_path} already exists; pass --resume to continue that run "
+            "or choose another output directory"
+        )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -365,22 +448,35 @@ def _train_loop(run: _Run) -> TrainResult:
     if config.progress == "bar" or (config.progress == "auto" and sys.stderr.isatty()):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.epochs * run.steps_per_epoch, unit="step", file=sys.stderr,
-                   initial=run.epoch * run.steps_per_epoch)
+        bar = tqdm(
+            total=config.epochs * run.steps_per_epoch,
+            unit="step",
+            file=sys.stderr,
+            initial=run.epoch * run.steps_per_epoch,
+        )
     try:
         while run.epoch < config.epochs:
             lr = run.optimizer.param_groups[0]["lr"]
             train_loss, train_acc, seconds = run.train_epoch(bar)
             val_acc, val_loss = evaluate(run.model, run.data.val, device=run.device)
             run.epoch += 1
-            run.metrics.append({
-                "epoch": run.epoch, "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "epoch_seconds": seconds,
-                "elapsed_seconds": elapsed_before + time.perf_counter() - call_start,
-            })
+            run.metrics.append(
+                {
+                    "epoch": run.epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "lr": lr,
+                    "epoch_seconds": seconds,
+                    "elapsed_seconds": elapsed_before + time.perf_counter() - call_start,
+                }
+            )
             run.save_checkpoint()
-            line = (f"epoch {run.epoch}/{config.epochs} loss {train_loss:.4f} acc {train_acc:.4f}"
-                    f" val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {seconds:.2f}s")
+            line = (
+                f"epoch {run.epoch}/{config.epochs} loss {train_loss:.4f} acc {train_acc:.4f}"
+                f" val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {seconds:.2f}s"
+            )
             if bar is not None:
                 bar.set_postfix_str(line)
             elif config.progress != "none":
@@ -391,9 +487,15 @@ def _train_loop(run: _Run) -> TrainResult:
     test_acc, test_loss = evaluate(run.model, run.data.test, device=run.device)
     epoch_seconds = [r["epoch_seconds"] for r in run.metrics]
     return TrainResult(
-        epochs_run=run.epoch, final_val_acc=run.metrics[-1]["val_acc"],
-        best_val_acc=max(r["val_acc"] for r in run.metrics), test_acc=test_acc,
-        test_loss=test_loss, train_seconds=sum(epoch_seconds), epoch_seconds=epoch_seconds,
+        epochs_run=run.epoch,
+        final_val_acc=run.metrics[-1]["val_acc"],
+        best_val_acc=max(r["val_acc"] for r in run.metrics),
+        test_acc=test_acc,
+        test_loss=test_loss,
+        train_seconds=sum(epoch_seconds),
+        epoch_seconds=epoch_seconds,
         median_epoch_seconds=statistics.median(epoch_seconds),
-        checkpoint=str(run.checkpoint_path), metrics=str(run.metrics_path), device=str(run.device),
+        checkpoint=str(run.checkpoint_path),
+        metrics=str(run.metrics_path),
+        device=str(run.device),
     )
