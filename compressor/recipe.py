@@ -136,6 +136,27 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return Recipe(**kwargs)
 
 
+def _recipe_loader():  # noqa: ANN202 - a yaml.SafeLoader subclass
+    """SafeLoader that reads `1e-3` and `1.0e10` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent (`1.0e-3`),
+    so the usual `lr: 1e-3` would arrive as a string; YAML 1.2 and every user expect a float.
+    """
+    import re
+
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d[\d_]*)?\.?\d*[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
+    return RecipeLoader
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
     """Read a YAML recipe; None gives the embedded default (ResNet-56 on the digits)."""
     if path is None:
@@ -146,7 +167,7 @@ def load_recipe(path: str | Path | None) -> Recipe:
     if not path.is_file():
         raise InputError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_recipe_loader()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     return recipe_from_dict(data)

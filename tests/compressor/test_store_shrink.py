@@ -109,3 +109,13 @@ def test_default_recipe_file_is_the_embedded_default() -> None:
     assert load_recipe(root / "recipes" / "default.yaml") == Recipe()
     for name in ("quick.yaml", "cifar10-resnet56.yaml"):
         assert load_recipe(root / "recipes" / name).name  # every shipped recipe parses
+
+
+def test_recipe_reads_exponent_floats_as_numbers(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "train: {epochs: 1, lr: 1e-3, weight_decay: 5.0e-4}\nexport: {parity_atol: 1e-5}\n"
+    )
+    recipe = load_recipe(path)
+    assert recipe.train.lr == 1e-3 and recipe.train.weight_decay == 5e-4
+    assert recipe.export.parity_atol == 1e-5
