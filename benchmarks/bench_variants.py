@@ -14,26 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
+from compressor.deliver import time_variants
 from compressor.pipeline import VARIANTS, run_pipeline
 from compressor.recipe import load_recipe
 from compressor.store import load_model
-from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.bench import BenchConfig
 from deploy.fingerprint import device_fingerprint
 from deploy.results import format_table, write_results
-from deploy.runners import OnnxRuntimeRunner
-from deploy.runners.torch_runner import TorchRunner
-
-
-def _timed(runners: dict, config: BenchConfig) -> list:  # noqa: ANN001
-    for runner in runners.values():
-        runner.__enter__()
-    try:
-        return benchmark_side_by_side(runners, config)
-    finally:
-        for runner in runners.values():
-            runner.__exit__(None, None, None)
 
 
 def main() -> int:
@@ -50,27 +37,18 @@ def main() -> int:
         print(f"no report in {run_dir}: running the pipeline first", file=sys.stderr)
         run_pipeline(load_recipe(args.recipe), run_dir)
     stored = {name: load_model(run_dir / name / "model") for name in VARIANTS}
-    example_shape = _input_shape(run_dir)
     config = BenchConfig(
         batch_sizes=tuple(int(b) for b in args.batch.split(",")),
         warmup_iters=args.warmup,
         iterations=args.iterations,
     )
-    records = _timed(
-        {n: OnnxRuntimeRunner(run_dir / n / "model.onnx", threads=args.threads) for n in VARIANTS},
+    records = time_variants(
+        {n: s.model for n, s in stored.items()},
+        {n: run_dir / n / "model.onnx" for n in VARIANTS},
+        _input_shape(run_dir),
         config,
+        threads=args.threads,
     )
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        records += _timed(
-            {
-                n: TorchRunner(
-                    s.model, device=device, input_shape=example_shape, threads=args.threads
-                )
-                for n, s in stored.items()
-            },
-            config,
-        )
     fingerprint = device_fingerprint(threads=args.threads)
     path = write_results(run_dir / "bench_variants.json", records, fingerprint)
     print(format_table(records))

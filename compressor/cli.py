@@ -79,39 +79,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str, *, model: bool = False, out: str | None = None):  # noqa: ANN202
+    def add(name: str, help_text: str, func, *, model: bool = False, out: str | None = None):  # noqa: ANN001, ANN202
         p = sub.add_parser(name, help=help_text, description=help_text)
         if model:
             p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
         if out is not None:
             p.add_argument("--out", default=out, help=f"output location (default: {out})")
+        p.set_defaults(func=func)
         return p
 
-    p = add(
-        "run", "run the whole pipeline: dense, ticket, shrunk ticket, report", out="runs/default"
+    resume_help = "continue from what an interrupted run left in --out"
+    add(
+        "run",
+        "run the whole pipeline: dense, ticket, shrunk ticket, report",
+        cmd_run,
+        out="runs/default",
+    ).add_argument("--resume", action="store_true", help=resume_help)
+    add("blocks", "list the model's residual blocks and which can be removed", cmd_blocks)
+    add(
+        "prune",
+        "layer pruning at init: store the ticket (theta_0 weights)",
+        cmd_prune,
+        out="runs/prune",
     )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.set_defaults(func=cmd_run)
-    add("blocks", "list the model's residual blocks and which can be removed").set_defaults(
-        func=cmd_blocks
+    add("train", "train a stored model", cmd_train, model=True, out="runs/train").add_argument(
+        "--resume", action="store_true", help=resume_help
     )
-    add("prune", "layer pruning at init: store the ticket (theta_0 weights)", out="runs/prune")
-    sub.choices["prune"].set_defaults(func=cmd_prune)
-    p = add("train", "train a stored model", model=True, out="runs/train")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.set_defaults(func=cmd_train)
-    p = add(
-        "shrink", "shrink channels of a trained model and fine-tune", model=True, out="runs/shrink"
+    add(
+        "shrink",
+        "shrink channels of a trained model and fine-tune",
+        cmd_shrink,
+        model=True,
+        out="runs/shrink",
+    ).add_argument("--resume", action="store_true", help=resume_help)
+    add(
+        "export",
+        "export a stored model to ONNX with parity check",
+        cmd_export,
+        model=True,
+        out="model.onnx",
     )
-    p.add_argument("--resume", action="store_true", help="continue the fine-tune in --out")
-    p.set_defaults(func=cmd_shrink)
-    add("export", "export a stored model to ONNX with parity check", model=True, out="model.onnx")
-    sub.choices["export"].set_defaults(func=cmd_export)
-    p = sub.add_parser(
-        "bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False
-    )
-    p.set_defaults(func=None)
+    # Parsed by `deploy` (see main); listed here so --help shows it.
+    sub.add_parser("bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False)
     return parser
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compressor.configs import config_kwargs
 from compressor.errors import ConfigError, InputError
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "DataSplits",
     "Split",
     "augment_batch",
-    "config_kwargs",
     "default_augment",
     "iterate_batches",
     "load_data",
@@ -150,25 +150,6 @@ def _check_int(field: str, value: Any, minimum: int, *, optional: bool = False) 
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"data.{field} must be an int >= {minimum}, got {value!r}")
-
-
-def config_kwargs(cls: type, d: Mapping[str, Any], section: str) -> dict[str, Any]:
-    """Check a recipe mapping against a config dataclass: unknown or missing keys are named."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{section} must be a mapping, got {type(d).__name__}")
-    fields = dataclasses.fields(cls)
-    known = {f.name for f in fields}
-    unknown = sorted(str(k) for k in set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown key {section}.{unknown[0]}; known keys: {sorted(known)}")
-    for f in fields:
-        if (
-            f.name not in d
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ):
-            raise ConfigError(f"{section}.{f.name} is required")
-    return dict(d)
 
 
 @dataclass(frozen=True)

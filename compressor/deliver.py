@@ -1,8 +1,9 @@
-"""The pipeline's delivery end: export each variant to checked ONNX and time them side by side."""
+"""The delivery end: export a model to checked ONNX, and time variants side by side."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from compressor.data import DataSplits
 from compressor.recipe import Recipe
 from compressor.spec import ModelSpec
-from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
 from deploy.fingerprint import device_fingerprint
 from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
@@ -25,19 +26,19 @@ def export_variant(
     info: dict[str, Any],
     data: DataSplits,
     recipe: Recipe,
-    variant_dir: Path,
+    onnx_path: Path,
     log: Callable[[str], None],
 ) -> ExportResult:
     """ONNX with parity checked on the real validation images and the spec in its metadata."""
     model = model.cpu().eval()
     config = ExportConfig(opset=recipe.export.opset, parity_atol=recipe.export.parity_atol)
     metadata = {
-        "variant": info["variant"],
+        "variant": info.get("variant"),
         "spec_sha256": spec.sha256(),
         "spec": spec.to_dict(),
-        "accuracy": info["accuracy"],
-        "params": info["params"],
-        "macs": info["macs"],
+        "accuracy": info.get("accuracy"),  # None for an untrained ticket: left out
+        "params": info.get("params"),
+        "macs": info.get("macs"),
         "dataset": data.name,
         "input_mean": list(data.mean),
         "input_std": list(data.std),
@@ -46,22 +47,50 @@ def export_variant(
     result = export_onnx(
         model,
         data.val.images[:2],
-        variant_dir / "model.onnx",
+        onnx_path,
         config,
         parity_inputs=data.val.images,
-        metadata={k: v if isinstance(v, str) else _json(v) for k, v in metadata.items()},
+        metadata={
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in metadata.items()
+            if v is not None
+        },
     )
     log(
-        f"[export] {info['variant']}: {result.path} parity max abs diff "
+        f"[export] {info.get('variant', onnx_path.stem)}: {result.path} parity max abs diff "
         f"{result.parity_max_abs_diff:.2e}, top-1 agreement {result.parity_top1_agreement:.4f}"
     )
     return result
 
 
-def _json(value: Any) -> str:
-    import json
+def time_variants(
+    models: Mapping[str, nn.Module],
+    onnx_paths: Mapping[str, Path],
+    input_shape: tuple[int | None, ...],
+    config: BenchConfig,
+    *,
+    backends: tuple[str, ...] = ("onnxruntime", "torch"),
+    threads: int | None = None,
+) -> list[LatencyRecord]:
+    """Interleaved timing of all variants per backend, so load on the machine hits all alike.
 
-    return json.dumps(value)
+    onnxruntime runs the ONNX files on the CPU; torch runs the modules on the CPU, and again
+    on CUDA when present.
+    """
+    records: list[LatencyRecord] = []
+    if "onnxruntime" in backends:
+        runners = {n: OnnxRuntimeRunner(p, threads=threads) for n, p in onnx_paths.items()}
+        records += benchmark_side_by_side(runners, config)
+    if "torch" in backends:
+        from deploy.runners.torch_runner import TorchRunner
+
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            runners = {
+                n: TorchRunner(m, device=device, input_shape=input_shape, threads=threads)
+                for n, m in models.items()
+            }
+            records += benchmark_side_by_side(runners, config)
+    return records
 
 
 def benchmark_variants(
@@ -72,44 +101,23 @@ def benchmark_variants(
     out_dir: Path,
     log: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Interleaved timing of all variants per backend, so load on the machine hits all alike."""
+    """The pipeline's benchmark: the recipe's backends and batches, written to latency.json."""
     bench = recipe.bench
     config = BenchConfig(
         batch_sizes=tuple(bench.batch_sizes),
         warmup_iters=bench.warmup_iters,
         iterations=bench.iterations,
     )
-    records = []
-    if "onnxruntime" in bench.backends:
-        runners = {n: OnnxRuntimeRunner(p, threads=bench.threads) for n, p in onnx_paths.items()}
-        records += _run_all(runners, config)
-    if "torch" in bench.backends:
-        from deploy.runners.torch_runner import TorchRunner
-
-        shape = (None, *data.val.images.shape[1:])
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        for device in devices:
-            runners = {
-                n: TorchRunner(m, device=device, input_shape=shape, threads=bench.threads)
-                for n, m in models.items()
-            }
-            records += _run_all(runners, config)
+    records = time_variants(
+        models,
+        onnx_paths,
+        (None, *data.val.images.shape[1:]),
+        config,
+        backends=bench.backends,
+        threads=bench.threads,
+    )
     fingerprint = device_fingerprint(threads=bench.threads)
     results_path = write_results(out_dir / "latency.json", records, fingerprint)
     log(format_table(records))
     log(f"[bench] results written to {results_path}")
     return [r.to_dict() for r in records], fingerprint
-
-
-def _run_all(runners: dict[str, Any], config: BenchConfig) -> list[Any]:
-    entered = []
-    try:
-        for runner in runners.values():
-            entered.append(runner.__enter__())
-        return benchmark_side_by_side(runners, config)
-    finally:
-        for runner in entered:
-            runner.__exit__(None, None, None)
-
-
-__all__ = ["benchmark_variants", "export_variant"]

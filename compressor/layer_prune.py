@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compressor.blocks import BlockInfo, discover_blocks, model_macs, removable_summary
+from compressor.configs import config_kwargs
 from compressor.criteria import CRITERIA, Aggregation, block_scores, get_criterion
 from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.spec import ModelSpec, remove_blocks_
@@ -56,7 +57,7 @@ class LayerPruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPruneConfig:
-        return cls(**_known_keys(cls, data, "prune"))
+        return cls(**config_kwargs(cls, data, "prune"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,14 +81,6 @@ class LayerPruneResult:
             "macs_after": self.macs_after,
             "spec": self.spec.to_dict(),
         }
-
-
-def _known_keys(cls: type, data: dict[str, Any], section: str) -> dict[str, Any]:
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return dict(data)
 
 
 def scoring_batch(

@@ -22,14 +22,14 @@ from torch import nn
 
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
+from compressor.deliver import benchmark_variants, export_variant
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init
 from compressor.recipe import Recipe
 from compressor.report import write_report
-from compressor.shrink import count_macs_params
 from compressor.spec import ModelSpec, build_model
-from compressor.stages import shrink_for_recipe
-from compressor.store import load_model, save_model
+from compressor.stages import save_trained, shrink_for_recipe
+from compressor.store import load_model
 from compressor.train import TrainConfig, train
 
 Log = Callable[[str], None]
@@ -86,22 +86,7 @@ def _train_stage(
         resume=resume,
         describe={"variant": name, "spec": spec.to_dict()},
     )
-    macs, params = count_macs_params(model, data.val.images[:1].to(next(model.parameters()).device))
-    info = {
-        "variant": name,
-        "accuracy": result.test_acc,
-        "val_accuracy": result.final_val_acc,
-        "params": params,
-        "macs": macs,
-        "removed_blocks": list(spec.removed_blocks),
-        "train_seconds": result.train_seconds,
-        "epoch_seconds": result.median_epoch_seconds,
-        "epochs": result.epochs_run,
-        "device": result.device,
-        **extra,
-    }
-    model.cpu().eval()
-    save_model(model, spec, model_dir, info)
+    info = save_trained(model, spec, data, result, model_dir, {"variant": name, **extra})
     log(
         f"[{name}] test accuracy {result.test_acc:.4f}, "
         f"median epoch {result.median_epoch_seconds:.2f}s"
@@ -157,10 +142,10 @@ def run_pipeline(
     ]
     variants.append(_shrink_stage(variants[1], data, recipe, out_dir, resume, log))
 
-    from compressor.deliver import benchmark_variants, export_variant
-
     exports = {
-        v.name: export_variant(v.model, v.spec, v.info, data, recipe, out_dir / v.name, log)
+        v.name: export_variant(
+            v.model, v.spec, v.info, data, recipe, out_dir / v.name / "model.onnx", log
+        )
         for v in variants
     }
     records, fingerprint = benchmark_variants(
@@ -192,12 +177,9 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
         before = json.loads(previous.read_text())
     except ValueError as exc:
         raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
-    if before != json.loads(json.dumps(recipe.to_dict())):
-        changed = sorted(
-            k
-            for k in set(before) | set(recipe.to_dict())
-            if before.get(k) != json.loads(json.dumps(recipe.to_dict())).get(k)
-        )
+    now = json.loads(json.dumps(recipe.to_dict()))  # tuples -> lists, as on disk
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
         raise ConfigError(
             f"--resume: the recipe differs from the one {out_dir} was started with (sections "
             f"{changed}); resume with the same recipe or choose another --out"

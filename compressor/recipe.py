@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compressor.configs import config_kwargs
 from compressor.data import DataConfig
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import LayerPruneConfig
@@ -92,11 +93,10 @@ def _section(cls: type, data: Any, section: str) -> Any:
         raise ConfigError(f"recipe: section '{section}' must be a mapping, got {data!r}")
     if hasattr(cls, "from_dict"):
         return cls.from_dict(data)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config_kwargs(cls, data, section).items()
+    }
     try:
         return cls(**values)
     except TypeError as exc:

@@ -6,6 +6,7 @@ re-drawn from report.json without re-running anything.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,6 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

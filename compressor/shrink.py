@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.configs import config_kwargs
 from compressor.errors import ConfigError
-from compressor.layer_prune import _known_keys
 
 Importance = Literal["magnitude", "taylor", "lamp"]
 # Granularity of a MACs-target search: the ratio grows in this many steps up to the cap.
@@ -53,7 +53,7 @@ class ShrinkConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShrinkConfig:
-        data = _known_keys(cls, data, "shrink")
+        data = config_kwargs(cls, data, "shrink")
         if "macs_target" in data and "ratio" not in data:
             data["ratio"] = None
         return cls(**data)

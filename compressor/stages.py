@@ -19,7 +19,7 @@ from compressor.recipe import Recipe
 from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.spec import ModelSpec, build_model
 from compressor.store import load_model, save_model
-from compressor.train import TrainConfig, train
+from compressor.train import TrainConfig, TrainResult, train
 
 
 def _dense_spec(recipe: Recipe, data: DataSplits) -> ModelSpec:
@@ -69,20 +69,39 @@ def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict
         resume=resume,
         describe={"spec": stored.spec.to_dict()},
     )
-    return _save_trained(stored.model, stored.spec, data, out, result.to_dict())
+    info = save_trained(stored.model, stored.spec, data, result, out / "model")
+    return _summary(info, out / "model")
 
 
-def _save_trained(model, spec, data, out: Path, train_info: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+def save_trained(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataSplits,
+    result: TrainResult,
+    model_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Store a trained model with the facts a report needs; returns those facts."""
     model.cpu().eval()
     macs, params = count_macs_params(model, data.val.images[:1])
     info = {
-        "accuracy": train_info.get("test_acc"),
+        "accuracy": result.test_acc,
+        "val_accuracy": result.final_val_acc,
         "params": params,
         "macs": macs,
-        "train": train_info,
+        "removed_blocks": list(spec.removed_blocks),
+        "train_seconds": result.train_seconds,
+        "epoch_seconds": result.median_epoch_seconds,
+        "epochs": result.epochs_run,
+        "device": result.device,
+        **(extra or {}),
     }
-    save_model(model, spec, out / "model", info)
-    return {"model": str(out / "model"), **{k: info[k] for k in ("accuracy", "params", "macs")}}
+    save_model(model, spec, model_dir, info)
+    return info
+
+
+def _summary(info: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    return {"model": str(model_dir), **{k: info[k] for k in ("accuracy", "params", "macs")}}
 
 
 def shrink_for_recipe(
@@ -115,29 +134,16 @@ def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dic
     result = train(
         model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
     )
-    return _save_trained(model, spec, data, out, result.to_dict())
+    info = save_trained(model, spec, data, result, out / "model")
+    return _summary(info, out / "model")
 
 
 def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
-    from export import ExportConfig, export_onnx
+    from compressor.deliver import export_variant
 
     stored = load_model(model_dir)
     data = load_data(recipe.data)
-    info = stored.info
-    metadata = {
-        "spec_sha256": stored.spec.sha256(),
-        "spec": json.dumps(stored.spec.to_dict()),
-        "accuracy": str(info.get("accuracy")),
-        "params": str(info.get("params")),
-        "macs": str(info.get("macs")),
-    }
-    config = ExportConfig(opset=recipe.export.opset, parity_atol=recipe.export.parity_atol)
-    result = export_onnx(
-        stored.model,
-        data.val.images[:2],
-        out,
-        config,
-        parity_inputs=data.val.images,
-        metadata=metadata,
+    result = export_variant(
+        stored.model, stored.spec, stored.info, data, recipe, out, log=lambda _: None
     )
     return result.to_dict()

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_text
+from compressor.configs import config_kwargs
 from compressor.data import (
     AugmentConfig,
     DataSplits,
     Split,
     augment_batch,
-    config_kwargs,
     iterate_batches,
 )
 from compressor.errors import ConfigError, InputError, TrainingError

@@ -9,6 +9,7 @@ whichever happened to run last.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import time
@@ -299,17 +300,7 @@ def _record(
         batch=batch,
         threads=runner.threads,
         warmup_iters=config.warmup_iters,
-        iterations=stats.iterations,
-        mean_ms=stats.mean_ms,
-        p50_ms=stats.p50_ms,
-        p90_ms=stats.p90_ms,
-        p95_ms=stats.p95_ms,
-        p99_ms=stats.p99_ms,
-        std_ms=stats.std_ms,
-        min_ms=stats.min_ms,
-        max_ms=stats.max_ms,
-        cv=stats.cv,
-        throughput_ips=stats.throughput_ips,
+        **dataclasses.asdict(stats),  # every statistic under the same name
     )
 
 
