@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,17 @@ class LatencyRecord:
     max_ms: float
     cv: float
     throughput_ips: float
+    # Optional figures; None when the run did not measure them. The *_ms fields above are
+    # host latency (what the caller waits for, transfers included on a GPU).
+    accuracy: float | None = None  # top-1 fraction on a labelled evaluation file
+    accuracy_samples: int | None = None  # how many labelled images `accuracy` is over
+    gpu_compute_ms: float | None = None  # median GPU compute time alone (CUDA events, trtexec)
+    energy_mj: float | None = None  # energy per inference call (one whole batch), millijoules
+    avg_power_w: float | None = None  # mean power while the energy was measured
+    power_source: str | None = None  # what measured it, e.g. "nvml" or "tegrastats:VDD_IN"
+    # Backend-specific figures and settings, JSON-safe (trtexec's enqueue and transfer times,
+    # whether a CUDA graph was used, the engine's sidecar hash, ...).
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -104,7 +116,8 @@ class LatencyRecord:
         if not isinstance(data, Mapping):
             raise DeployInputError(f"a record must be an object, got {type(data).__name__}")
         names = {f.name: f for f in fields(cls)}
-        missing = sorted(set(names) - set(data))
+        required = {name for name in names if name not in _OPTIONAL_FIELDS}
+        missing = sorted(required - set(data))
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise DeployInputError(f"record fields: missing {missing}, unknown {unknown}")
@@ -124,11 +137,47 @@ class LatencyRecord:
             )
         for name in names:
             is_measurement = name.endswith("_ms") or name in ("cv", "throughput_ips")
+            is_measurement = is_measurement and name in required
             if is_measurement and not _is_number(data[name]):
                 raise DeployInputError(
                     f"record field '{name}' must be a number, got {data[name]!r}"
                 )
-        return cls(**dict(data))
+        for name in ("accuracy", "gpu_compute_ms", "energy_mj", "avg_power_w"):
+            if data.get(name) is not None and not _is_number(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be a number or null, got {data[name]!r}"
+                )
+        if data.get("accuracy_samples") is not None and not _is_int(data["accuracy_samples"]):
+            raise DeployInputError(
+                "record field 'accuracy_samples' must be an integer or null, "
+                f"got {data['accuracy_samples']!r}"
+            )
+        if data.get("power_source") is not None and not isinstance(data["power_source"], str):
+            raise DeployInputError(
+                f"record field 'power_source' must be a string or null, got "
+                f"{data['power_source']!r}"
+            )
+        if not isinstance(data.get("details", {}), Mapping):
+            raise DeployInputError(
+                f"record field 'details' must be an object, got {data['details']!r}"
+            )
+        values = dict(data)
+        values["details"] = dict(values.get("details", {}))
+        return cls(**values)
+
+
+# Fields a record may leave out (older result files, runs that did not measure them).
+_OPTIONAL_FIELDS = frozenset(
+    (
+        "accuracy",
+        "accuracy_samples",
+        "gpu_compute_ms",
+        "energy_mj",
+        "avg_power_w",
+        "power_source",
+        "details",
+    )
+)
 
 
 def make_inputs(

@@ -1,11 +1,13 @@
 """Result files: the one format every benchmark writes and every report reads.
 
-Schema "deploy.results/1" (JSON object):
-    schema       "deploy.results/1"
+Schema "deploy.results/2" (JSON object):
+    schema       "deploy.results/2"
     created      ISO 8601 UTC time the file was written, e.g. "2026-05-09T07:35:25Z"
     fingerprint  object from `deploy.fingerprint.device_fingerprint`
     records      list of `LatencyRecord.to_dict()` objects (one per model x backend x
-                 precision x batch x device)
+                 precision x batch x device). Version 2 added the optional fields
+                 accuracy, accuracy_samples, gpu_compute_ms, energy_mj, avg_power_w,
+                 power_source and details; version-1 files are still read (those are None).
 
 Reports are made from these files only, so results from a Jetson and a server merge into one
 table. Files are written atomically, so an interrupted run never leaves a half-written file
@@ -27,7 +29,9 @@ from typing import Any
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
 
-SCHEMA = "deploy.results/1"
+SCHEMA = "deploy.results/2"
+# Older schemas this version still reads.
+READABLE_SCHEMAS = (SCHEMA, "deploy.results/1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +114,7 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
     if not isinstance(document, dict):
         raise DeployInputError(f"results file {path}: expected a JSON object at the top level")
     schema = document.get("schema")
-    if schema != SCHEMA:
+    if schema not in READABLE_SCHEMAS:
         raise DeployInputError(
             f"results file {path}: schema is {schema!r}, expected {SCHEMA!r}"
             + ("; it was written by another version of deploy" if isinstance(schema, str) else "")

@@ -43,7 +43,7 @@ def test_round_trip_keeps_records_and_fingerprint(tmp_path: Path) -> None:
     records = [make_record("dense", 1), make_record("shrunk", 8, mean_ms=0.5)]
     path = write_results(tmp_path / "sub" / "run.json", records, FINGERPRINT)
     loaded = read_results(path)
-    assert loaded.schema == SCHEMA == "deploy.results/1"
+    assert loaded.schema == SCHEMA == "deploy.results/2"
     assert loaded.records == tuple(records)
     assert loaded.fingerprint == FINGERPRINT
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded.created)
@@ -81,7 +81,7 @@ def _write(path: Path, document: object) -> Path:
         ([1, 2], "expected a JSON object"),
         (
             {"schema": "deploy.results/9", "created": "x", "fingerprint": {}, "records": []},
-            "schema is 'deploy.results/9', expected 'deploy.results/1'",
+            "schema is 'deploy.results/9', expected 'deploy.results/2'",
         ),
         ({"created": "x", "fingerprint": {}, "records": []}, "schema is None"),
         (
@@ -136,3 +136,33 @@ def test_table_is_aligned_and_shows_the_numbers() -> None:
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header
     assert "2.000" in lines[2] and "500.0" in lines[2]  # mean ms and img/s of dense
     assert lines[3].startswith("a-much-longer-name") and "128000.0" in lines[3]
+
+
+def test_version_1_files_still_read_with_the_new_fields_none(tmp_path: Path) -> None:
+    old = make_record().to_dict()
+    for name in ("accuracy", "accuracy_samples", "gpu_compute_ms", "energy_mj", "avg_power_w"):
+        del old[name]
+    del old["power_source"], old["details"]
+    document = {"schema": "deploy.results/1", "created": "x", "fingerprint": {}, "records": [old]}
+    (record,) = read_results(_write(tmp_path / "v1.json", document)).records
+    assert record.accuracy is None and record.energy_mj is None and record.details == {}
+    assert record.mean_ms == 2.0
+
+
+def test_optional_figures_round_trip_and_are_type_checked(tmp_path: Path) -> None:
+    record = replace(
+        make_record(),
+        accuracy=0.75,
+        accuracy_samples=360,
+        gpu_compute_ms=0.4,
+        energy_mj=3.5,
+        avg_power_w=41.0,
+        power_source="nvml",
+        details={"cuda_graph": True},
+    )
+    path = write_results(tmp_path / "r.json", [record], {"fingerprint_id": "abc"})
+    assert read_results(path).records == (record,)
+    bad = record.to_dict() | {"energy_mj": "lots"}
+    document = {"schema": SCHEMA, "created": "x", "fingerprint": {}, "records": [bad]}
+    with pytest.raises(DeployInputError, match="'energy_mj' must be a number or null"):
+        read_results(_write(tmp_path / "bad.json", document))
