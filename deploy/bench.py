@@ -15,13 +15,16 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.runners.base import Runner, TensorSpec
 from deploy.stats import latency_stats
+
+if TYPE_CHECKING:
+    from deploy.power import Energy, PowerSampler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,9 @@ class BenchConfig:
     max_seconds: float = 300.0  # safety cap on the timed phase of one batch size (wall clock)
     seed: int = 0  # for the random inputs, so reruns feed the same data
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
+    # With a power sampler, each model then runs alone for this long while power is sampled
+    # (interleaving would mix the models' power draw); energy per inference comes from it.
+    power_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         batches = tuple(self.batch_sizes)
@@ -71,6 +77,10 @@ class BenchConfig:
                 )
             shapes[str(name)] = dims
         object.__setattr__(self, "shapes", shapes)
+        if not _is_number(self.power_seconds) or self.power_seconds <= 0:
+            raise DeployConfigError(
+                f"power_seconds must be a number > 0, got {self.power_seconds!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,18 +272,25 @@ def _random_array(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Gener
     )
 
 
-def benchmark(runner: Runner, config: BenchConfig, model_name: str) -> list[LatencyRecord]:
+def benchmark(
+    runner: Runner, config: BenchConfig, model_name: str, *, power: PowerSampler | None = None
+) -> list[LatencyRecord]:
     """Time one runner at every batch size in `config`; one record per batch size."""
-    return benchmark_side_by_side({model_name: runner}, config)
+    return benchmark_side_by_side({model_name: runner}, config, power=power)
 
 
 def benchmark_side_by_side(
-    runners: Mapping[str, Runner], config: BenchConfig
+    runners: Mapping[str, Runner],
+    config: BenchConfig,
+    *,
+    power: PowerSampler | None = None,
 ) -> list[LatencyRecord]:
     """Time several models interleaved; one record per model x batch, models in given order.
 
     Runners not yet entered are entered here and closed afterwards; runners the caller already
-    entered are used as they are.
+    entered are used as they are. With `power` (see `deploy.power.open_power_sampler`), each
+    model also gets an energy phase of `config.power_seconds` on its own, after its latency is
+    timed, and its records carry energy per inference and mean power.
     """
     if not runners:
         raise DeployConfigError("benchmark: no models to time")
@@ -292,10 +309,50 @@ def benchmark_side_by_side(
                 for _ in range(config.warmup_iters):
                     runners[name].infer(feeds[name])
                 runners[name].synchronize()
+                runners[name].take_gpu_times_ms()  # warm-up times are not reported
             timings = _timed_rounds(runners, feeds, config)
+            gpu_ms = {name: runners[name].take_gpu_times_ms() for name in names}
+            energy = {
+                name: _energy_phase(runners[name], feeds[name], config, power)
+                for name in names
+                if power is not None
+            }
             for name in names:
-                records.append(_record(name, runners[name], batch, config, timings[name]))
+                record = _record(name, runners[name], batch, config, timings[name])
+                if gpu_ms[name]:
+                    record = dataclasses.replace(
+                        record, gpu_compute_ms=float(np.median(gpu_ms[name]))
+                    )
+                if name in energy:
+                    record = dataclasses.replace(
+                        record,
+                        energy_mj=energy[name].energy_mj_per_inference,
+                        avg_power_w=energy[name].avg_power_w,
+                        power_source=energy[name].source,
+                    )
+                records.append(record)
     return records
+
+
+def _energy_phase(
+    runner: Runner, feed: dict[str, np.ndarray], config: BenchConfig, power: PowerSampler
+) -> Energy:
+    """Run one model alone for `power_seconds` while `power` samples; energy per inference."""
+    from deploy.power import energy_from_trace  # numpy-only, but only needed with a sampler
+
+    inferences = 0
+    budget_ns = int(config.power_seconds * 1e9)
+    power.start()
+    try:
+        started = time.perf_counter_ns()
+        while time.perf_counter_ns() - started < budget_ns:
+            runner.infer(feed)
+            inferences += 1
+        runner.synchronize()
+    finally:
+        trace = power.stop()
+    runner.take_gpu_times_ms()
+    return energy_from_trace(trace, inferences)
 
 
 def _timed_rounds(

@@ -62,6 +62,11 @@ def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
     path = Path(path)
     if not path.is_file():
         raise DeployInputError(f"evaluation file not found: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+        raise DeployInputError(
+            f"evaluation file {path} is not a readable .npz file; write it with "
+            "numpy.savez(path, images=..., labels=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = set(archive.files)

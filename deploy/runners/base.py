@@ -90,3 +90,11 @@ class Runner:
 
     def synchronize(self) -> None:
         """Wait for queued device work; a no-op on CPU backends (timing calls it)."""
+
+    def take_gpu_times_ms(self) -> list[float]:
+        """GPU compute times (ms) of the inferences since the last call, then forgets them.
+
+        Only runners that time the device with CUDA events return anything; the benchmark puts
+        the median of the timed iterations into `LatencyRecord.gpu_compute_ms`.
+        """
+        return []

@@ -68,6 +68,10 @@ class OnnxRuntimeRunner(Runner):
             raise DeployInputError(
                 f"onnxruntime cannot load {self.model_path}: {first_line}"
             ) from exc
+        # What the file computes in (Q/DQ nodes: int8; FP16 weights: fp16), for the records.
+        from deploy.onnx_info import inspect_onnx
+
+        self.precision = inspect_onnx(self.model_path).precision
         self._input_specs = [_spec(node) for node in self._session.get_inputs()]
         self._output_names = [node.name for node in self._session.get_outputs()]
 

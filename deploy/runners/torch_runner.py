@@ -198,3 +198,42 @@ def _input_specs(
             )
         specs.append(TensorSpec(name=name, shape=shape, dtype=np.dtype(dtype).name))
     return specs
+
+
+def load_exported_program(
+    path: str | Any, *, allow_pickle: bool = False
+) -> tuple[torch.nn.Module, dict[str, tuple[int | None, ...]]]:
+    """A `torch.export` file (.pt2) as a module plus its input shapes (None: dynamic dims).
+
+    torch.export files are read with pickle, which can run code from the file, so loading
+    one needs `allow_pickle=True`: the caller says the file is trusted.
+    """
+    from pathlib import Path
+
+    torch = lazy_import("torch", "the torch runner")
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise DeployInputError(
+            f"the torch backend runs torch.export files (.pt2), got {path.name}; ONNX files go "
+            "to --backend onnxruntime, tensorrt or trtexec"
+        )
+    if not path.is_file():
+        raise DeployInputError(f"torch.export file not found: {path}")
+    if not allow_pickle:
+        raise DeployConfigError(
+            f"{path.name} is a torch.export file, which torch loads with pickle (it can run "
+            "code); pass --allow-pickle if you trust where it came from"
+        )
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch raises several types for a bad archive
+        raise DeployInputError(
+            f"torch cannot load {path} as a torch.export file: {exc}".splitlines()[0]
+        ) from exc
+    shapes = {}
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in program.graph_signature.user_inputs:
+            continue
+        value = node.meta.get("val")
+        shapes[node.name] = tuple(d if isinstance(d, int) else None for d in value.shape)
+    return program.module(), shapes

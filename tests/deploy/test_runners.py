@@ -48,3 +48,31 @@ def test_wrong_input_shape_names_the_axis(classifier: Path) -> None:
 def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(DeployInputError, match="ONNX file not found"):
         OnnxRuntimeRunner(tmp_path / "absent.onnx").__enter__()
+
+
+def test_precision_is_read_from_the_graph(tmp_path: Path, classifier: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from deploy.onnx_info import inspect_onnx
+
+    info = inspect_onnx(classifier)
+    assert info.precision == "fp32" and info.inputs[0].shape == (None, 1, 8, 8)
+    model = onnx.load(classifier)
+    for init in model.graph.initializer:  # FP16 weights (the graph is not run here)
+        init.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name)
+        )
+    onnx.save(model, tmp_path / "half.onnx")
+    assert inspect_onnx(tmp_path / "half.onnx").precision == "fp16"
+    with OnnxRuntimeRunner(classifier) as runner:
+        assert runner.precision == "fp32"
+
+
+def test_a_file_that_is_not_onnx_is_named(tmp_path: Path) -> None:
+    from deploy.onnx_info import inspect_onnx
+
+    bogus = tmp_path / "weights.onnx"
+    bogus.write_bytes(b"\x80\x04not protobuf at all" * 10)
+    with pytest.raises(DeployInputError, match="not a readable ONNX file"):
+        inspect_onnx(bogus)

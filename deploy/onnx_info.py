@@ -1,0 +1,100 @@
+"""What an ONNX file is, read from the file alone: inputs, outputs and numeric precision.
+
+Every backend records the precision a latency was measured at, and the same file means
+different things to different runtimes: a QDQ graph is INT8 to TensorRT and to onnxruntime's
+quantized kernels, a graph of FP16 weights is FP16 everywhere. Reading it from the graph, not
+from a flag, keeps result files honest about what actually ran.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.errors import DeployInputError
+from deploy.lazy import lazy_import
+from deploy.runners.base import TensorSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# ONNX TensorProto data types -> numpy dtype names (the ones image models use).
+_ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64", 16: "bfloat16"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """Facts about one ONNX file; `precision` is fp32, fp16, bf16 or int8 (Q/DQ nodes)."""
+
+    path: Path
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    precision: str
+    qdq_nodes: int
+    initializer_types: dict[str, int] = field(default_factory=dict)  # dtype name -> count
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dynamic_inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(spec for spec in self.inputs if None in spec.shape)
+
+
+def inspect_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
+    """Read an ONNX file's graph (weights included, no runtime); a non-ONNX file is refused."""
+    onnx = lazy_import("onnx", "reading an ONNX file")
+    path = Path(path)
+    if not path.is_file():
+        raise DeployInputError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
+        raise DeployInputError(
+            f"{path} is not a readable ONNX file ({type(exc).__name__}); pass a .onnx model "
+            "(exported with torch.onnx or `compressor export`)"
+        ) from exc
+    graph = model.graph
+    if not graph.node and not graph.output:
+        raise DeployInputError(f"{path} is not an ONNX model (its graph is empty)")
+    initializer_names = {init.name for init in graph.initializer}
+    counts: dict[str, int] = {}
+    for init in graph.initializer:
+        name = _ONNX_TYPES.get(init.data_type, f"type{init.data_type}")
+        counts[name] = counts.get(name, 0) + 1
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+    opset = max(
+        (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+    )
+    return OnnxInfo(
+        path=path,
+        opset=opset,
+        inputs=tuple(
+            _spec(value) for value in graph.input if value.name not in initializer_names
+        ),
+        outputs=tuple(_spec(value) for value in graph.output),
+        precision=_precision(qdq, counts),
+        qdq_nodes=qdq,
+        initializer_types=counts,
+        metadata={prop.key: prop.value for prop in model.metadata_props},
+    )
+
+
+def _precision(qdq_nodes: int, counts: dict[str, int]) -> str:
+    if qdq_nodes:
+        return "int8"
+    floats = {name: counts.get(name, 0) for name in ("float32", "float16", "bfloat16")}
+    heaviest = max(floats, key=lambda name: floats[name])
+    if floats[heaviest] == 0:
+        return "fp32"
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[heaviest]
+
+
+def _spec(value) -> TensorSpec:  # noqa: ANN001 - onnx ValueInfoProto
+    tensor = value.type.tensor_type
+    shape = tuple(
+        dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+        for dim in tensor.shape.dim
+    )
+    dtype = _ONNX_TYPES.get(tensor.elem_type, f"type{tensor.elem_type}")
+    return TensorSpec(name=value.name, shape=shape, dtype=dtype)
