@@ -1,7 +1,10 @@
-"""`deploy` command line: benchmark an ONNX file on this device and save a result file.
+"""`deploy` command line: build, benchmark and compare models on this device.
 
-    deploy bench MODEL.onnx [--batch 1,8,32] [--threads N] [--warmup N] [--iterations N]
-                 [--min-seconds S] [--shapes name:1x3x224x224,...] [--output PATH] [--name NAME]
+    deploy bench MODEL [--backend onnxruntime|tensorrt|trtexec|torch] [--precision P]
+                 [--batch 1,8,32] [--data eval.npz] [--power auto] [--output PATH] ...
+    deploy build MODEL.onnx [--precision P] [--batch 1,8,32] [--output ENGINE]
+    deploy report RESULTS... [--out DIR] [--baseline dense]
+    deploy info
 
 Every error `deploy` raises on purpose becomes one line on stderr, "deploy: error: ...", with
 exit code 2 for usage and configuration mistakes and 1 for everything else (missing or
@@ -13,17 +16,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from deploy.bench import BenchConfig, benchmark
+from deploy.bench import BenchConfig, LatencyRecord, benchmark
 from deploy.errors import DeployConfigError, DeployError
-from deploy.fingerprint import device_fingerprint, summary_line
+from deploy.evaluate import load_labelled, top1_accuracy
+from deploy.fingerprint import (
+    clock_warnings,
+    device_fingerprint,
+    require_locked_clocks,
+    summary_line,
+)
+from deploy.onnx_info import PRECISIONS, inspect_onnx
+from deploy.power import open_power_sampler
 from deploy.results import default_results_path, format_table, write_results
-from deploy.runners import BACKENDS, make_runner
+from deploy.runners import Runner, make_runner
 
-# Backends `deploy bench` can drive from the command line: torch needs an in-memory module,
-# which only the Python API can pass, and TensorRT has no runner yet.
-_CLI_BACKENDS = ("onnxruntime",)
+CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
 
 
 class _UsageError(DeployConfigError):
@@ -58,15 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="deploy", description="Benchmark models on this device.")
+    parser = _Parser(prog="deploy", description="Build, benchmark and compare models on devices.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     bench = commands.add_parser(
         "bench",
-        help="time an ONNX model and write a result file",
-        description="Time an ONNX model at one or more batch sizes and write a result file.",
+        help="time a model on one backend and write a result file",
+        description=(
+            "Time a model at one or more batch sizes and write a result file. onnxruntime "
+            "runs ONNX files; tensorrt runs engines (or builds one from an ONNX file first); "
+            "trtexec times an ONNX file or engine with NVIDIA's trtexec; torch runs "
+            "torch.export (.pt2) files."
+        ),
     )
-    bench.add_argument("model", type=Path, help="the ONNX file to time")
-    bench.add_argument("--backend", default="onnxruntime", help="runtime (default onnxruntime)")
+    bench.add_argument("model", type=Path, help="the model file to time")
+    bench.add_argument("--backend", default="onnxruntime", help=", ".join(CLI_BACKENDS))
+    bench.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, fp16, bf16 or int8; onnxruntime and torch run what the file holds "
+        "(checked), tensorrt/trtexec build for it (default: the file's precision)",
+    )
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     bench.add_argument("--threads", default=None, help="intra-op threads (default: backend's)")
     bench.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
@@ -79,20 +100,93 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sizes of dynamic input dims: name:1x3x224x224[,name2:...]; axis 0 follows --batch",
     )
+    bench.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="labelled evaluation file (.npz with images and labels): adds top-1 accuracy",
+    )
+    bench.add_argument(
+        "--power",
+        default="auto",
+        help="power sampling for energy per inference: auto (NVML or tegrastats when "
+        "present), nvml, tegrastats, none (default auto)",
+    )
+    bench.add_argument(
+        "--power-seconds", default="2", help="seconds each model runs alone while power is sampled"
+    )
+    bench.add_argument(
+        "--require-locked-clocks",
+        action="store_true",
+        help="refuse to time when the device's clocks are not locked (Jetson: jetson_clocks)",
+    )
+    bench.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
+    bench.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="torch backend: load a .pt2 file, which torch reads with pickle (trusted files only)",
+    )
+    bench.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
+    bench.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=Path("engines"),
+        help="tensorrt: where engines built from ONNX files go (default ./engines)",
+    )
+    bench.add_argument("--workspace-mib", default=None, help="TensorRT builder workspace (MiB)")
+    bench.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file")
+    bench.add_argument("--dla-core", default=None, help="run on this DLA core (Jetson)")
+    bench.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
     bench.add_argument("--output", type=Path, default=None, help="result file path")
     bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
     bench.set_defaults(handler=_bench)
+
+    build = commands.add_parser(
+        "build",
+        help="build a TensorRT engine from an ONNX file",
+        description="Build a TensorRT engine (with its sidecar JSON) from an ONNX file.",
+    )
+    build.add_argument("model", type=Path, help="the ONNX file (FP16 / QDQ ONNX for fp16/int8)")
+    build.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8")
+    build.add_argument(
+        "--batch", default="1", help="batch sizes the engine must run; the profile spans them"
+    )
+    build.add_argument("--shapes", default=None, help="sizes of other dynamic dims (see bench)")
+    build.add_argument("--workspace-mib", default=None, help="builder workspace limit (MiB)")
+    build.add_argument("--timing-cache", type=Path, default=None, help="timing cache file")
+    build.add_argument("--dla-core", default=None, help="build for this DLA core (Jetson)")
+    build.add_argument("--output", type=Path, default=None, help="engine path")
+    build.set_defaults(handler=_build)
+
+    report = commands.add_parser(
+        "report",
+        help="merge result files from several devices into one report",
+        description=(
+            "Merge result files (or directories of them) into report.md, report.html and "
+            "plots; measurements from different device fingerprints stay in separate columns."
+        ),
+    )
+    report.add_argument("results", type=Path, nargs="+", help="result files or directories")
+    report.add_argument("--out", type=Path, default=Path("report"), help="output directory")
+    report.add_argument("--baseline", default="dense", help="model the speed-ups are over")
+    report.add_argument("--batch", default=None, help="only this batch size")
+    report.set_defaults(handler=_report_command)
+
+    info = commands.add_parser(
+        "info",
+        help="describe this device (the fingerprint results carry) and clock warnings",
+    )
+    info.set_defaults(handler=_info)
     return parser
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.backend not in _CLI_BACKENDS:
-        known = "is not available yet in `deploy bench`" if args.backend else "is empty"
-        if args.backend not in BACKENDS and args.backend not in ("tensorrt", "trtexec"):
-            known = "is unknown"
+    backend = args.backend
+    if backend not in CLI_BACKENDS:
         raise DeployConfigError(
-            f"--backend '{args.backend}' {known}; available: {', '.join(_CLI_BACKENDS)}"
+            f"--backend '{backend}' is unknown; choose from {', '.join(CLI_BACKENDS)}"
         )
+    precision = _precision_option(args.precision)
     threads = None if args.threads is None else _int_option("--threads", args.threads, minimum=1)
     config = BenchConfig(
         batch_sizes=parse_batch_sizes(args.batch),
@@ -102,18 +196,224 @@ def _bench(args: argparse.Namespace) -> int:
         max_seconds=_float_option("--max-seconds", args.max_seconds),
         seed=_int_option("--seed", args.seed, minimum=0),
         shapes=parse_shapes(args.shapes) if args.shapes else {},
+        power_seconds=_float_option("--power-seconds", args.power_seconds, positive=True),
     )
+    data = load_labelled(args.data) if args.data is not None else None
     name = args.name or args.model.stem
     output = args.output or default_results_path()
-    runner = make_runner(args.backend, args.model, threads=threads)
-    with runner:
-        records = benchmark(runner, config, name)
     fingerprint = device_fingerprint(threads=threads)
+    _clock_check(fingerprint, args.require_locked_clocks)
+    if backend == "trtexec":
+        records = _bench_trtexec(args, config, precision, name)
+    else:
+        runner = _cli_runner(args, config, precision, threads)
+        power = open_power_sampler(args.power)
+        with runner:
+            records = benchmark(runner, config, name, power=power)
+            if data is not None:
+                accuracy = top1_accuracy(runner, data, batch_size=max(config.batch_sizes))
+                records = [
+                    replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
+                    for r in records
+                ]
     path = write_results(output, records, fingerprint)
     print(summary_line(fingerprint))
     print(format_table(records))
     print(f"results written to {path}")
     return 0
+
+
+def _cli_runner(
+    args: argparse.Namespace, config: BenchConfig, precision: str | None, threads: int | None
+) -> Runner:
+    """The runner for `deploy bench`, after checking the file suits the backend and precision."""
+    if args.backend == "torch":
+        from deploy.runners.torch_runner import TorchRunner, load_exported_program
+
+        module, shapes = load_exported_program(args.model, allow_pickle=args.allow_pickle)
+        if precision not in (None, "fp32"):
+            raise DeployConfigError(
+                f"--precision {precision}: the torch backend runs the .pt2 file as saved (fp32)"
+            )
+        return TorchRunner(
+            module,
+            input_shape=shapes,
+            input_names=tuple(shapes),
+            device=args.device,
+            threads=threads,
+        )
+    if args.backend == "tensorrt":
+        return _tensorrt_runner(args, config, precision)
+    info = inspect_onnx(args.model)
+    _check_file_precision(info.precision, precision, args.model, args.backend)
+    return make_runner(args.backend, args.model, threads=threads)
+
+
+def _check_file_precision(have: str, want: str | None, model: Path, backend: str) -> None:
+    if want is None or want == have:
+        return
+    hint = {
+        "int8": "pass the QDQ ONNX (`compressor export` writes model.int8.onnx)",
+        "fp16": "pass the FP16 ONNX (`compressor export` writes model.fp16.onnx)",
+    }.get(want, "pass the FP32 ONNX")
+    raise DeployConfigError(
+        f"--precision {want}: {model.name} is a {have} graph and {backend} runs what the file "
+        f"holds; {hint}, or leave --precision out"
+    )
+
+
+def _tensorrt_runner(
+    args: argparse.Namespace, config: BenchConfig, precision: str | None
+) -> Runner:
+    """A TensorRT runner for an engine file, building the engine first from an ONNX file."""
+    from deploy.runners.tensorrt import TensorRTRunner
+
+    engine = args.model
+    if args.model.suffix == ".onnx":
+        engine = _build_from_args(args, config, precision, output=None).engine_path
+    elif precision is not None:
+        from deploy.trt_engine import load_engine_info
+
+        built = load_engine_info(engine).precision
+        if built != precision:
+            raise DeployConfigError(
+                f"--precision {precision}: {engine.name} was built for {built}; rebuild it "
+                f"with `deploy build --precision {precision}` or leave --precision out"
+            )
+    return TensorRTRunner(engine, cuda_graph=args.cuda_graph)
+
+
+def _bench_trtexec(
+    args: argparse.Namespace, config: BenchConfig, precision: str | None, name: str
+) -> list[LatencyRecord]:
+    """trtexec times the model itself (its own warm-up and iterations); one record per batch."""
+    from deploy.trtexec import run_trtexec
+
+    return run_trtexec(
+        args.model,
+        name=name,
+        batch_sizes=config.batch_sizes,
+        precision=precision,
+        trtexec=args.trtexec,
+        iterations=config.iterations,
+        duration_s=max(config.min_seconds, 0) or None,
+        shapes=config.shapes or None,
+        timing_cache=args.timing_cache,
+        workspace_mib=_optional_int("--workspace-mib", args.workspace_mib),
+        dla_core=_optional_int("--dla-core", args.dla_core, minimum=0),
+        use_cuda_graph=True if args.cuda_graph else None,
+    )
+
+
+def _build(args: argparse.Namespace) -> int:
+    config = BenchConfig(
+        batch_sizes=parse_batch_sizes(args.batch),
+        shapes=parse_shapes(args.shapes) if args.shapes else {},
+    )
+    info = _build_from_args(args, config, _precision_option(args.precision), args.output)
+    print(f"engine written to {info.engine_path} (sidecar {info.sidecar_path})")
+    return 0
+
+
+def _build_from_args(
+    args: argparse.Namespace, config: BenchConfig, precision: str | None, output: Path | None
+):  # noqa: ANN202 - deploy.trt_engine.EngineInfo, imported lazily
+    """Build (or reuse) an engine whose profile spans the requested batch sizes.
+
+    An engine already at the output path is reused when its sidecar says it was built from
+    this very ONNX file (same SHA-256) with the same options; anything else is rebuilt.
+    """
+    from deploy.trt_engine import BuildOptions, build_engine, load_engine_info
+
+    info = inspect_onnx(args.model)
+    precision = precision or info.precision  # plan_build checks the pair per TensorRT version
+    smallest, largest = min(config.batch_sizes), max(config.batch_sizes)
+    profile = None
+    if config.shapes:
+        profile = {
+            name: (
+                (smallest, *shape[1:]),
+                (largest, *shape[1:]),
+                (largest, *shape[1:]),
+            )
+            for name, shape in config.shapes.items()
+        }
+    options = BuildOptions(
+        precision=precision,
+        workspace_mib=_optional_int("--workspace-mib", args.workspace_mib),
+        min_batch=smallest,
+        max_batch=largest,
+        profile=profile,
+        timing_cache=args.timing_cache,
+        dla_core=_optional_int("--dla-core", args.dla_core, minimum=0),
+    )
+    if output is None:
+        dla = "" if options.dla_core is None else f".dla{options.dla_core}"
+        output = args.engine_dir / f"{args.model.stem}.{precision}.b{largest}{dla}.engine"
+    if output.is_file():
+        try:
+            existing = load_engine_info(output)
+        except DeployError:
+            existing = None
+        if (
+            existing is not None
+            and existing.sidecar.get("source_onnx", {}).get("sha256") == _sha256(args.model)
+            and existing.sidecar.get("build_options") == options.to_dict()
+        ):
+            print(f"reusing {output} (built from this ONNX file with these options)")
+            return existing
+    return build_engine(args.model, output, options, log=print)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _optional_int(flag: str, text: str | None, *, minimum: int = 1) -> int | None:
+    return None if text is None else _int_option(flag, text, minimum=minimum)
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from deploy.report import build_report
+
+    batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
+    files = build_report(args.results, args.out, baseline=args.baseline, batch=batch)
+    for path in files.paths():
+        print(f"wrote {path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    fingerprint = device_fingerprint()
+    print(summary_line(fingerprint))
+    for key, value in fingerprint.items():
+        if value is not None and key != "libraries":
+            print(f"  {key}: {value}")
+    for line in clock_warnings(fingerprint):
+        print(f"warning: {line}")
+    return 0
+
+
+def _clock_check(fingerprint: dict, required: bool) -> None:
+    """Warn (stderr) when clocks are not locked; with --require-locked-clocks, refuse."""
+    if required:
+        require_locked_clocks(fingerprint)
+    for line in clock_warnings(fingerprint):
+        print(f"deploy: warning: {line}", file=sys.stderr)
+
+
+def _precision_option(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if text not in PRECISIONS:
+        raise DeployConfigError(f"--precision: choose from {', '.join(PRECISIONS)}, got {text!r}")
+    return text
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -158,13 +458,14 @@ def _int_option(flag: str, text: str, *, minimum: int) -> int:
     return value
 
 
-def _float_option(flag: str, text: str) -> float:
+def _float_option(flag: str, text: str, *, positive: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise DeployConfigError(f"{flag}: expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise DeployConfigError(f"{flag}: must be a finite number >= 0, got {text!r}")
+    if not value >= 0 or value == float("inf") or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise DeployConfigError(f"{flag}: must be a finite number {bound}, got {text!r}")
     return value
 
 

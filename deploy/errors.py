@@ -15,3 +15,11 @@ class DeployInputError(DeployError):
 
 class MissingDependencyError(DeployError, ImportError):
     """An optional package is needed for what was asked and is not installed."""
+
+
+class MeasurementError(DeployError):
+    """A measurement cannot be trusted as asked: too few power samples, clocks not locked."""
+
+
+class EngineMismatchError(DeployInputError):
+    """A TensorRT engine was built for another TensorRT version or GPU, or says nothing of it."""

@@ -16,7 +16,12 @@ _INSTALL_HINTS = {
     "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)",
     "onnx": "pip install onnx",
     "torch": "pip install torch (see the README for the tested version)",
-    "tensorrt": "use an NVIDIA container or JetPack that ships TensorRT",
+    "tensorrt": (
+        "use an NVIDIA container (nvcr.io/nvidia/tensorrt or pytorch) or JetPack, which ship "
+        "TensorRT, or pip install tensorrt on an x86 CUDA machine"
+    ),
+    "pynvml": "pip install nvidia-ml-py",
+    "cuda": "pip install cuda-python",
 }
 
 

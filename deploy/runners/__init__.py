@@ -18,22 +18,28 @@ from deploy.runners.onnxruntime import OnnxRuntimeRunner
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("deploy.runners.onnxruntime", "OnnxRuntimeRunner", "a path to an ONNX file"),
     "torch": ("deploy.runners.torch_runner", "TorchRunner", "a torch.nn.Module"),
+    "tensorrt": ("deploy.runners.tensorrt", "TensorRTRunner", "a path to a TensorRT engine file"),
 }
 
-# Backends the architecture plans but that have no runner yet; named so the error says so.
-PLANNED_BACKENDS = ("tensorrt", "trtexec")
+# Backends that time a model but are not runners (they do not return outputs to compare).
+NOT_RUNNERS = {
+    "trtexec": "trtexec runs as its own process and reports timings only; use "
+    "deploy.trtexec.run_trtexec (`deploy bench --backend trtexec`)",
+}
 
 
 def make_runner(backend: str, model: Any, **options: Any) -> Runner:
     """Build the runner registered as `backend` for `model`, importing it only now.
 
-    `model` is an ONNX path for "onnxruntime" and an nn.Module for "torch"; `options` go to
-    the runner's constructor (e.g. `threads=2`, or `input_shape=(None, 3, 32, 32)` for torch).
+    `model` is an ONNX path for "onnxruntime", an nn.Module for "torch" and an engine path for
+    "tensorrt"; `options` go to the runner's constructor (e.g. `threads=2`, or
+    `input_shape=(None, 3, 32, 32)` for torch, `cuda_graph=True` for tensorrt).
     """
     if backend not in BACKENDS:
-        if backend in PLANNED_BACKENDS:
+        if backend in NOT_RUNNERS:
             raise DeployConfigError(
-                f"backend '{backend}' is not available yet; available: {sorted(BACKENDS)}"
+                f"backend '{backend}' is not a runner: {NOT_RUNNERS[backend]}; runners: "
+                f"{sorted(BACKENDS)}"
             )
         raise DeployConfigError(f"unknown backend '{backend}'; choose from {sorted(BACKENDS)}")
     module_name, class_name, _ = BACKENDS[backend]

@@ -28,9 +28,9 @@ def test_make_runner_builds_an_onnxruntime_runner_that_classifies(classifier: Pa
 
 @pytest.mark.parametrize(
     ("backend", "message"),
-    [("tensorrt", "not available yet"), ("tflite", "unknown backend 'tflite'")],
+    [("trtexec", "is not a runner"), ("tflite", "unknown backend 'tflite'")],
 )
-def test_unknown_or_planned_backend_is_a_config_error(
+def test_unknown_or_non_runner_backend_is_a_config_error(
     backend: str, message: str, classifier: Path
 ) -> None:
     with pytest.raises(DeployConfigError, match=message):

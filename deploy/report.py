@@ -1,0 +1,615 @@
+"""One report from result files of several machines: report.md, report.html and two plots.
+
+    build_report([Path("results/")], Path("report/"), baseline="dense")
+
+Rows are models; columns are device x backend x precision x batch, where the device is a short
+label from the file's fingerprint (GPU name, Jetson model and power mode, or CPU model and
+threads). Columns from different fingerprint ids are never merged: two fingerprints that would
+get the same label get their ids appended. The same (fingerprint, device, backend, precision,
+batch, model) measured in two files is one measurement repeated, so the newer file (its
+`created` time, then its path) wins and a note names the file set aside: re-running a
+benchmark to fix it is the common case, and a second column would double the table.
+
+Cells show the median latency per batch (ms), the speed-up over the baseline model in the same
+column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
+matplotlib is imported lazily; without it (a bare Jetson) the report says the plots were
+skipped. Every file is written atomically, so an interrupted run leaves the previous report.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.bench import LatencyRecord
+from deploy.errors import DeployInputError, MissingDependencyError
+from deploy.fingerprint import fingerprint_id
+from deploy.lazy import lazy_import
+from deploy.results import ResultFile, read_results
+
+ACCURACY_PLOT = "accuracy_vs_latency.png"
+SPEEDUP_PLOT = "speedup.png"
+_RESULT_SCHEMA_PREFIX = "deploy.results/"
+
+ColumnKey = tuple[
+    str, str, str, str, int
+]  # fingerprint id, record device, backend, precision, batch
+
+
+@dataclass(frozen=True)
+class Column:
+    """One device x backend x precision x batch; `label` names the device for people."""
+
+    fingerprint_id: str
+    device: str  # the record's device ("cpu", "cuda")
+    backend: str
+    precision: str
+    batch: int
+    label: str
+
+    @property
+    def key(self) -> ColumnKey:
+        return (self.fingerprint_id, self.device, self.backend, self.precision, self.batch)
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} | {self.backend} {self.precision} | batch {self.batch}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model in one column: its record, where it came from, its speed-up."""
+
+    record: LatencyRecord
+    source: Path
+    speedup: float | None  # baseline p50 / this p50 in the same column; None without baseline
+
+
+@dataclass(frozen=True)
+class Device:
+    """A (fingerprint, record device) pair as the report's Devices section lists it."""
+
+    label: str
+    fingerprint_id: str
+    description: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class MergedTable:
+    models: tuple[str, ...]  # rows; the baseline first when present
+    columns: tuple[Column, ...]
+    cells: Mapping[tuple[str, ColumnKey], Cell]
+    baseline: str | None  # the baseline model, or None when there is none in the data
+    devices: tuple[Device, ...]
+    notes: tuple[str, ...] = ()
+
+    def cell(self, model: str, column: Column) -> Cell | None:
+        return self.cells.get((model, column.key))
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    html: Path
+    accuracy_plot: Path | None  # None when skipped (no matplotlib, no accuracy)
+    speedup_plot: Path | None  # None when skipped (no matplotlib, no baseline)
+    table: MergedTable
+    notes: tuple[str, ...] = field(default=())
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.markdown, self.html, self.accuracy_plot, self.speedup_plot) if p]
+
+
+def build_report(
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    baseline: str | None = "dense",
+    batch: int | None = None,
+) -> ReportFiles:
+    """Read result files (directories are searched for *.json), merge them, write the report."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [Path(paths)]
+    files, notes = load_result_files(paths)
+    table = merge_results(files, baseline=baseline, batch=batch)
+    notes = [*notes, *table.notes]
+    out_dir = Path(out_dir)
+    plots: dict[str, bytes] = {}
+    try:
+        lazy_import("matplotlib", "report plots")
+    except MissingDependencyError:
+        notes.append(
+            "matplotlib is not installed, so the plots were skipped (pip install matplotlib)"
+        )
+    else:
+        plots, plot_notes = _plots(table, batch)
+        notes += plot_notes
+    for name, data in plots.items():
+        _write_atomic(out_dir / name, data)
+    for stale in {ACCURACY_PLOT, SPEEDUP_PLOT} - set(plots):  # from an earlier run; now wrong
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / stale).unlink()
+    md_path = _write_atomic(out_dir / "report.md", render_markdown(table, notes, list(plots)))
+    html_path = _write_atomic(out_dir / "report.html", render_html(table, notes, plots))
+    return ReportFiles(
+        markdown=md_path,
+        html=html_path,
+        accuracy_plot=out_dir / ACCURACY_PLOT if ACCURACY_PLOT in plots else None,
+        speedup_plot=out_dir / SPEEDUP_PLOT if SPEEDUP_PLOT in plots else None,
+        table=table,
+        notes=tuple(notes),
+    )
+
+
+def load_result_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, ResultFile]], list[str]]:
+    """Result files named or found under directories; notes for JSON files that are not results.
+
+    A named file must be a result file. In a directory, *.json files (recursively, hidden ones
+    left out) whose schema is not deploy.results/* are skipped with a note; a file that claims
+    that schema but does not read is an error naming it.
+    """
+    files: list[tuple[Path, ResultFile]] = []
+    notes: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*.json")
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            for candidate in found:
+                if _looks_like_results(candidate):
+                    files.append((candidate, read_results(candidate)))
+                else:
+                    notes.append(f"skipped {candidate}: not a result file")
+        elif path.exists():
+            files.append((path, read_results(path)))
+        else:
+            raise DeployInputError(f"results path not found: {path}")
+    if not files:
+        where = ", ".join(str(p) for p in paths)
+        raise DeployInputError(
+            f"no result files ({_RESULT_SCHEMA_PREFIX}*) in {where}; `deploy bench` writes them"
+        )
+    return files, notes
+
+
+def _looks_like_results(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployInputError(f"cannot read {path}: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        # A truncated result file still starts with its schema (write_results puts it first).
+        return _RESULT_SCHEMA_PREFIX in text[:200]
+    schema = document.get("schema") if isinstance(document, dict) else None
+    return isinstance(schema, str) and schema.startswith(_RESULT_SCHEMA_PREFIX)
+
+
+def merge_results(
+    files: Sequence[tuple[Path | str, ResultFile]],
+    *,
+    baseline: str | None = "dense",
+    batch: int | None = None,
+) -> MergedTable:
+    """Merge (path, result file) pairs into one table; pure, no file access."""
+    chosen: dict[tuple[str, ColumnKey], tuple[tuple[str, str], Path, LatencyRecord]] = {}
+    fingerprints: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    model_order: list[str] = []
+    batches: set[int] = set()
+    for raw_path, result in files:
+        path = Path(raw_path)
+        fid = str(result.fingerprint.get("fingerprint_id") or fingerprint_id(result.fingerprint))
+        fingerprints.setdefault(fid, result.fingerprint)
+        for record in result.records:
+            batches.add(record.batch)
+            if batch is not None and record.batch != batch:
+                continue
+            key = (
+                record.model,
+                (fid, record.device, record.backend, record.precision, record.batch),
+            )
+            age = (result.created, str(path))
+            if key in chosen:
+                kept, dropped = sorted([(age, path), (chosen[key][0], chosen[key][1])])[::-1]
+                notes.append(
+                    f"{record.model} on {record.backend} {record.precision} batch {record.batch} "
+                    f"(fingerprint {fid}) is in {kept[1]} and {dropped[1]}: kept the newer, "
+                    f"{kept[1]}"
+                )
+                if kept[1] != path:
+                    continue
+            chosen[key] = (age, path, record)
+            if record.model not in model_order:
+                model_order.append(record.model)
+    if not chosen:
+        raise DeployInputError(
+            f"no records for batch {batch}; the files hold batches {sorted(batches)}"
+            if batch is not None
+            else "the result files hold no records"
+        )
+    sources: dict[tuple[str, str], set[Path]] = {}
+    for (_, key), (_, path, _) in chosen.items():
+        sources.setdefault(key[:2], set()).add(path)
+    labels = _device_labels({(k[1][0], k[1][1]) for k in chosen}, fingerprints, chosen)
+    columns = sorted(
+        {Column(*key, label=labels[key[:2]]) for _, key in chosen},
+        key=lambda c: (c.label, c.backend, c.precision, c.batch),
+    )
+    if baseline is not None and baseline not in model_order:
+        notes.append(
+            f"baseline model {baseline!r} is in none of the files, so there are no speed-ups; "
+            f"pass one of {', '.join(model_order)}"
+        )
+        baseline = None
+    models = [baseline] if baseline else []
+    models += [m for m in model_order if m != baseline]
+    cells: dict[tuple[str, ColumnKey], Cell] = {}
+    for (model, key), (_, path, record) in chosen.items():
+        base = chosen.get((baseline, key)) if baseline else None
+        speedup = base[2].p50_ms / record.p50_ms if base and record.p50_ms > 0 else None
+        cells[(model, key)] = Cell(record=record, source=path, speedup=speedup)
+    devices = tuple(
+        Device(
+            label=labels[pair],
+            fingerprint_id=pair[0],
+            description=describe_fingerprint(fingerprints[pair[0]]),
+            files=tuple(sorted(sources[pair])),
+        )
+        for pair in sorted(labels, key=lambda p: labels[p])
+    )
+    return MergedTable(
+        models=tuple(models),
+        columns=tuple(columns),
+        cells=cells,
+        baseline=baseline,
+        devices=devices,
+        notes=tuple(notes),
+    )
+
+
+def _device_labels(
+    pairs: set[tuple[str, str]],
+    fingerprints: Mapping[str, dict[str, Any]],
+    chosen: Mapping[tuple[str, ColumnKey], tuple[Any, Path, LatencyRecord]],
+) -> dict[tuple[str, str], str]:
+    """Label per (fingerprint id, record device); a label two of them share gets the
+    fingerprint id appended (two machines) or the record's device (one machine)."""
+    threads = {(k[0], k[1]): rec.threads for (_, k), (_, _, rec) in chosen.items()}
+    base = {pair: device_label(fingerprints[pair[0]], pair[1], threads.get(pair)) for pair in pairs}
+    sharing: dict[str, list[tuple[str, str]]] = {}
+    for pair, label in base.items():
+        sharing.setdefault(label, []).append(pair)
+    labels = {}
+    for pair, label in base.items():
+        others = sharing[label]
+        if len({fid for fid, _ in others}) > 1:  # two machines: the id tells them apart
+            label = f"{label} [{pair[0]}]"
+        if len({device for _, device in others}) > 1:  # one machine, two record devices
+            label = f"{label} ({pair[1]})"
+        labels[pair] = label
+    return labels
+
+
+def device_label(
+    fingerprint: Mapping[str, Any], device: str = "cpu", threads: int | None = None
+) -> str:
+    """Short name of where a record ran: GPU, Jetson model + power mode, or CPU + threads."""
+    on_cpu = device.lower().startswith("cpu")
+    threads = threads if threads is not None else fingerprint.get("threads")
+    thread_text = f"{threads} threads" if threads is not None else "default threads"
+    if fingerprint.get("jetson_model"):
+        name = _short_name(str(fingerprint["jetson_model"]))
+        mode = fingerprint.get("power_mode")
+        name = f"{name} {mode}" if mode else name
+        return f"{name} CPU, {thread_text}" if on_cpu else name
+    if not on_cpu and fingerprint.get("gpu_name"):
+        return _short_name(str(fingerprint["gpu_name"]))
+    return f"{_short_name(str(fingerprint.get('cpu_model') or 'unknown CPU'))}, {thread_text}"
+
+
+def _short_name(name: str) -> str:
+    for noise in ("NVIDIA ", "(R)", "(TM)", " Developer Kit", " Engineering Reference", " CPU"):
+        name = name.replace(noise, "")
+    name = re.sub(r"\s*@\s*[\d.]+\s*GHz", "", name)
+    name = re.sub(r"\s+Processor$", "", name)
+    return " ".join(name.split())
+
+
+def describe_fingerprint(fp: Mapping[str, Any]) -> str:
+    """The facts behind a device label, in one line."""
+    libs = fp.get("libraries") or {}
+    parts = [f"CPU {fp.get('cpu_model')} ({fp.get('logical_cores')} logical cores)"]
+    if fp.get("gpu_name"):
+        parts.append(
+            f"GPU {fp['gpu_name']}, driver {fp.get('gpu_driver')}, CUDA {fp.get('cuda_version')}"
+            + {True: ", clocks locked", False: ", clocks not locked"}.get(
+                fp.get("gpu_clocks_locked"), ""
+            )
+        )
+    if fp.get("jetson_model"):
+        clocks = {True: "locked", False: "not locked"}.get(
+            fp.get("jetson_clocks_locked"), "unknown"
+        )
+        parts.append(
+            f"{fp['jetson_model']}, L4T {fp.get('l4t_release')}, JetPack {fp.get('jetpack')}, "
+            f"power mode {fp.get('power_mode')}, jetson_clocks {clocks}"
+        )
+    parts.append(
+        ", ".join(
+            f"{name} {version}" for name, version in libs.items() if version and name != "numpy"
+        )
+    )
+    system = " ".join(str(fp[k]) for k in ("os", "machine") if fp.get(k))
+    parts.append(", ".join(p for p in (system, f"host {fp.get('hostname')}") if p))
+    return "; ".join(p for p in parts if p)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both, fastest first.
+
+    A point is dominated when another is at least as fast and at least as accurate and better
+    in one; equal points are both kept. Points with a non-finite coordinate are never on it.
+    """
+    finite = [i for i, (lat, acc) in enumerate(points) if math.isfinite(lat) and math.isfinite(acc)]
+    front: list[int] = []
+    for i in sorted(finite, key=lambda i: (points[i][0], -points[i][1])):
+        last = tuple(points[front[-1]]) if front else None
+        # More accurate than every faster point, or an exact tie with the last one kept.
+        if last is None or points[i][1] > last[1] or tuple(points[i]) == last:
+            front.append(i)
+    return front
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def _cell_text(table: MergedTable, model: str, column: Column) -> str:
+    cell = table.cell(model, column)
+    if cell is None:
+        return "–"
+    record = cell.record
+    text = f"{record.p50_ms:.3f} ms"
+    if cell.speedup is not None and model != table.baseline:
+        text += f" ({cell.speedup:.2f}x)"
+    if record.accuracy is not None:
+        text += f" · {100 * record.accuracy:.1f}%"
+    if record.energy_mj is not None:
+        text += f" · {record.energy_mj:.2f} mJ"
+    return text
+
+
+def _intro(table: MergedTable) -> str:
+    files = {path for device in table.devices for path in device.files}
+    speedups = (
+        f"; (N.NNx) is the speed-up over `{table.baseline}` in the same column (its p50 / this p50)"
+        if table.baseline
+        else ""
+    )
+    return (
+        f"Merged from {len(files)} result file(s) measured on {len(table.devices)} device(s). "
+        f"Cells: median (p50) latency per batch in ms{speedups}; then top-1 accuracy and energy "
+        "per inference call where measured."
+    )
+
+
+def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[str]) -> str:
+    header = ["model", *(c.title.replace(" | ", "<br>") for c in table.columns)]
+    lines = [
+        "# Benchmark report",
+        "",
+        _intro(table),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(table.columns),
+    ]
+    for model in table.models:
+        name = f"{model} (baseline)" if model == table.baseline else model
+        cells = [_cell_text(table, model, column) for column in table.columns]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    lines += ["", "## Devices", ""]
+    for device in table.devices:
+        files = ", ".join(str(f) for f in device.files)
+        lines.append(
+            f"- **{device.label}**: fingerprint `{device.fingerprint_id}`; {device.description}; "
+            f"files: {files}"
+        )
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(name).stem.replace('_', ' ')}]({name})" for name in plots]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, bytes]) -> str:
+    """A self-contained page: plots inline as base64 PNG, no external assets."""
+    esc = html.escape
+    head = "".join(
+        f"<th>{esc(c.label)}<br><small>{esc(c.backend)} {esc(c.precision)}, batch {c.batch}"
+        "</small></th>"
+        for c in table.columns
+    )
+    rows = []
+    for model in table.models:
+        name = f"{model} (baseline)" if model == table.baseline else model
+        cells = "".join(f"<td>{esc(_cell_text(table, model, c))}</td>" for c in table.columns)
+        rows.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+    devices = "".join(
+        f"<li><b>{esc(d.label)}</b>: fingerprint <code>{esc(d.fingerprint_id)}</code>; "
+        f"{esc(d.description)}; files: {esc(', '.join(str(f) for f in d.files))}</li>"
+        for d in table.devices
+    )
+    images = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}"></figure>'
+        for name, data in plots.items()
+    )
+    note_items = "".join(f"<li>{esc(note)}</li>" for note in notes)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>Benchmark report</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:100%}"
+        "table{border-collapse:collapse}th,td{border:1px solid #bbb;padding:4px 8px}"
+        "td{text-align:right;white-space:nowrap}img{max-width:100%}"
+        "</style></head><body>"
+        f"<h1>Benchmark report</h1><p>{esc(_intro(table))}</p>"
+        f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}"
+        f"</tbody></table><h2>Devices</h2><ul>{devices}</ul>"
+        + (f"<h2>Plots</h2>{images}" if images else "")
+        + (f"<h2>Notes</h2><ul>{note_items}</ul>" if note_items else "")
+        + "</body></html>\n"
+    )
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def _plots(table: MergedTable, batch: int | None) -> tuple[dict[str, bytes], list[str]]:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    plots: dict[str, bytes] = {}
+    notes: list[str] = []
+    plot_batch = batch if batch is not None else min(c.batch for c in table.columns)
+    panels: dict[str, list[tuple[str, Column, LatencyRecord]]] = {}
+    for column in table.columns:
+        if column.batch != plot_batch:
+            continue
+        for model in table.models:
+            cell = table.cell(model, column)
+            if cell is not None and cell.record.accuracy is not None:
+                panels.setdefault(column.label, []).append((model, column, cell.record))
+    if panels:
+        plots[ACCURACY_PLOT] = _accuracy_plot(Figure, panels, table.models, plot_batch)
+        if len({c.batch for c in table.columns}) > 1:
+            notes.append(f"the accuracy plot shows batch {plot_batch} (pass batch= for another)")
+    else:
+        notes.append("no record carries accuracy, so the accuracy-vs-latency plot was skipped")
+    if table.baseline is not None and len(table.models) > 1:
+        plots[SPEEDUP_PLOT] = _speedup_plot(Figure, table)
+    else:
+        notes.append("no baseline to compare against, so the speed-up plot was skipped")
+    return plots, notes
+
+
+def _accuracy_plot(
+    Figure: Any, panels: Mapping[str, list], models: Sequence[str], batch: int
+) -> bytes:
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), dpi=110)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    markers = "osD^vP*Xh"
+    for ax, (label, points) in zip(axes, panels.items(), strict=True):
+        series = sorted({(c.backend, c.precision) for _, c, _ in points})
+        xy = [(r.p50_ms, 100 * r.accuracy) for _, _, r in points]
+        for (model, column, _), (x, y) in zip(points, xy, strict=True):
+            colour = f"C{series.index((column.backend, column.precision)) % 10}"
+            marker = markers[models.index(model) % len(markers)]
+            ax.scatter(
+                x,
+                y,
+                color=colour,
+                marker=marker,
+                s=45,
+                zorder=3,
+                label=f"{model} {column.backend}/{column.precision}",
+            )
+        front = pareto_front(xy)
+        ax.plot(
+            [xy[i][0] for i in front],
+            [xy[i][1] for i in front],
+            drawstyle="steps-post",
+            color="black",
+            linewidth=1,
+            alpha=0.6,
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.scatter(
+            [xy[i][0] for i in front],
+            [xy[i][1] for i in front],
+            s=160,
+            facecolors="none",
+            edgecolors="black",
+            zorder=4,
+        )
+        ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.4, not 4x10^-1
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(f"p50 latency, batch {batch} (ms, log)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _speedup_plot(Figure: Any, table: MergedTable) -> bytes:
+    others = [m for m in table.models if m != table.baseline]
+    width = 0.8 / len(others)
+    fig = Figure(figsize=(max(5.0, 1.4 * len(table.columns) + 2), 4.2), dpi=110)
+    ax = fig.subplots()
+    for i, model in enumerate(others):
+        values = []
+        for column in table.columns:
+            cell = table.cell(model, column)
+            values.append(cell.speedup if cell is not None and cell.speedup is not None else 0.0)
+        positions = [j + (i - (len(others) - 1) / 2) * width for j in range(len(table.columns))]
+        ax.bar(positions, values, width=width, label=model, color=f"C{i % 10}")
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xticks(range(len(table.columns)))
+    ax.set_xticklabels([c.title.replace(" | ", "\n") for c in table.columns], fontsize=7)
+    ax.set_ylabel(f"speed-up over {table.baseline} (p50 ratio)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: str | bytes) -> Path:
+    """Temp file in the same directory, fsync, rename: readers see the old file or the new."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DeployInputError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it private; reports are shared
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return path

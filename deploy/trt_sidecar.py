@@ -1,0 +1,264 @@
+"""The sidecar JSON next to every TensorRT engine, and the GPU identity it records.
+
+TensorRT engines are not portable across TensorRT versions or GPU models, so every engine is
+written with `<engine>.json` (schema "deploy.engine/1"): TensorRT version, GPU name, compute
+capability, driver, build options, profile shapes, source ONNX path and sha256, I/O specs.
+`check_engine_compatible` turns a mismatch into an error that says to rebuild, before
+TensorRT is asked to deserialize an engine it cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deploy.errors import (
+    DeployError,
+    DeployInputError,
+    EngineMismatchError,
+    MissingDependencyError,
+)
+from deploy.lazy import lazy_import
+from deploy.runners.base import TensorSpec
+from deploy.trt_version import parse_trt_version
+
+if TYPE_CHECKING:  # pragma: no cover - types only; trt_engine imports this module
+    from deploy.trt_engine import BuildOptions, BuildPlan
+
+SIDECAR_SCHEMA = "deploy.engine/1"
+REBUILD_HINT = "rebuild the engine on this device with `deploy build`"
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """The GPU an engine is built for or run on, as its sidecar records it."""
+
+    name: str
+    compute_capability: tuple[int, int]
+    driver: str | None = None  # NVIDIA driver version when pynvml can tell
+    source: str = ""  # which library answered: torch, cuda-python or pynvml
+
+
+def gpu_identity(index: int = 0) -> GpuIdentity:
+    """Name and compute capability of CUDA device `index`: torch, else cuda-python, else pynvml."""
+    driver = _nvml_driver()
+    torch = _optional("torch")
+    if torch is not None and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(index)
+        return GpuIdentity(name, tuple(torch.cuda.get_device_capability(index)), driver, "torch")
+    cudart = _optional("cuda.bindings.runtime") or _optional("cuda.cudart")
+    if cudart is not None:
+        err, prop = cudart.cudaGetDeviceProperties(index)
+        if err == cudart.cudaError_t.cudaSuccess:
+            name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+            return GpuIdentity(name.rstrip("\x00"), (prop.major, prop.minor), driver, "cuda-python")
+    nvml = _optional("pynvml")
+    if nvml is not None:
+        try:
+            nvml.nvmlInit()
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = nvml.nvmlDeviceGetName(handle)
+            major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+            name = name.decode() if isinstance(name, bytes) else name
+            return GpuIdentity(name, (int(major), int(minor)), driver, "pynvml")
+        except Exception as exc:  # pynvml.NVMLError: no driver, no device
+            raise DeployError(f"pynvml cannot read CUDA device {index}: {exc}") from exc
+    raise MissingDependencyError(
+        f"reading the name of CUDA device {index} needs torch with CUDA, cuda-python or pynvml, "
+        "and none can see a GPU; pip install nvidia-ml-py (or cuda-python)"
+    )
+
+
+def _optional(module: str) -> Any:
+    try:
+        return lazy_import(module, "reading the GPU name")
+    except ImportError:
+        return None
+
+
+def _nvml_driver() -> str | None:
+    nvml = _optional("pynvml")
+    if nvml is None:
+        return None
+    try:
+        nvml.nvmlInit()
+        version = nvml.nvmlSystemGetDriverVersion()
+    except Exception:  # no NVML on Jetson, or no driver: the driver is then unknown
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """An engine file and what its sidecar says about it."""
+
+    engine_path: Path
+    sidecar_path: Path
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    sidecar: dict[str, Any] = field(repr=False)
+
+    @property
+    def profile(self) -> dict[str, dict[str, list[int]]]:
+        return self.sidecar.get("profile", {})
+
+
+def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
+    """`model.engine` -> `model.engine.json`."""
+    path = Path(engine_path)
+    return path.with_name(path.name + ".json")
+
+
+def load_engine_info(engine_path: str | os.PathLike[str]) -> EngineInfo:
+    """Read `<engine>.json`; a missing sidecar is an EngineMismatchError (nothing to check)."""
+    engine_path = Path(engine_path)
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise EngineMismatchError(
+            f"engine {engine_path.name} has no sidecar {path.name}, so nothing says which "
+            f"TensorRT and GPU it was built for; {REBUILD_HINT} (or skip the check with "
+            "check_compatibility=False if you know it matches)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeployInputError(f"engine sidecar {path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise DeployInputError(
+            f"engine sidecar {path} has schema {found!r}, "
+            f"expected {SIDECAR_SCHEMA!r}; {REBUILD_HINT}"
+        )
+    missing = sorted(
+        {"tensorrt_version", "gpu_name", "compute_capability", "precision", "inputs", "outputs"}
+        - set(data)
+    )
+    if missing:
+        raise DeployInputError(f"engine sidecar {path} lacks {missing}; {REBUILD_HINT}")
+    return EngineInfo(
+        engine_path=engine_path,
+        sidecar_path=path,
+        tensorrt_version=str(data["tensorrt_version"]),
+        gpu_name=str(data["gpu_name"]),
+        compute_capability=tuple(data["compute_capability"]),  # type: ignore[arg-type]
+        precision=str(data["precision"]),
+        inputs=tuple(_spec_from_json(s) for s in data["inputs"]),
+        outputs=tuple(_spec_from_json(s) for s in data["outputs"]),
+        sidecar=data,
+    )
+
+
+def check_engine_compatible(
+    sidecar: Mapping[str, Any],
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: Sequence[int],
+) -> None:
+    """Raise EngineMismatchError naming both sides when the engine was built elsewhere.
+
+    TensorRT engines are tied to the TensorRT release and the GPU model they were built with.
+    """
+    built_version = parse_trt_version(str(sidecar.get("tensorrt_version")))
+    here_version = parse_trt_version(tensorrt_version)
+    built_cc = tuple(int(v) for v in sidecar.get("compute_capability", ()))
+    here_cc = tuple(int(v) for v in compute_capability)
+    built_gpu = str(sidecar.get("gpu_name", "")).strip()
+    problems = []
+    if not built_version.same_release(here_version):
+        problems.append("TensorRT version")
+    if built_gpu.casefold() != gpu_name.strip().casefold() or built_cc != here_cc:
+        problems.append("GPU")
+    if problems:
+        engine = sidecar.get("engine", "the engine")
+        raise EngineMismatchError(
+            f"{engine} was built with TensorRT {built_version} on {built_gpu} (compute "
+            f"capability {_cc(built_cc)}), this device has TensorRT {here_version} on "
+            f"{gpu_name} (compute capability {_cc(here_cc)}): the {' and '.join(problems)} "
+            f"{'differ' if len(problems) > 1 else 'differs'}, and TensorRT engines are not "
+            f"portable across either; {REBUILD_HINT}"
+        )
+
+
+def save_engine(
+    engine_path: str | os.PathLike[str],
+    engine_bytes: bytes,
+    *,
+    plan: BuildPlan,
+    options: BuildOptions,
+    gpu: GpuIdentity,
+    onnx_path: str | os.PathLike[str],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> EngineInfo:
+    """Write a serialized engine and its sidecar (schema deploy.engine/1), each atomically."""
+    engine_path, onnx_path = Path(engine_path), Path(onnx_path)
+    sidecar = {
+        "schema": SIDECAR_SCHEMA,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "engine": engine_path.name,
+        "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
+        "tensorrt_version": plan.tensorrt_version,
+        "gpu_name": gpu.name,
+        "compute_capability": list(gpu.compute_capability),
+        "driver": gpu.driver,
+        "precision": plan.precision,
+        "strongly_typed": plan.strongly_typed,
+        "network_flags": list(plan.network_flags),
+        "builder_flags": list(plan.builder_flags),
+        "build_options": options.to_dict(),
+        "profile": {
+            name: dict(zip(("min", "opt", "max"), map(list, shapes), strict=True))
+            for name, shapes in plan.profile.items()
+        },
+        "source_onnx": {"path": str(onnx_path.resolve()), "sha256": _sha256(onnx_path)},
+        "inputs": [asdict(spec) for spec in inputs],
+        "outputs": [asdict(spec) for spec in outputs],
+    }
+    write_atomic(engine_path, bytes(engine_bytes))
+    write_atomic(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return load_engine_info(engine_path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _spec_from_json(data: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(name=str(data["name"]), shape=tuple(data["shape"]), dtype=str(data["dtype"]))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename: readers never see half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DeployInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _cc(capability: Sequence[int]) -> str:
+    return ".".join(str(v) for v in capability)
