@@ -58,6 +58,7 @@ class OnnxRuntimeRunner(Runner):
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: no notes on unused initializers
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(
