@@ -185,6 +185,11 @@ def plan_build(info: OnnxInfo, options: BuildOptions, trt_version: str | TrtVers
             )
     if options.dla_core is not None and options.gpu_fallback:
         builder_flags.append("GPU_FALLBACK")
+    if options.builder_optimization_level is not None and not caps.builder_optimization_level:
+        raise DeployConfigError(
+            f"builder_optimization_level needs TensorRT 8.6 or newer; this is {version}: "
+            "leave it out"
+        )
     return BuildPlan(
         tensorrt_version=str(version),
         precision=want,
@@ -383,7 +388,8 @@ def _load_timing_cache(config: Any, path: Path | None, log: Callable[[str], obje
     if path is None:
         return None
     cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    # create_timing_cache gives None for a corrupt blob or one from another TensorRT version.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         log(f"timing cache {path} was made by another GPU or TensorRT; starting a new one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 from deploy.errors import DeployConfigError
 
-# Oldest release we build for: JetPack 5 ships TensorRT 8.5/8.6; 8.6 has the tensor-name API
-# (set_input_shape, set_tensor_address, execute_async_v3) that the runner uses.
-OLDEST_SUPPORTED = (8, 6)
+# Oldest release we build for: JetPack 5 (L4T r34/r35) ships TensorRT 8.5.2 (jetson-containers
+# packages/tensorrt/config.py); 8.5 already has the tensor-name API (set_input_shape,
+# set_tensor_address, execute_async_v3) that the runner uses. 8.6 arrives with JetPack 6.0.
+OLDEST_SUPPORTED = (8, 5)
 
 _VERSION = re.compile(
     r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?"  # 10.3 / 10.3.0 / 10.3.0.26
@@ -63,7 +64,7 @@ class TrtVersion:
 def parse_trt_version(text: str | TrtVersion) -> TrtVersion:
     """Parse "8.6.1", "10.3.0.26", "10.12", "11.1.0" (or pass a TrtVersion through).
 
-    Raises DeployConfigError for text that is not a version and for releases older than 8.6.
+    Raises DeployConfigError for text that is not a version and for releases older than 8.5.
     """
     if isinstance(text, TrtVersion):
         version = text
@@ -81,7 +82,7 @@ def parse_trt_version(text: str | TrtVersion) -> TrtVersion:
         oldest = ".".join(map(str, OLDEST_SUPPORTED))
         raise DeployConfigError(
             f"TensorRT {version} is not supported; deploy needs TensorRT {oldest} or newer "
-            "(JetPack 5.1.2+, or an NVIDIA container from 23.05 on)"
+            "(JetPack 5.0.2+, or an NVIDIA container from 22.10 on)"
         )
     return version
 
@@ -119,6 +120,8 @@ class TrtCapabilities:
     trtexec_strongly_typed_flag: bool  # --stronglyTyped means something (9 <= v < 11)
     # trtexec 11 defaults: CUDA graph on, spin wait on, data transfers off, separate profile run.
     trtexec_defaults_v11: bool
+    # IBuilderConfig.builder_optimization_level / --builderOptimizationLevel exist (>= 8.6).
+    builder_optimization_level: bool = True
 
     @property
     def default_cuda_graph(self) -> bool:
@@ -134,7 +137,7 @@ class TrtCapabilities:
 
 
 def capabilities(version: str | TrtVersion) -> TrtCapabilities:
-    """What TensorRT `version` can do; DeployConfigError when unparseable or older than 8.6."""
+    """What TensorRT `version` can do; DeployConfigError when unparseable or older than 8.5."""
     v = parse_trt_version(version)
     v11 = v.at_least(11)
     return TrtCapabilities(
@@ -150,4 +153,5 @@ def capabilities(version: str | TrtVersion) -> TrtCapabilities:
         trtexec_precision_flags=not v11,
         trtexec_strongly_typed_flag=v.at_least(9) and not v11,
         trtexec_defaults_v11=v11,
+        builder_optimization_level=v.at_least(8, 6),
     )

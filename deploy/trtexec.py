@@ -207,6 +207,11 @@ def _run_shapes(
         )
     run = {}
     for spec in inputs:
+        if spec.shape and spec.shape[0] is not None and spec.shape[0] != batch:
+            raise DeployConfigError(
+                f"input '{spec.name}' has a fixed batch size of {spec.shape[0]}, cannot run "
+                f"batch {batch}; export with a dynamic batch axis or time batch {spec.shape[0]}"
+            )
         if None not in spec.shape:
             continue
         shape = list(shapes.get(spec.name, spec.shape))

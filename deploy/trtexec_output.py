@@ -148,6 +148,8 @@ def parse_summary(log_text: str) -> dict[str, Any]:
         )
     summary: dict[str, Any] = {"warnings": [], "warning_lines": [], "settings": {}}
     for line in lines[starts[-1] + 1 :]:
+        if not line.strip() or line.startswith("==="):  # --verbose prints explanations next
+            break
         key, _, value = line.partition(": ")
         if key == "Throughput":
             summary["throughput_qps"] = _float(value.removesuffix(" qps"))

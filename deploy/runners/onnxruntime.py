@@ -28,7 +28,10 @@ class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file with onnxruntime.
 
     `threads` sets intra-op threads (None: onnxruntime's default, all physical cores);
-    inter-op is kept at 1 because CNN graphs here are sequential.
+    inter-op is kept at 1 because CNN graphs here are sequential. `optimize=False` runs the
+    graph as written: a QDQ model then computes on dequantized int8 values in float (exact
+    int8 products, wide sums), as TensorRT's INT8 kernels do, instead of onnxruntime's fused
+    CPU int8 kernels, whose 16-bit intermediate sums saturate on x86 CPUs without VNNI.
     """
 
     backend = "onnxruntime"
@@ -39,8 +42,10 @@ class OnnxRuntimeRunner(Runner):
         *,
         threads: int | None = None,
         providers: list[str] | None = None,
+        optimize: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
+        self.optimize = optimize
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
@@ -59,7 +64,11 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = int(self.threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no notes on unused initializers
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.optimize
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path), sess_options=options, providers=self.providers

@@ -90,6 +90,7 @@ class TensorRTRunner(Runner):
         index = int(self.device[5:]) if ":" in self.device else 0
         if not self.engine_path.is_file():
             raise DeployInputError(f"TensorRT engine not found: {self.engine_path}")
+        info = None
         if sidecar_path(self.engine_path).is_file() or self.check_compatibility:
             info = load_engine_info(self.engine_path)
             self.precision = info.precision
@@ -100,6 +101,9 @@ class TensorRTRunner(Runner):
                 )
         torch.cuda.set_device(index)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        dla_core = (info.sidecar.get("build_options") or {}).get("dla_core") if info else None
+        if dla_core is not None:  # the runtime's DLA core defaults to -1 (none)
+            runtime.DLA_core = int(dla_core)
         self._engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise DeployInputError(

@@ -217,7 +217,7 @@ def test_dla_runs_fp16_or_int8_with_gpu_fallback(models: dict[str, Path]) -> Non
     assert no_fallback.builder_flags == ()
 
 
-@pytest.mark.parametrize("version", ["7.1.3", "8.5.2", "not-a-version"])
+@pytest.mark.parametrize("version", ["7.1.3", "8.4.3", "not-a-version"])
 def test_unsupported_tensorrt_versions_are_refused(models: dict[str, Path], version: str) -> None:
     with pytest.raises(DeployConfigError, match="TensorRT"):
         plan(models, "fp32", version)
@@ -492,3 +492,9 @@ def test_a_batch_above_the_profile_max_is_a_clear_error(
         runner.infer({"input": np.zeros((8, 1, 8, 8), np.float32)})
     assert "batch 8 is above the engine's profile max 4 for input 'input'" in str(error.value)
     assert "rebuild with a larger --max-batch" in str(error.value)
+
+
+def test_tensorrt_8_5_builds_but_has_no_optimization_level(models: dict[str, Path]) -> None:
+    assert plan(models, "fp32", "8.5.2").network_flags == ("EXPLICIT_BATCH",)
+    with pytest.raises(DeployConfigError, match="needs TensorRT 8.6 or newer"):
+        plan(models, "fp32", "8.5.2", builder_optimization_level=3)

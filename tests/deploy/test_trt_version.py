@@ -31,7 +31,7 @@ def test_version_strings_parse(text: str, expected: TrtVersion) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("8.5.2", "TensorRT 8.5.2 is not supported; deploy needs TensorRT 8.6 or newer"),
+        ("8.4.3", "TensorRT 8.4.3 is not supported; deploy needs TensorRT 8.5 or newer"),
         ("7.2.3.4", "not supported"),
         ("ten", "'ten' is not a version number"),
         ("", "is not a version number"),
@@ -87,3 +87,8 @@ def test_capabilities_11_is_strongly_typed_only_with_new_trtexec_defaults() -> N
     assert caps.strongly_typed_only and not caps.precision_flags and not caps.calibrators
     assert not caps.trtexec_precision_flags and not caps.trtexec_strongly_typed_flag
     assert caps.default_cuda_graph and caps.default_spin_wait and not caps.default_data_transfers
+
+
+def test_jetpack_5_tensorrt_8_5_is_accepted_without_builder_optimization_level() -> None:
+    assert capabilities("8.5.2.2").builder_optimization_level is False
+    assert capabilities("8.6.1").builder_optimization_level is True

@@ -481,3 +481,24 @@ def test_record_details_say_what_ran_10_3() -> None:
     )
     assert details["gpu_name"] == "NVIDIA L4" and details["h2d_median_ms"] == 0.0141907
     assert record.gpu_compute_ms == pytest.approx(0.137169, rel=1e-4)
+
+
+def test_verbose_metric_explanations_after_the_summary_are_not_numbers() -> None:
+    """trtexec --verbose explains each metric right after the summary, reusing its labels."""
+    text = log("trt10.3_l4_int8")
+    explained = text + (
+        "\n[11/23/2026-10:00:00] [I] \n"
+        "[11/23/2026-10:00:00] [I] === Explanations of the performance metrics ===\n"
+        "[11/23/2026-10:00:00] [I] Total Host Walltime: the host walltime from when the first "
+        "query (after warmups) is enqueued to when the last query is completed.\n"
+        "[11/23/2026-10:00:00] [I] Throughput: the observed throughput computed by dividing "
+        "the number of queries by the Total Host Walltime.\n"
+    )
+    assert parse_summary(explained)["throughput_qps"] == parse_summary(text)["throughput_qps"]
+
+
+def test_a_fixed_batch_model_refuses_another_batch(tmp_path: Path) -> None:
+    fixed = build_classifier(tmp_path / "fixed.onnx", batch=1)
+    assert "--onnx=" + str(fixed) in trtexec_command("10.3", onnx=fixed, batch=1)
+    with pytest.raises(DeployConfigError, match="fixed batch size of 1, cannot run batch 8"):
+        trtexec_command("10.3", onnx=fixed, batch=8)

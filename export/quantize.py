@@ -1,0 +1,453 @@
+"""FP32 ONNX -> INT8 QDQ ONNX: the explicit quantization TensorRT 10/11 builds INT8 engines from.
+
+TensorRT 11 has no INT8 calibrators: INT8 means QuantizeLinear/DequantizeLinear pairs in the
+ONNX. Its parser accepts only signed INT8 with zero point 0, per-tensor activations and
+per-output-channel weights, and DequantizeLinear of INT8 (not INT32: biases stay float).
+onnxruntime's quantize_static in QDQ format writes exactly that with QInt8 activations and
+weights, ActivationSymmetric/WeightSymmetric and QuantizeBias=False; `_check_tensorrt_qdq`
+re-reads the file to prove it.
+
+Calibration ranges are computed here with onnxruntime's calibrators and handed to
+quantize_static through its calibration cache, because quantize_static does not pass the
+histogram size on: its entropy default (128 bins = 128 quantized bins) leaves the full range
+as the only candidate, so "entropy" silently equals "minmax".
+
+INT8 accuracy is measured, by default, with Q/DQ run as written (onnxruntime graph
+optimizations off): int8 products summed in float, the arithmetic of TensorRT's INT8 kernels.
+onnxruntime's fused CPU int8 kernels lose accuracy with 8-bit weights on x86 CPUs without VNNI
+(16-bit intermediate sums saturate: why onnxruntime documents reduce_range for them). Measured
+on this AVX2 machine: -2 to -3 top-1 points on the default pipeline's ResNet-56 variants where
+the simulation shows -0.3, and exact agreement with the simulation once weights are 7-bit.
+That says nothing about TensorRT, so the result reports it apart (int8_top1_onnxruntime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import onnx
+
+from deploy.evaluate import LabelledData, top1_accuracy
+from deploy.lazy import lazy_import
+from deploy.runners import OnnxRuntimeRunner, Runner, TensorSpec
+from export.errors import ExportConfigError, ExportError, ExportInputError, OnnxValidationError
+from export.metadata import (
+    MetadataValue,
+    checked_metadata,
+    file_sha256,
+    load_onnx,
+    save_onnx,
+    set_metadata,
+)
+
+CalibrationName = Literal["minmax", "entropy", "percentile"]
+CONFIG_VERSION = 1
+# Weighted ops TensorRT runs in INT8, plus Add: a quantized residual input lets TensorRT fuse
+# the add into the convolution (its Q/DQ placement guide); measured: no accuracy cost here.
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# Symmetric signed INT8 (zero point 0) and float biases: what TensorRT's parser takes.
+_TENSORRT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+
+
+def _checked_op_types(op_types: Any) -> tuple[str, ...]:
+    if isinstance(op_types, str) or not isinstance(op_types, tuple | list) or not op_types:
+        raise ExportConfigError(
+            f"QuantizeConfig.op_types: must be a non-empty list of ONNX op types such as "
+            f"{list(DEFAULT_OP_TYPES)}, got {op_types!r}"
+        )
+    unknown = [op for op in op_types if not isinstance(op, str) or not onnx.defs.has(op)]
+    if unknown:
+        raise ExportConfigError(
+            f"QuantizeConfig.op_types: {unknown} are not ONNX op types (names are "
+            f"case-sensitive, e.g. 'Conv')"
+        )
+    return tuple(op_types)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    """How to calibrate and what to quantize. minmax is the default: on the default pipeline's
+    three ResNet-56 variants it was within one test image of the best method on each, and it
+    is the fastest (entropy's KL search takes seconds per model and lost the most)."""
+
+    calibration_method: CalibrationName = "minmax"
+    calibration_samples: int = 256  # at most this many images, evenly spaced over the array
+    calibration_batch_size: int = 32  # images per calibration run (a fixed batch axis wins)
+    per_channel: bool = True  # one weight scale per output channel (TensorRT's best INT8)
+    percentile: float = 99.99  # "percentile": the |activation| percentile kept in range
+    entropy_bins: int = 512  # "entropy": histogram bins; > 128 (the quantized bins) or it is minmax
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES  # ONNX op types whose inputs get Q/DQ
+    preprocess: bool = True  # onnxruntime's quant_pre_process: shape inference, BN folding
+    eval_batch_size: int = 64  # images per evaluation run
+
+    def __post_init__(self) -> None:
+        if self.calibration_method not in get_args(CalibrationName):
+            raise ExportConfigError(
+                f"QuantizeConfig.calibration_method: must be one of "
+                f"{list(get_args(CalibrationName))}, got {self.calibration_method!r}"
+            )
+        for name, minimum in [
+            ("calibration_samples", 1),
+            ("calibration_batch_size", 1),
+            ("entropy_bins", 256),
+            ("eval_batch_size", 1),
+        ]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ExportConfigError(
+                    f"QuantizeConfig.{name}: must be an integer >= {minimum}, got {value!r}"
+                )
+        for name in ("per_channel", "preprocess"):
+            if not isinstance(getattr(self, name), bool):
+                raise ExportConfigError(
+                    f"QuantizeConfig.{name}: must be true or false, got {getattr(self, name)!r}"
+                )
+        pct = self.percentile
+        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 50 < pct <= 100:
+            raise ExportConfigError(
+                f"QuantizeConfig.percentile: must be a number in (50, 100], e.g. 99.99, got {pct!r}"
+            )
+        object.__setattr__(self, "op_types", _checked_op_types(self.op_types))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with a version, for result files and recipes."""
+        return {"version": CONFIG_VERSION, **asdict(self), "op_types": list(self.op_types)}
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize_qdq` wrote and what INT8 costs on the evaluation images."""
+
+    path: Path
+    calibration_method: str
+    calibration_samples: int  # images actually used
+    fp32_top1: float | None  # fractions; None without evaluation data
+    int8_top1: float | None  # Q/DQ run as written: the arithmetic of TensorRT's INT8 kernels
+    top1_agreement: float | None  # fraction of eval images whose FP32 and INT8 argmax agree
+    max_abs_diff: float | None  # largest |INT8 - FP32| over every logit
+    qdq_nodes: int  # QuantizeLinear + DequantizeLinear
+    int8_top1_onnxruntime: float | None = None  # onnxruntime's own CPU int8 kernels, here
+    eval_samples: int = 0
+    sha256: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def quantize_qdq(
+    fp32_onnx: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    calibration_images: np.ndarray,
+    config: QuantizeConfig = QuantizeConfig(),  # noqa: B008 - frozen, so sharing is safe
+    *,
+    eval_images: np.ndarray | None = None,
+    eval_labels: np.ndarray | None = None,
+    metadata: Mapping[str, MetadataValue] | None = None,
+) -> QuantizeResult:
+    """Calibrate on `calibration_images`, write the INT8 QDQ model to `out_path` atomically.
+
+    Images are N x C x H x W floats preprocessed like the model's input. With `eval_images`
+    and `eval_labels` both models are evaluated and the numbers land in the result and in the
+    file's metadata. Intermediate files live in a temp folder next to `out_path` that is
+    removed even on failure; `out_path` appears only when everything succeeded.
+    """
+    source, out_path = Path(fp32_onnx), Path(out_path)
+    model = _load_source(source, "quantize_qdq")
+    if any(node.op_type in _QDQ_OPS for node in model.graph.node):
+        raise ExportInputError(f"quantize_qdq: {source} already has Q/DQ nodes; give the FP32 file")
+    spec = _image_input(model, source)
+    _check_out_path(out_path, source)
+    calib = _checked_images(calibration_images, spec, "calibration_images")
+    calib = _calibration_subset(calib, config.calibration_samples, spec.shape[0])
+    evaluation = _checked_eval(eval_images, eval_labels, spec)
+    user_metadata = _checked_user_metadata(metadata)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        int8_file = work / "int8.onnx"
+        _quantize(source, int8_file, calib, spec, config, work)
+        quantized = onnx.load(str(int8_file))
+        qdq_nodes = _check_tensorrt_qdq(quantized, source)
+        numbers = _evaluate(source, int8_file, evaluation, config) if evaluation else {}
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        props.update(user_metadata)
+        props.update(_our_metadata(source, len(calib), config, numbers, len(evaluation or ())))
+        final = set_metadata(quantized, props, replace=True)
+        save_onnx(quantized, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return QuantizeResult(
+        path=out_path,
+        calibration_method=config.calibration_method,
+        calibration_samples=len(calib),
+        fp32_top1=numbers.get("fp32_top1"),
+        int8_top1=numbers.get("int8_top1"),
+        top1_agreement=numbers.get("top1_agreement"),
+        max_abs_diff=numbers.get("max_abs_diff"),
+        int8_top1_onnxruntime=numbers.get("int8_top1_onnxruntime"),
+        qdq_nodes=qdq_nodes,
+        eval_samples=len(evaluation or ()),
+        sha256=file_sha256(out_path),
+        metadata=final,
+    )
+
+
+def _quantize(
+    source: Path, out: Path, calib: np.ndarray, spec: TensorSpec, config: QuantizeConfig, work: Path
+) -> None:
+    """Pre-process, calibrate, then quantize_static with the ranges from the cache file."""
+    q = lazy_import("onnxruntime.quantization", "INT8 quantization (quantize_qdq)")
+    method = getattr(q.CalibrationMethod, _ORT_METHODS[config.calibration_method])
+    options: dict[str, Any] = {"symmetric": True}  # TensorRT: zero point 0
+    if config.calibration_method == "entropy":
+        options.update(num_bins=config.entropy_bins, num_quantized_bins=128)
+    if config.calibration_method == "percentile":
+        options["percentile"] = config.percentile
+    step = spec.shape[0] or config.calibration_batch_size
+    batches = iter([{spec.name: calib[i : i + step]} for i in range(0, len(calib), step)])
+    model, ranges = str(source), str(work / "ranges.json")
+    try:
+        if config.preprocess:
+            model = str(work / "preprocessed.onnx")
+            q.quant_pre_process(str(source), model)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print
+            calibrator = q.create_calibrator(
+                model,
+                list(config.op_types),
+                augmented_model_path=str(work / "augmented.onnx"),
+                calibrate_method=method,
+                providers=["CPUExecutionProvider"],
+                extra_options=options,
+            )
+            calibrator.collect_data(_Batches(batches))
+            q.save_tensors_data(calibrator.compute_data(), ranges)
+        q.quantize_static(
+            model,
+            str(out),
+            None,  # no data reader: the ranges come from the cache file written above
+            quant_format=q.QuantFormat.QDQ,
+            op_types_to_quantize=list(config.op_types),
+            per_channel=config.per_channel,
+            activation_type=q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=method,
+            calibration_cache_path=ranges,
+            extra_options=_TENSORRT_OPTIONS,
+        )
+    except Exception as exc:  # onnxruntime raises many types, C++-backed ones included
+        hint = "; retry with QuantizeConfig(preprocess=False)" if config.preprocess else ""
+        raise ExportError(
+            f"quantize_qdq: onnxruntime could not quantize {source}: {_first_line(exc)}{hint}"
+        ) from exc
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol: get_next() until None."""
+
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def _check_tensorrt_qdq(model: onnx.ModelProto, source: Path) -> int:
+    """Prove the graph is what TensorRT's parser accepts; returns the Q/DQ node count."""
+    inits = {init.name: init for init in model.graph.initializer}
+    count, problems = 0, []
+    for node in model.graph.node:
+        if node.op_type not in _QDQ_OPS:
+            continue
+        count += 1
+        zero_point = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zero_point is not None and (
+            zero_point.data_type != onnx.TensorProto.INT8
+            or np.any(onnx.numpy_helper.to_array(zero_point) != 0)
+        ):
+            problems.append(f"{node.name}: zero point not int8 0")
+        weight = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if weight is not None and weight.data_type != onnx.TensorProto.INT8:
+            problems.append(f"{node.name}: dequantizes {weight.data_type=}, not int8")
+    if count == 0 or problems:
+        raise ExportError(
+            f"quantize_qdq: the quantized {source.name} is not TensorRT-ready "
+            f"({problems[:3] or 'no Q/DQ nodes: no op of op_types was found'})"
+        )
+    return count
+
+
+def _evaluate(
+    fp32: Path, int8: Path, data: LabelledData, config: QuantizeConfig
+) -> dict[str, float]:
+    """Top-1 with the project's evaluator: FP32, INT8 as TensorRT computes it, and INT8 on
+    onnxruntime's CPU kernels; agreement and logit difference are FP32 vs the first INT8."""
+    results = []
+    runners = (
+        OnnxRuntimeRunner(fp32),
+        OnnxRuntimeRunner(int8, optimize=False),  # the arithmetic TensorRT's INT8 does
+        OnnxRuntimeRunner(int8),  # onnxruntime's own CPU int8 kernels
+    )
+    for runner in runners:
+        with runner:
+            recorder = _Recorder(runner)
+            accuracy = top1_accuracy(recorder, data, batch_size=config.eval_batch_size)
+            results.append((accuracy.top1, recorder.logits(len(data))))
+    (fp32_top1, reference), (int8_top1, logits), (kernels_top1, _) = results
+    return {
+        "fp32_top1": fp32_top1,
+        "int8_top1": int8_top1,
+        "int8_top1_onnxruntime": kernels_top1,
+        "top1_agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))),
+        "max_abs_diff": float(np.max(np.abs(reference - logits))),
+    }
+
+
+class _Recorder(Runner):
+    """Forwards to an open runner and keeps its first output, so one pass through the
+    project's evaluator gives both the accuracy and the logits to compare."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.backend, self._batches = inner, inner.backend, []
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return self.inner.input_specs
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.inner.infer(feed)
+        self._batches.append(np.asarray(next(iter(outputs.values())), dtype=np.float32))
+        return outputs
+
+    def logits(self, count: int) -> np.ndarray:
+        # Only the last batch of a fixed-batch model is padded, so the first `count` rows
+        # are exactly the images' outputs.
+        return np.concatenate(self._batches)[:count].reshape(count, -1)
+
+
+def _our_metadata(
+    source: Path, samples: int, config: QuantizeConfig, numbers: dict[str, float], evals: int
+) -> dict[str, str]:
+    props = {
+        "precision": "int8",
+        "quantization": "qdq",
+        "quantization.scheme": "int8 symmetric; weights "
+        + ("per-channel" if config.per_channel else "per-tensor"),
+        "quantization.calibration_method": config.calibration_method,
+        "quantization.calibration_samples": str(samples),
+        "quantization.op_types": ",".join(config.op_types),
+        "quantization.onnxruntime_version": _ort_version(),
+        "source_onnx_sha256": file_sha256(source),
+    }
+    if numbers:
+        props["quantization.eval_samples"] = str(evals)
+        props.update({f"quantization.{key}": f"{value:.6g}" for key, value in numbers.items()})
+    return props
+
+
+def _checked_user_metadata(metadata: Mapping[str, MetadataValue] | None) -> dict[str, str]:
+    checked = checked_metadata(metadata or {})
+    reserved = ("precision", "quantization", "source_onnx_sha256")
+    ours = sorted(k for k in checked if k in reserved or k.startswith("quantization."))
+    if ours:
+        raise ExportInputError(f"metadata keys {ours} are written by quantize_qdq; rename them")
+    return checked
+
+
+def _load_source(path: Path, who: str) -> onnx.ModelProto:
+    """The source model, or an ExportInputError naming the file and what to give instead."""
+    if path.is_dir() or not path.exists():
+        raise ExportInputError(f"{who}: source ONNX file not found: {path}; export it first")
+    try:
+        return load_onnx(path)
+    except OnnxValidationError as exc:
+        raise ExportInputError(f"{who}: {path} is not an ONNX model ({exc})") from exc
+
+
+def _image_input(model: onnx.ModelProto, path: Path) -> TensorSpec:
+    """The one float32 N x C x H x W input; None for dynamic (symbolic or unset) dims."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    tensor = inputs[0].type.tensor_type if len(inputs) == 1 else None
+    if tensor is None or tensor.elem_type != onnx.TensorProto.FLOAT or (len(tensor.shape.dim) != 4):
+        raise ExportInputError(
+            f"{path}: expected one float32 N x C x H x W image input, found "
+            f"{[value.name for value in inputs]}; quantize a classifier exported by export_onnx"
+        )
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return TensorSpec(inputs[0].name, dims, "float32")
+
+
+def _checked_images(images: Any, spec: TensorSpec, what: str) -> np.ndarray:
+    expected = ["?" if d is None else d for d in spec.shape[1:]]
+    if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
+        kind = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+        raise ExportInputError(
+            f"{what}: must be a float numpy array (N x C x H x W, preprocessed), got {kind}"
+        )
+    fits = images.ndim == 4 and all(
+        want in (None, got) for want, got in zip(spec.shape[1:], images.shape[1:], strict=True)
+    )
+    if not fits or images.shape[0] < 1:
+        raise ExportInputError(
+            f"{what}: shape {images.shape} does not fit input '{spec.name}', which takes "
+            f"N x {' x '.join(map(str, expected))} with N >= 1; preprocess like the model"
+        )
+    if not np.all(np.isfinite(images)):
+        raise ExportInputError(f"{what}: contains NaN or Inf")
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def _calibration_subset(images: np.ndarray, samples: int, fixed_batch: int | None) -> np.ndarray:
+    """At most `samples` images, evenly spaced so a class-sorted array is still covered;
+    with a fixed batch axis, a whole number of batches (the remainder is dropped)."""
+    if len(images) > samples:
+        images = images[np.linspace(0, len(images) - 1, samples).round().astype(int)]
+    if fixed_batch:
+        if len(images) < fixed_batch:
+            raise ExportInputError(
+                f"calibration_images: {len(images)} image(s), but the model's batch axis is "
+                f"fixed at {fixed_batch}; give at least {fixed_batch}"
+            )
+        images = images[: len(images) - len(images) % fixed_batch]
+    return images
+
+
+def _checked_eval(images: Any, labels: Any, spec: TensorSpec) -> LabelledData | None:
+    if images is None and labels is None:
+        return None
+    if images is None or labels is None:
+        raise ExportInputError("eval_images and eval_labels go together; give both or neither")
+    images = _checked_images(images, spec, "eval_images")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+        raise ExportInputError(
+            f"eval_labels: must be {len(images)} integers (one per eval image), got "
+            f"{labels.dtype} {labels.shape}"
+        )
+    return LabelledData(images=images, labels=labels.astype(np.int64))
+
+
+def _check_out_path(out_path: Path, source: Path) -> None:
+    if out_path.is_dir() or not out_path.parent.is_dir():
+        raise ExportInputError(
+            f"output path {out_path}: must be a file in an existing folder, e.g. model.int8.onnx"
+        )
+    if out_path.resolve() == source.resolve():
+        raise ExportInputError(f"output path {out_path} is the source file; choose another name")
+
+
+def _ort_version() -> str:
+    return str(getattr(lazy_import("onnxruntime", "INT8 quantization"), "__version__", "unknown"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
