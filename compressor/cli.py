@@ -70,6 +70,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from compressor.bundle import write_bundle
+
+    out = write_bundle(args.run_dir, args.out, eval_samples=args.eval_samples)
+    print(f"bundle written to {out}; copy it to the device and run ./run_on_device.sh there")
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from export.readiness import check_readiness
+
+    profiles = _profiles(args.profile) if args.profile else None
+    report = check_readiness(args.onnx, trt_version=args.trt_version, profiles=profiles)
+    print(report.format())
+    return 1 if report.errors else 0
+
+
+def _profiles(text: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """ "input:1x3x32x32,8x3x32x32,32x3x32x32" (min,opt,max; inputs separated by ';')."""
+    profiles = {}
+    for item in text.split(";"):
+        name, sep, shapes = item.strip().rpartition(":")
+        parts = shapes.split(",")
+        try:
+            dims = tuple(tuple(int(d) for d in part.lower().split("x")) for part in parts)
+        except ValueError:
+            dims = ()
+        if not sep or not name or len(dims) != 3:
+            raise ConfigError(
+                f"--profile: expected name:MIN,OPT,MAX with shapes like 1x3x32x32, got {item!r}"
+            )
+        profiles[name] = dims
+    return profiles
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compressor",
@@ -120,6 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
         model=True,
         out="model.onnx",
     )
+    bundle = sub.add_parser(
+        "bundle",
+        help="write a folder to copy to a Jetson or GPU server: ONNX, INT8 and FP16 ONNX, "
+        "an evaluation file, a manifest, deploy and a script",
+    )
+    bundle.add_argument("run_dir", help="a finished `compressor run` output directory")
+    bundle.add_argument("--out", default="bundle", help="folder to write (default: bundle)")
+    bundle.add_argument(
+        "--eval-samples", type=int, default=360, help="test images in eval.npz (default 360)"
+    )
+    bundle.set_defaults(func=cmd_bundle)
+    lint = sub.add_parser(
+        "lint",
+        help="check an ONNX file for what TensorRT's parser would refuse (no TensorRT needed)",
+    )
+    lint.add_argument("onnx", help="the ONNX file")
+    lint.add_argument("--trt-version", default="10", help="TensorRT version: 8.6, 10, 10.x, 11")
+    lint.add_argument(
+        "--profile",
+        default=None,
+        help="shapes of dynamic inputs: name:MIN,OPT,MAX e.g. input:1x1x16x16,8x1x16x16,"
+        "32x1x16x16 (several inputs separated by ';')",
+    )
+    lint.set_defaults(func=cmd_lint)
     # Parsed by `deploy` (see main); listed here so --help shows it.
     sub.add_parser("bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False)
     return parser

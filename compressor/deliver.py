@@ -17,7 +17,7 @@ from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
 from deploy.fingerprint import device_fingerprint
 from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
-from export import ExportConfig, ExportResult, export_onnx
+from export import ExportConfig, ExportResult, export_onnx, file_sha256
 
 
 def export_variant(
@@ -61,6 +61,92 @@ def export_variant(
         f"{result.parity_max_abs_diff:.2e}, top-1 agreement {result.parity_top1_agreement:.4f}"
     )
     return result
+
+
+def export_precisions(
+    onnx_path: Path, data: DataSplits, recipe: Recipe, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """INT8 QDQ and FP16 siblings of an FP32 ONNX file, each with its test accuracy measured
+    by onnxruntime, and a TensorRT-readiness check of every file; returns the report entries.
+
+    The files are what TensorRT 10/11 consume for INT8 and FP16 (see ../shared/TENSORRT.md);
+    their accuracy here is what a device's engine should reproduce.
+    """
+    from deploy.evaluate import LabelledData, top1_accuracy
+    from deploy.runners import OnnxRuntimeRunner
+    from export.fp16 import FP16Config, convert_fp16
+    from export.quantize import QuantizeConfig, quantize_qdq
+    from export.readiness import check_readiness
+
+    section = recipe.export
+    test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
+    entries: dict[str, Any] = {}
+    files = {"fp32": onnx_path}
+    if section.int8:
+        path = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+        result = quantize_qdq(
+            onnx_path,
+            path,
+            data.train.images.numpy(),
+            QuantizeConfig(
+                calibration_method=section.calibration_method,
+                calibration_samples=section.calibration_samples,
+            ),
+            eval_images=test.images,
+            eval_labels=test.labels,
+        )
+        entries["int8"] = {
+            "onnx": str(path),
+            "sha256": file_sha256(path),
+            # Q/DQ computed as written (exact int8 products): the arithmetic of TensorRT INT8.
+            "accuracy": result.int8_top1,
+            # onnxruntime's fused CPU int8 kernels, which lose accuracy on x86 without VNNI.
+            "accuracy_onnxruntime_cpu": result.int8_top1_onnxruntime,
+            "fp32_accuracy_onnxruntime": result.fp32_top1,
+            "top1_agreement": result.top1_agreement,
+            "max_abs_diff": result.max_abs_diff,
+            "calibration_method": result.calibration_method,
+            "calibration_samples": result.calibration_samples,
+            "qdq_nodes": result.qdq_nodes,
+        }
+        files["int8"] = path
+        log(
+            f"[export] {onnx_path.parent.name} int8: {path} top-1 {result.int8_top1:.4f} "
+            f"(onnxruntime int8 kernels {result.int8_top1_onnxruntime:.4f}, fp32 "
+            f"{result.fp32_top1:.4f}), {result.calibration_method} calibration on "
+            f"{result.calibration_samples} images"
+        )
+    if section.fp16:
+        path = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
+        result = convert_fp16(
+            onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy()
+        )
+        with OnnxRuntimeRunner(path) as runner:
+            accuracy = top1_accuracy(runner, test, batch_size=64).top1
+        entries["fp16"] = {
+            "onnx": str(path),
+            "sha256": file_sha256(path),
+            "accuracy": accuracy,
+            "max_abs_diff": result.max_abs_diff,
+            "top1_agreement": result.top1_agreement,
+        }
+        files["fp16"] = path
+        log(
+            f"[export] {onnx_path.parent.name} fp16: {path} top-1 {accuracy:.4f}, "
+            f"max abs diff {result.max_abs_diff:.2e}"
+        )
+    shape = tuple(data.test.images.shape[1:])
+    largest = max(recipe.bench.batch_sizes)
+    profile = ((1, *shape), (largest, *shape), (largest, *shape))
+    entries["readiness"] = {}
+    for precision, path in files.items():
+        readiness = check_readiness(
+            path, trt_version=section.trt_version, profiles={"input": profile}
+        )
+        entries["readiness"][precision] = readiness.to_dict()
+        for finding in readiness.errors:
+            log(f"[readiness] {path.parent.name}/{path.name}: {finding.message}")
+    return entries
 
 
 def time_variants(

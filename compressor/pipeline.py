@@ -22,7 +22,7 @@ from torch import nn
 
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
-from compressor.deliver import benchmark_variants, export_variant
+from compressor.deliver import benchmark_variants, export_precisions, export_variant
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init
 from compressor.recipe import Recipe
@@ -148,6 +148,9 @@ def run_pipeline(
         )
         for v in variants
     }
+    precisions = {
+        name: export_precisions(result.path, data, recipe, log) for name, result in exports.items()
+    }
     records, fingerprint = benchmark_variants(
         {v.name: v.model for v in variants},
         {name: result.path for name, result in exports.items()},
@@ -157,7 +160,7 @@ def run_pipeline(
         log,
     )
     report = _build_report(
-        variants, exports, records, fingerprint, recipe, time.perf_counter() - started
+        variants, exports, precisions, records, fingerprint, recipe, time.perf_counter() - started
     )
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")
@@ -212,6 +215,7 @@ def _shrink_stage(
 def _build_report(
     variants: list[_Variant],
     exports: dict[str, Any],
+    precisions: dict[str, dict[str, Any]],
     records: list[dict[str, Any]],
     fingerprint: dict[str, Any],
     recipe: Recipe,
@@ -256,6 +260,7 @@ def _build_report(
                 "parity_max_abs_diff": export.parity_max_abs_diff,
                 "parity_top1_agreement": export.parity_top1_agreement,
                 "spec_sha256": variant.spec.sha256(),
+                **precisions[variant.name],  # int8, fp16 (when made) and readiness
                 "latency": latency,
             }
         )

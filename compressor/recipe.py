@@ -35,6 +35,14 @@ class ModelSection:
 class ExportSection:
     opset: int = 18  # ONNX opset (>= 17)
     parity_atol: float = 1e-4  # max |onnxruntime - torch| allowed on the logits
+    # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization) and an
+    # FP16 graph (what strongly typed TensorRT 11 needs for FP16), each checked on real data.
+    int8: bool = True
+    fp16: bool = True
+    calibration_method: str = "minmax"  # minmax, entropy or percentile
+    calibration_samples: int = 256  # training images the INT8 ranges are calibrated on
+    # TensorRT version the readiness check of each ONNX file is made against.
+    trt_version: str = "10"
 
 
 @dataclass(frozen=True, kw_only=True)

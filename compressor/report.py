@@ -67,6 +67,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
                 f"| {r['throughput_ips']:.1f} |"
             )
+    lines += _precision_lines(variants)
     lines += ["", "## Speed-ups over dense (p50 latency ratio)", ""]
     for s in report["speedups"]:
         if "latency_speedup_p50" in s:
@@ -83,6 +84,46 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
     lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
     return "\n".join(lines)
+
+
+def _precision_lines(variants: list[dict[str, Any]]) -> list[str]:
+    """INT8/FP16 files' accuracy and TensorRT-readiness, when the run made them."""
+    if not any(v.get("int8") or v.get("fp16") for v in variants):
+        return []
+
+    def acc(entry: dict[str, Any] | None, base: float) -> str:
+        if not entry:
+            return "not made"
+        return f"{entry['accuracy']:.4f} ({100 * (entry['accuracy'] - base):+.2f})"
+
+    lines = [
+        "",
+        "## INT8 (QDQ) and FP16 ONNX files (test top-1 with onnxruntime CPU; Δ pts vs FP32)",
+        "",
+        "INT8 QDQ: the Q/DQ graph computed as written (exact int8 products, as TensorRT's INT8 "
+        "kernels do); onnxruntime int8 kernels: onnxruntime's fused CPU kernels, which lose "
+        "accuracy on x86 CPUs without VNNI.",
+        "",
+        "| variant | FP32 | INT8 QDQ | onnxruntime int8 kernels | FP16 "
+        "| TensorRT readiness (errors / warnings) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        readiness = v.get("readiness", {})
+        kernels = (
+            acc({"accuracy": v["int8"]["accuracy_onnxruntime_cpu"]}, v["accuracy"])
+            if v.get("int8")
+            else "not made"
+        )
+        checks = ", ".join(
+            f"{precision} {r['counts']['error']}/{r['counts']['warning']}"
+            for precision, r in readiness.items()
+        )
+        lines.append(
+            f"| {v['name']} | {v['accuracy']:.4f} | {acc(v.get('int8'), v['accuracy'])} "
+            f"| {kernels} | {acc(v.get('fp16'), v['accuracy'])} | {checks or 'not checked'} |"
+        )
+    return lines
 
 
 def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:

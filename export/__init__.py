@@ -8,9 +8,11 @@ from export.errors import (
     ParityError,
     UnsupportedModelError,
 )
+from export.fp16 import FP16Config, FP16Result, convert_fp16
 from export.metadata import file_sha256, read_metadata, write_metadata
 from export.onnx_export import ExportConfig, ExportResult, export_onnx
 from export.parity import Parity, check_parity
+from export.quantize import QuantizeConfig, QuantizeResult, quantize_qdq
 
 __all__ = [
     "ExportConfig",
@@ -27,4 +29,10 @@ __all__ = [
     "file_sha256",
     "read_metadata",
     "write_metadata",
+    "FP16Config",
+    "FP16Result",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "convert_fp16",
+    "quantize_qdq",
 ]

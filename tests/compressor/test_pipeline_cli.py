@@ -121,6 +121,8 @@ def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert main(["export", shrunk["model"], str(recipe), "--out", str(onnx_path)]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["parity_max_abs_diff"] <= 1e-4 and onnx_path.is_file()
+    assert exported["int8"]["onnx"] == str(tmp_path / "s.int8.onnx")
+    assert Path(exported["fp16"]["onnx"]).is_file()
     assert main(["blocks", str(recipe)]) == 0
     assert "1 of 3 blocks are removable" in capsys.readouterr().out
 
@@ -166,3 +168,65 @@ def test_unreadable_onnx_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "broken.onnx" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_int8_and_fp16_files_come_with_their_measured_accuracy(tiny_run: Path) -> None:
+    from deploy.onnx_info import inspect_onnx
+
+    report = json.loads((tiny_run / "report.json").read_text())
+    for v in report["variants"]:
+        int8, fp16 = v["int8"], v["fp16"]
+        assert inspect_onnx(int8["onnx"]).precision == "int8" and int8["qdq_nodes"] > 0
+        assert inspect_onnx(fp16["onnx"]).precision == "fp16"
+        # onnxruntime's FP32 accuracy on the test split is the run's own test accuracy.
+        assert int8["fp32_accuracy_onnxruntime"] == pytest.approx(v["accuracy"], abs=1e-9)
+        assert abs(fp16["accuracy"] - v["accuracy"]) <= 0.01
+        assert abs(int8["accuracy"] - v["accuracy"]) <= 0.05  # 2-epoch toy model
+        assert set(v["readiness"]) == {"fp32", "int8", "fp16"}
+        assert all(r["counts"]["error"] == 0 for r in v["readiness"].values())
+    assert "INT8 QDQ" in (tiny_run / "report.md").read_text()
+
+
+def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: Path) -> None:
+    """The bundle's own copy of `deploy` benchmarks its files and reproduces the accuracy."""
+    import hashlib
+    import os
+
+    from compressor.bundle import write_bundle
+
+    bundle = write_bundle(tiny_run, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {m["precision"] for m in manifest["models"]} == {"fp32", "int8", "fp16"}
+    assert len(manifest["models"]) == 9
+    for name, sha in manifest["files"].items():
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == sha
+    assert (bundle / "deploy" / "cli.py").is_file() and os.access(
+        bundle / "run_on_device.sh", os.X_OK
+    )
+    shrunk_int8 = next(
+        m for m in manifest["models"] if (m["variant"], m["precision"]) == ("shrunk", "int8")
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import runpy; "
+         "runpy.run_module('deploy', run_name='__main__')",
+         "bench", shrunk_int8["file"], "--precision", "int8", "--data", "eval.npz",
+         "--warmup", "1", "--iterations", "3", "--output", "r.json"],
+        cwd=bundle, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads((bundle / "r.json").read_text())["records"][0]
+    assert record["precision"] == "int8"
+    expected = shrunk_int8["expected_top1_onnxruntime_cpu"]  # same machine, same kernels
+    assert record["accuracy"] == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(Exception, match="not empty"):
+        write_bundle(tiny_run, bundle)
+
+
+def test_lint_reports_on_exported_files(tiny_run: Path, capsys) -> None:  # noqa: ANN001
+    report = json.loads((tiny_run / "report.json").read_text())
+    int8 = report["variants"][2]["int8"]["onnx"]
+    profile = "input:1x1x8x8,2x1x8x8,2x1x8x8"
+    assert main(["lint", int8, "--trt-version", "10", "--profile", profile]) == 0
+    assert main(["lint", int8, "--profile", "input:1x1x8x8"]) == 2
+    assert "--profile" in capsys.readouterr().err

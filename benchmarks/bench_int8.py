@@ -1,0 +1,91 @@
+"""FP32 vs INT8 (QDQ) on onnxruntime CPU, for dense, ticket and shrunk: latency and accuracy.
+
+    python benchmarks/bench_int8.py [--run-dir runs/default] [--iterations 300] [--batch 1,8]
+
+Uses the ONNX files of a `compressor run` directory (the run writes model.int8.onnx next to
+each model.onnx; the embedded default is run first when the directory has no report). All six
+files are timed in one process, interleaved iteration by iteration, so machine load hits them
+alike; top-1 accuracy of each file is measured on the test split with onnxruntime. The figure
+printed last is each variant's INT8/FP32 latency ratio next to its accuracy change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compressor.data import load_data
+from compressor.pipeline import VARIANTS, run_pipeline
+from compressor.recipe import load_recipe, recipe_from_dict
+from deploy.bench import BenchConfig, benchmark_side_by_side
+from deploy.evaluate import LabelledData, top1_accuracy
+from deploy.fingerprint import device_fingerprint
+from deploy.results import format_table, write_results
+from deploy.runners import OnnxRuntimeRunner
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", default="runs/default")
+    parser.add_argument("--recipe", default=None, help="recipe used if the run must be made")
+    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "report.json").is_file():
+        print(f"no report in {run_dir}: running the pipeline first", file=sys.stderr)
+        run_pipeline(load_recipe(args.recipe), run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    files = {}
+    for variant in VARIANTS:
+        fp32 = run_dir / variant / "model.onnx"
+        int8 = run_dir / variant / "model.int8.onnx"
+        if not int8.is_file():
+            print(f"{int8} is missing: run with export.int8 true", file=sys.stderr)
+            return 1
+        files[f"{variant}/fp32"], files[f"{variant}/int8"] = fp32, int8
+    data = load_data(recipe_from_dict(report["recipe"]).data)
+    test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
+
+    runners = {name: OnnxRuntimeRunner(path, threads=args.threads) for name, path in files.items()}
+    config = BenchConfig(
+        batch_sizes=tuple(int(b) for b in args.batch.split(",")),
+        warmup_iters=args.warmup,
+        iterations=args.iterations,
+    )
+    accuracy = {}
+    for name, runner in runners.items():
+        with runner:
+            accuracy[name] = top1_accuracy(runner, test, batch_size=64).top1
+    records = benchmark_side_by_side(runners, config)
+    fingerprint = device_fingerprint(threads=args.threads)
+    path = write_results(run_dir / "bench_int8.json", records, fingerprint)
+    print(format_table(records))
+    machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
+    print(f"\nresults: {path}\nmachine: {machine}")
+    print(f"\naccuracy on {len(test)} test images (onnxruntime CPU):")
+    for variant in VARIANTS:
+        fp32, int8 = accuracy[f"{variant}/fp32"], accuracy[f"{variant}/int8"]
+        print(
+            f"  {variant:<7} fp32 {100 * fp32:6.2f}%  int8 {100 * int8:6.2f}%  "
+            f"({100 * (int8 - fp32):+.2f} pts)"
+        )
+    p50 = {(r.model, r.batch): r.p50_ms for r in records}
+    print("\nINT8 vs FP32, onnxruntime CPU (ratio of median latencies; >1 means INT8 is faster):")
+    for batch in config.batch_sizes:
+        dense = p50[("dense/fp32", batch)]
+        for variant in VARIANTS:
+            fp32, int8 = p50[(f"{variant}/fp32", batch)], p50[(f"{variant}/int8", batch)]
+            print(
+                f"  batch {batch:<3} {variant:<7} fp32 {fp32:7.3f} ms  int8 {int8:7.3f} ms  "
+                f"int8 speed-up {fp32 / int8:4.2f}x  over dense fp32 {dense / int8:5.2f}x"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
