@@ -186,3 +186,74 @@ def test_corrupt_model_in_a_real_process_has_no_traceback(tmp_path: Path) -> Non
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--help"]) == 0
     assert "--shapes" in capsys.readouterr().out
+
+
+def test_power_sampling_adds_energy_per_inference(
+    classifier: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--power tegrastats` with a tegrastats on PATH that replays recorded Orin Nano output
+    (a real subprocess and real parsing; only the numbers are recorded, not live)."""
+    from tests.deploy.test_power import fake_tegrastats
+
+    fake = fake_tegrastats(tmp_path / "bin", "orin_nano_jp6.txt")
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    output = tmp_path / "r.json"
+    args = ["bench", str(classifier), *FAST, "--power", "tegrastats", "--power-seconds", "0.5"]
+    assert main([*args, "--output", str(output)]) == 0, capsys.readouterr().err
+    (record,) = read_results(output).records
+    assert record.power_source == "tegrastats:VDD_IN"
+    assert record.avg_power_w is not None and 1 < record.avg_power_w < 60  # a Jetson's range
+    # energy per call = mean power x time per call, so it is far below a joule here
+    assert 0 < record.energy_mj < record.avg_power_w * 1e3
+
+
+def test_power_that_is_not_there_is_one_line(
+    classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # noqa: ANN001
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["bench", str(classifier), *FAST, "--power", "tegrastats"]) == 1
+    assert "tegrastats" in capsys.readouterr().err
+
+
+def test_torch_backend_runs_a_torch_export_file_only_when_trusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    example = (torch.zeros(2, 1, 8, 8),)
+    program = torch.export.export(
+        model, example, dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(program, path)
+    output = tmp_path / "r.json"
+    args = ["bench", str(path), "--backend", "torch", *FAST, "--batch", "1,4"]
+    assert main([*args, "--output", str(output)]) == 2
+    assert "pass --allow-pickle if you trust" in capsys.readouterr().err
+    assert main([*args, "--allow-pickle", "--device", "cpu", "--output", str(output)]) == 0
+    records = read_results(output).records
+    assert [(r.backend, r.device, r.batch) for r in records] == [
+        ("torch", "cpu", 1),
+        ("torch", "cpu", 4),
+    ]
+
+
+def test_report_merges_result_files(
+    onnx_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("dense", "shrunk"):
+        output = tmp_path / "results" / f"{name}.json"
+        assert main(["bench", str(onnx_models[name]), *FAST, "--output", str(output)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "rep")]) == 0
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    assert "| dense (baseline) |" in markdown
+    shrunk_row = next(line for line in markdown.splitlines() if line.startswith("| shrunk |"))
+    assert shrunk_row.endswith("x) |")  # its speed-up over dense in the same column
+    assert (tmp_path / "rep" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")]) == 1
