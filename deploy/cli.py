@@ -155,8 +155,13 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workspace-mib", default=None, help="builder workspace limit (MiB)")
     build.add_argument("--timing-cache", type=Path, default=None, help="timing cache file")
     build.add_argument("--dla-core", default=None, help="build for this DLA core (Jetson)")
-    build.add_argument("--output", type=Path, default=None, help="engine path")
-    build.set_defaults(handler=_build)
+    build.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="engine path (default: MODEL's folder, <stem>.<precision>.b<max batch>.engine)",
+    )
+    build.set_defaults(handler=_build, engine_dir=None)
 
     report = commands.add_parser(
         "report",
@@ -349,7 +354,8 @@ def _build_from_args(
     )
     if output is None:
         dla = "" if options.dla_core is None else f".dla{options.dla_core}"
-        output = args.engine_dir / f"{args.model.stem}.{precision}.b{largest}{dla}.engine"
+        folder = args.engine_dir if args.engine_dir is not None else args.model.parent
+        output = folder / f"{args.model.stem}.{precision}.b{largest}{dla}.engine"
     if output.is_file():
         try:
             existing = load_engine_info(output)
