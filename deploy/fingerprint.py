@@ -5,9 +5,9 @@ GPU, driver, Jetson power mode and clock state behind it. `fingerprint_id` hashe
 changes timings (not the hostname or the time), so two result files with the same id are
 comparable and re-runs on a re-imaged box with the same hardware and software group together.
 
-GPU servers are probed through NVML (`pynvml`, from the nvidia-ml-py package, imported lazily);
-Jetsons through /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and
-`jetson_clocks --show`. Every probe takes its paths, module or command runner as arguments so
+GPU servers are probed through NVML (`deploy.nvml`, pynvml imported lazily); Jetsons through
+/proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and `jetson_clocks --show`
+(`deploy.jetson`). Every probe takes its paths, module or command runner as arguments so
 tests feed it recorded text; a missing tool or file gives None fields, never an error.
 """
 
@@ -19,18 +19,60 @@ import importlib.util
 import json
 import os
 import platform
-import re
-import shutil
 import socket
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import MeasurementError, MissingDependencyError
-from deploy.lazy import lazy_import
+from deploy.errors import MeasurementError
+from deploy.jetson import (
+    COMMAND_TIMEOUT_S,
+    JETSON_FIELDS,
+    L4T_MAJOR_TO_JETPACK,
+    L4T_TO_JETPACK,
+    CommandRunner,
+    JetsonClocks,
+    PowerMode,
+    jetpack_for_l4t,
+    jetson_cuda_version,
+    jetson_info,
+    parse_jetson_clocks,
+    parse_l4t_release,
+    parse_nvpmodel,
+    read_device_tree_model,
+    run_command,
+)
+from deploy.nvml import GPU_FIELDS, nvml_gpu_info
+
+# The probes lived here before deploy.jetson and deploy.nvml; callers still import them from here.
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "GPU_FIELDS",
+    "JETSON_FIELDS",
+    "L4T_MAJOR_TO_JETPACK",
+    "L4T_TO_JETPACK",
+    "CommandRunner",
+    "JetsonClocks",
+    "PowerMode",
+    "clock_warnings",
+    "cpu_model",
+    "device_fingerprint",
+    "fingerprint_id",
+    "jetpack_for_l4t",
+    "jetson_cuda_version",
+    "jetson_info",
+    "library_versions",
+    "nvml_gpu_info",
+    "parse_jetson_clocks",
+    "parse_l4t_release",
+    "parse_nvpmodel",
+    "physical_cores",
+    "read_device_tree_model",
+    "require_locked_clocks",
+    "run_command",
+    "summary_line",
+]
 
 # Distributions whose versions are recorded, by the name results use. Several distributions
 # provide the same module (onnxruntime vs onnxruntime-gpu); the first one installed wins.
@@ -65,36 +107,6 @@ _ID_FIELDS = (
 # that grows, and a new table entry must not change old ids. Current clock readings and
 # NVML's lock heuristic are left out too: they move between two runs of the same setup.
 _ID_FIELDS_WHEN_SET = ("l4t_release", "jetson_clocks_locked", "gpu_power_limit_w")
-
-GPU_FIELDS = (
-    "gpu_name",
-    "gpu_driver",
-    "cuda_version",  # the driver's CUDA version (NVML); a Jetson's toolkit version otherwise
-    "gpu_count",
-    "gpu_memory_mib",
-    "gpu_sm_clock_mhz",
-    "gpu_sm_clock_max_mhz",
-    "gpu_mem_clock_mhz",
-    "gpu_mem_clock_max_mhz",
-    "gpu_app_clock_mhz",  # applications clock (graphics) and its default: differ after -ac
-    "gpu_app_clock_default_mhz",
-    "gpu_clock_event_reasons",  # names of NVML's active clock event (throttle) reasons
-    "gpu_clocks_locked",
-    "gpu_power_limit_w",
-    "gpu_persistence_mode",
-)
-JETSON_FIELDS = (
-    "jetson_model",
-    "l4t_release",
-    "jetpack",
-    "power_mode",
-    "power_mode_id",
-    "jetson_clocks",
-    "jetson_clocks_locked",
-)
-
-CommandRunner = Callable[[Sequence[str]], "str | None"]
-COMMAND_TIMEOUT_S = 5.0  # nvpmodel and jetson_clocks answer in well under a second
 
 
 def device_fingerprint(
@@ -266,329 +278,6 @@ def _unlocked_domains(clocks: dict[str, Any] | None) -> str:
     return "/".join(names) + " clocks" if names else "clocks"
 
 
-# --- NVML (GPU servers) -------------------------------------------------------------------
-
-# NVML clock types and event-reason bits (nvml.h), so a stub module needs no constants.
-_CLOCK_GRAPHICS, _CLOCK_SM, _CLOCK_MEM = 0, 1, 2
-_EVENT_REASONS = {
-    0x1: "gpu_idle",
-    0x2: "applications_clocks_setting",  # also nvmlClocksEventReasonUserDefinedClocks
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal_slowdown",
-    0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-}
-_APPLICATIONS_CLOCKS_SETTING = 0x2
-
-
-def nvml_gpu_info(nvml: Any = None, device_index: int = 0) -> dict[str, Any]:
-    """GPU_FIELDS of GPU `device_index` (NVML order, which is PCI order) from NVML.
-
-    `nvml` is the pynvml module (imported lazily when None). No pynvml, no driver or no GPU
-    gives {}; a query the GPU does not support leaves its field None.
-
-    Locked clocks are a best effort, since NVML has no "are clocks locked" query: "locked" means
-    the application clocks moved off their default (`nvidia-smi -ac`) or the clock event reason
-    0x2 is active, which nvml.h names both "applications clocks setting" and "user defined
-    clocks" (`nvidia-smi -lgc`). A lock at exactly the boost maximum may read as not locked.
-    """
-    if nvml is None:
-        if importlib.util.find_spec("pynvml") is None:
-            return {}
-        try:
-            nvml = lazy_import("pynvml", "reading GPU facts through NVML")
-        except MissingDependencyError:
-            return {}
-    try:
-        nvml.nvmlInit()
-    except Exception:  # NVMLError (no driver) or OSError (no libnvidia-ml): no GPU to describe
-        return {}
-    try:
-        count = _query(nvml.nvmlDeviceGetCount)
-        if not count or device_index >= count:
-            return {"gpu_count": count}
-        handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
-        return _nvml_device_facts(nvml, handle) | {
-            "gpu_driver": _text(_query(nvml.nvmlSystemGetDriverVersion)),
-            "cuda_version": _cuda_text(_query(nvml.nvmlSystemGetCudaDriverVersion)),
-            "gpu_count": count,
-        }
-    except Exception:  # a GPU that fell off the bus mid-probe: describe nothing rather than fail
-        return {}
-    finally:
-        _query(nvml.nvmlShutdown)
-
-
-def _nvml_device_facts(nvml: Any, handle: Any) -> dict[str, Any]:
-    memory = _query(nvml.nvmlDeviceGetMemoryInfo, handle)
-    app = _query(getattr(nvml, "nvmlDeviceGetApplicationsClock", None), handle, _CLOCK_GRAPHICS)
-    app_default = _query(
-        getattr(nvml, "nvmlDeviceGetDefaultApplicationsClock", None), handle, _CLOCK_GRAPHICS
-    )
-    reasons_call = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-        nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
-    )
-    reasons = _query(reasons_call, handle)
-    limit_mw = _query(getattr(nvml, "nvmlDeviceGetEnforcedPowerLimit", None), handle)
-    if limit_mw is None:
-        limit_mw = _query(getattr(nvml, "nvmlDeviceGetPowerManagementLimit", None), handle)
-    persistence = _query(getattr(nvml, "nvmlDeviceGetPersistenceMode", None), handle)
-    return {
-        "gpu_name": _text(_query(nvml.nvmlDeviceGetName, handle)),
-        "gpu_memory_mib": int(memory.total) // 2**20 if memory is not None else None,
-        "gpu_sm_clock_mhz": _query(nvml.nvmlDeviceGetClockInfo, handle, _CLOCK_SM),
-        "gpu_sm_clock_max_mhz": _query(nvml.nvmlDeviceGetMaxClockInfo, handle, _CLOCK_SM),
-        "gpu_mem_clock_mhz": _query(nvml.nvmlDeviceGetClockInfo, handle, _CLOCK_MEM),
-        "gpu_mem_clock_max_mhz": _query(nvml.nvmlDeviceGetMaxClockInfo, handle, _CLOCK_MEM),
-        "gpu_app_clock_mhz": app,
-        "gpu_app_clock_default_mhz": app_default,
-        "gpu_clock_event_reasons": (
-            None if reasons is None else [n for b, n in _EVENT_REASONS.items() if reasons & b]
-        ),
-        "gpu_clocks_locked": _gpu_clocks_locked(app, app_default, reasons),
-        "gpu_power_limit_w": None if limit_mw is None else round(limit_mw / 1000, 1),
-        "gpu_persistence_mode": None if persistence is None else persistence == 1,
-    }
-
-
-def _gpu_clocks_locked(app: int | None, default: int | None, reasons: int | None) -> bool | None:
-    if app is not None and default is not None and app != default:
-        return True
-    if reasons is not None:
-        return bool(reasons & _APPLICATIONS_CLOCKS_SETTING)
-    return None if app is None or default is None else False
-
-
-def _query(call: Callable[..., Any] | None, *args: Any) -> Any:
-    """One NVML call, None when unsupported (NVMLError_NotSupported and friends) or absent."""
-    if call is None:
-        return None
-    try:
-        return call(*args)
-    except Exception:  # NVMLError subclasses differ across pynvml versions; all mean "unknown"
-        return None
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):  # pynvml < 11.5 returns bytes
-        return value.decode(errors="replace")
-    return value
-
-
-def _cuda_text(version: int | None) -> str | None:
-    """NVML's 12040 -> "12.4"."""
-    return None if version is None else f"{version // 1000}.{(version % 1000) // 10}"
-
-
-# --- Jetson -------------------------------------------------------------------------------
-
-# L4T release -> JetPack release, exact entries from NVIDIA's JetPack archive
-# (https://developer.nvidia.com/embedded/jetpack-archive), as tabulated in jetson-stats
-# (jtop/core/jetson_variables.py, NVIDIA_JETPACK). Releases missing here fall back to the
-# major line (R35 -> "5.x", R36 -> "6.x") rather than a guessed minor: L4T 35.1 was JetPack
-# 5.0.2 and 35.2.1 was 5.1, so minors do not line up.
-L4T_TO_JETPACK = {
-    "35.1.0": "5.0.2",
-    "35.2.1": "5.1",
-    "35.3.1": "5.1.1",
-    "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3",
-    "35.6.0": "5.1.4",
-    "36.2.0": "6.0 DP",
-    "36.3.0": "6.0",
-    "36.4.0": "6.1",
-    "36.4.3": "6.2",
-    "36.4.4": "6.2.1",
-}
-L4T_MAJOR_TO_JETPACK = {"32": "4.x", "34": "5.x", "35": "5.x", "36": "6.x", "38": "7.x"}
-
-_L4T_LINE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")
-_POWER_MODE = re.compile(r"NV Power Mode:\s*(\S+)(?:\s*\(ID:\s*(\d+)\))?")
-_KEY_VALUE = re.compile(r"(\w+)=(\S+)")
-
-
-@dataclass(frozen=True)
-class PowerMode:
-    """`nvpmodel -q`: the mode's name and number."""
-
-    name: str
-    mode_id: int | None
-
-
-@dataclass(frozen=True)
-class JetsonClocks:
-    """`jetson_clocks --show` per clock domain; None where the output has no such line.
-
-    locked: the floor is raised to the ceiling (CPU/GPU MinFreq == MaxFreq; EMC FreqOverride=1),
-    which is what `jetson_clocks` sets. at_max: the clock reads its maximum right now.
-    """
-
-    cpu: bool | None
-    gpu: bool | None
-    emc: bool | None
-    cpu_at_max: bool | None
-    gpu_at_max: bool | None
-    emc_at_max: bool | None
-
-    @property
-    def locked(self) -> bool:
-        states = [s for s in (self.cpu, self.gpu, self.emc) if s is not None]
-        return bool(states) and all(states)
-
-
-def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> str | None:
-    """stdout of a short command, or None when it is missing, fails or times out."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        completed = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if completed.returncode != 0:
-        return None
-    return completed.stdout or None
-
-
-def jetson_info(root: Path = Path("/"), run: CommandRunner = run_command) -> dict[str, Any]:
-    """JETSON_FIELDS (plus cuda_version) on a Jetson; {} anywhere else.
-
-    A Jetson is a machine with /etc/nv_tegra_release (L4T, also in l4t containers) or a
-    device-tree model naming a Jetson. `root` stands for "/" and `run` runs a command; tests
-    point both at recorded output.
-    """
-    model = read_device_tree_model(root / "proc/device-tree/model")
-    release = _read_text(root / "etc/nv_tegra_release")
-    if release is None and (model is None or "jetson" not in model.lower()):
-        return {}
-    l4t = parse_l4t_release(release) if release else None
-    mode = parse_nvpmodel(run(["nvpmodel", "-q"]))
-    clocks = parse_jetson_clocks(run(["jetson_clocks", "--show"]))
-    return {
-        "jetson_model": model or "unknown Jetson",
-        "l4t_release": l4t,
-        "jetpack": jetpack_for_l4t(l4t),
-        "power_mode": mode.name if mode else None,
-        "power_mode_id": mode.mode_id if mode else None,
-        "jetson_clocks": (asdict(clocks) | {"locked": clocks.locked}) if clocks else None,
-        "jetson_clocks_locked": clocks.locked if clocks else None,
-        "cuda_version": jetson_cuda_version(root),
-    }
-
-
-def read_device_tree_model(path: Path) -> str | None:
-    """The NUL-terminated board name, e.g. "NVIDIA Jetson AGX Orin Developer Kit"."""
-    text = _read_text(path)
-    if text is None:
-        return None
-    return text.replace("\x00", "").strip() or None
-
-
-def parse_l4t_release(text: str) -> str | None:
-    """'# R36 (release), REVISION: 4.0, GCID: ...' -> 'R36.4.0'."""
-    match = _L4T_LINE.search(text)
-    return f"R{match.group(1)}.{match.group(2)}" if match else None
-
-
-def jetpack_for_l4t(l4t: str | None) -> str | None:
-    """'R36.4.0' -> '6.1'; a release missing from the table -> its major line ('6.x')."""
-    if not l4t:
-        return None
-    version = l4t.lstrip("R")
-    parts = version.split(".")
-    full = ".".join((parts + ["0", "0"])[:3])
-    return L4T_TO_JETPACK.get(full) or L4T_MAJOR_TO_JETPACK.get(parts[0])
-
-
-def parse_nvpmodel(text: str | None) -> PowerMode | None:
-    """`nvpmodel -q`: 'NV Power Mode: MAXN' then the mode number on the next line."""
-    if not text:
-        return None
-    lines = [line.strip() for line in text.splitlines()]
-    for index, line in enumerate(lines):
-        match = _POWER_MODE.search(line)
-        if not match:
-            continue
-        mode_id = match.group(2)
-        if mode_id is None:
-            following = next((x for x in lines[index + 1 :] if x), "")
-            mode_id = following if following.isdigit() else None
-        return PowerMode(name=match.group(1), mode_id=int(mode_id) if mode_id else None)
-    return None
-
-
-def parse_jetson_clocks(text: str | None) -> JetsonClocks | None:
-    """`jetson_clocks --show` lines 'cpuN: Online=1 ... MinFreq= MaxFreq= CurrentFreq=',
-    'GPU MinFreq= MaxFreq= CurrentFreq=', 'EMC MinFreq= MaxFreq= CurrentFreq= FreqOverride='.
-
-    Other lines (SOC family, DLA/PVA, fan, power mode) are ignored; offline CPUs are skipped.
-    """
-    if not text:
-        return None
-    cpus: list[dict[str, int]] = []
-    gpu: dict[str, int] | None = None
-    emc: dict[str, int] | None = None
-    for line in text.splitlines():
-        line = line.strip()
-        values = {k: int(v) for k, v in _KEY_VALUE.findall(line) if v.isdigit()}
-        if not {"MinFreq", "MaxFreq", "CurrentFreq"} <= set(values):
-            continue
-        if re.match(r"cpu\d+:", line):
-            if values.get("Online", 1) == 1:
-                cpus.append(values)
-        elif line.startswith("GPU "):
-            gpu = values
-        elif line.startswith("EMC "):
-            emc = values
-    if not cpus and gpu is None and emc is None:
-        return None
-    emc_locked = None
-    if emc is not None:
-        override = emc.get("FreqOverride")
-        emc_locked = override == 1 if override is not None else emc["MinFreq"] == emc["MaxFreq"]
-    return JetsonClocks(
-        cpu=all(c["MinFreq"] == c["MaxFreq"] for c in cpus) if cpus else None,
-        gpu=gpu["MinFreq"] == gpu["MaxFreq"] if gpu else None,
-        emc=emc_locked,
-        cpu_at_max=all(c["CurrentFreq"] == c["MaxFreq"] for c in cpus) if cpus else None,
-        gpu_at_max=gpu["CurrentFreq"] == gpu["MaxFreq"] if gpu else None,
-        emc_at_max=emc["CurrentFreq"] == emc["MaxFreq"] if emc else None,
-    )
-
-
-def jetson_cuda_version(root: Path = Path("/")) -> str | None:
-    """The CUDA toolkit JetPack installed (/usr/local/cuda/version.json or version.txt)."""
-    text = _read_text(root / "usr/local/cuda/version.json")
-    if text is not None:
-        try:
-            version = json.loads(text)["cuda"]["version"]
-        except (ValueError, KeyError, TypeError):
-            version = None
-    else:
-        legacy = _read_text(root / "usr/local/cuda/version.txt") or ""  # JetPack 4
-        found = re.search(r"CUDA Version\s+(\S+)", legacy)
-        version = found.group(1) if found else None
-    if not isinstance(version, str):
-        return None
-    return ".".join(version.split(".")[:2])
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:  # absent, unreadable, a directory
-        return None
-
-
 # --- CPU and libraries --------------------------------------------------------------------
 
 
@@ -627,8 +316,9 @@ def library_versions() -> dict[str, str | None]:
 
 
 def _cpuinfo_pairs(cpuinfo: Path) -> list[tuple[str, str]]:
-    text = _read_text(cpuinfo)
-    if text is None:
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:  # absent, unreadable, a directory
         return []
     pairs = []
     for line in text.splitlines():

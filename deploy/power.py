@@ -21,7 +21,6 @@ pynvml (the nvidia-ml-py package) is imported lazily; this module needs only num
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -41,13 +40,12 @@ from deploy.errors import (
     MeasurementError,
     MissingDependencyError,
 )
-from deploy.lazy import lazy_import
+from deploy.nvml import import_nvml, nvml_gpu_count, shutdown_quietly
 
 SOURCES = ("auto", "nvml", "tegrastats", "none")
 DEFAULT_RAIL = "VDD_IN"
 # What the board input rail is called where VDD_IN is absent (Jetson Nano, TX1: POM_5V_IN).
 _BOARD_INPUT_ALIASES = ("POM_5V_IN",)
-_NVML_HINT = "pip install nvidia-ml-py (it provides the pynvml module)"
 _TOO_SHORT_HINT = "time longer (raise --power-seconds or --min-seconds) or sample faster"
 
 # "VDD_IN 5123mW/5123mW", JetPack 4 "POM_5V_IN 3000/3100", and the three-value form some newer
@@ -233,7 +231,7 @@ class NvmlPowerSampler(PowerSampler):
         self._energy_start_mj: float | None = None
 
     def start(self) -> None:
-        nvml = self._nvml = self._nvml or _import_nvml("power sampling through NVML")
+        nvml = self._nvml = self._nvml or import_nvml("power sampling through NVML")
         try:
             nvml.nvmlInit()
         except Exception as exc:  # NVMLError: driver not loaded, or no libnvidia-ml
@@ -243,7 +241,7 @@ class NvmlPowerSampler(PowerSampler):
         try:
             self._handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
         except Exception as exc:
-            _quietly(nvml.nvmlShutdown)
+            shutdown_quietly(nvml)
             raise DeployInputError(
                 f"NVML has no GPU {self.device_index} ({exc}); `nvidia-smi -L` lists the GPUs"
             ) from exc
@@ -259,7 +257,7 @@ class NvmlPowerSampler(PowerSampler):
             self._thread.join(timeout=5)
         stopped = time.monotonic()
         end_mj = self._energy_counter()
-        _quietly(self._nvml.nvmlShutdown)
+        shutdown_quietly(self._nvml)
         counter = None
         if (
             self._energy_start_mj is not None
@@ -442,14 +440,14 @@ def open_power_sampler(
     nvml_interval = interval_s if interval_s is not None else 0.01
     tegra_ms = max(1, round(interval_s * 1000)) if interval_s is not None else 50
     if choice == "auto":
-        if _nvml_gpu_count() > 0:
+        if nvml_gpu_count() > 0:
             return NvmlPowerSampler(device_index, nvml_interval)
         if shutil.which(tegrastats_command) is not None:
             return TegrastatsSampler(tegra_ms, rail, tegrastats_command)
         return None
     if choice == "nvml":
-        nvml = _import_nvml("power source 'nvml'")
-        if _nvml_gpu_count(nvml) == 0:
+        nvml = import_nvml("power source 'nvml'")
+        if nvml_gpu_count(nvml) == 0:
             raise DeployInputError(
                 "power source 'nvml': NVML finds no GPU (is the NVIDIA driver loaded? does "
                 "`nvidia-smi` list one?); use --power tegrastats on a Jetson or --power none"
@@ -460,45 +458,9 @@ def open_power_sampler(
     return TegrastatsSampler(tegra_ms, rail, tegrastats_command)
 
 
-def _import_nvml(needed_for: str) -> Any:
-    try:
-        return lazy_import("pynvml", needed_for)
-    except MissingDependencyError as exc:
-        raise MissingDependencyError(
-            f"{needed_for} needs the 'pynvml' module, which is not installed; {_NVML_HINT}"
-        ) from exc
-
-
-def _nvml_gpu_count(nvml: Any = None) -> int:
-    """GPUs NVML sees; 0 without pynvml or a driver (never raises)."""
-    if nvml is None:
-        if importlib.util.find_spec("pynvml") is None:
-            return 0
-        try:
-            nvml = _import_nvml("NVML power sampling")
-        except MissingDependencyError:
-            return 0
-    try:
-        nvml.nvmlInit()
-    except Exception:  # no driver
-        return 0
-    try:
-        return int(nvml.nvmlDeviceGetCount())
-    except Exception:
-        return 0
-    finally:
-        _quietly(nvml.nvmlShutdown)
-
-
 def _tegrastats_missing(command: str) -> str:
     return (
         f"power source 'tegrastats': command {command!r} not found; it ships with JetPack on "
         "Jetson boards (inside a container, mount /usr/bin/tegrastats); elsewhere use "
         "--power nvml or --power none"
     )
-
-
-def _quietly(call: Any) -> None:
-    # Shutting NVML down twice or after a lost GPU: nothing is left to do.
-    with contextlib.suppress(Exception):
-        call()

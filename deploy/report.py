@@ -12,8 +12,9 @@ benchmark to fix it is the common case, and a second column would double the tab
 
 Cells show the median latency per batch (ms), the speed-up over the baseline model in the same
 column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
-matplotlib is imported lazily; without it (a bare Jetson) the report says the plots were
-skipped. Every file is written atomically, so an interrupted run leaves the previous report.
+matplotlib is imported lazily (in deploy.report_plots); without it (a bare Jetson) the report
+says the plots were skipped. Every file is written atomically, so an interrupted run leaves the
+previous report.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import io
 import json
-import math
 import os
 import re
 import tempfile
@@ -33,13 +32,31 @@ from pathlib import Path
 from typing import Any
 
 from deploy.bench import LatencyRecord
-from deploy.errors import DeployInputError, MissingDependencyError
+from deploy.errors import DeployInputError
 from deploy.fingerprint import fingerprint_id
-from deploy.lazy import lazy_import
+from deploy.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 from deploy.results import ResultFile, read_results
 
-ACCURACY_PLOT = "accuracy_vs_latency.png"
-SPEEDUP_PLOT = "speedup.png"
+# The plots moved to deploy.report_plots; these names are still imported from here.
+__all__ = [
+    "ACCURACY_PLOT",
+    "SPEEDUP_PLOT",
+    "Cell",
+    "Column",
+    "ColumnKey",
+    "Device",
+    "MergedTable",
+    "ReportFiles",
+    "build_report",
+    "describe_fingerprint",
+    "device_label",
+    "load_result_files",
+    "merge_results",
+    "pareto_front",
+    "render_html",
+    "render_markdown",
+]
+
 _RESULT_SCHEMA_PREFIX = "deploy.results/"
 
 ColumnKey = tuple[
@@ -126,16 +143,8 @@ def build_report(
     table = merge_results(files, baseline=baseline, batch=batch)
     notes = [*notes, *table.notes]
     out_dir = Path(out_dir)
-    plots: dict[str, bytes] = {}
-    try:
-        lazy_import("matplotlib", "report plots")
-    except MissingDependencyError:
-        notes.append(
-            "matplotlib is not installed, so the plots were skipped (pip install matplotlib)"
-        )
-    else:
-        plots, plot_notes = _plots(table, batch)
-        notes += plot_notes
+    plots, plot_notes = render_plots(table, batch)
+    notes += plot_notes
     for name, data in plots.items():
         _write_atomic(out_dir / name, data)
     for stale in {ACCURACY_PLOT, SPEEDUP_PLOT} - set(plots):  # from an earlier run; now wrong
@@ -361,22 +370,6 @@ def describe_fingerprint(fp: Mapping[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the (latency, accuracy) points no other point beats on both, fastest first.
-
-    A point is dominated when another is at least as fast and at least as accurate and better
-    in one; equal points are both kept. Points with a non-finite coordinate are never on it.
-    """
-    finite = [i for i, (lat, acc) in enumerate(points) if math.isfinite(lat) and math.isfinite(acc)]
-    front: list[int] = []
-    for i in sorted(finite, key=lambda i: (points[i][0], -points[i][1])):
-        last = tuple(points[front[-1]]) if front else None
-        # More accurate than every faster point, or an exact tie with the last one kept.
-        if last is None or points[i][1] > last[1] or tuple(points[i]) == last:
-            front.append(i)
-    return front
-
-
 # --- rendering ----------------------------------------------------------------------------
 
 
@@ -476,120 +469,6 @@ def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, by
         + (f"<h2>Notes</h2><ul>{note_items}</ul>" if note_items else "")
         + "</body></html>\n"
     )
-
-
-# --- plots --------------------------------------------------------------------------------
-
-
-def _plots(table: MergedTable, batch: int | None) -> tuple[dict[str, bytes], list[str]]:
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-
-    plots: dict[str, bytes] = {}
-    notes: list[str] = []
-    plot_batch = batch if batch is not None else min(c.batch for c in table.columns)
-    panels: dict[str, list[tuple[str, Column, LatencyRecord]]] = {}
-    for column in table.columns:
-        if column.batch != plot_batch:
-            continue
-        for model in table.models:
-            cell = table.cell(model, column)
-            if cell is not None and cell.record.accuracy is not None:
-                panels.setdefault(column.label, []).append((model, column, cell.record))
-    if panels:
-        plots[ACCURACY_PLOT] = _accuracy_plot(Figure, panels, table.models, plot_batch)
-        if len({c.batch for c in table.columns}) > 1:
-            notes.append(f"the accuracy plot shows batch {plot_batch} (pass batch= for another)")
-    else:
-        notes.append("no record carries accuracy, so the accuracy-vs-latency plot was skipped")
-    if table.baseline is not None and len(table.models) > 1:
-        plots[SPEEDUP_PLOT] = _speedup_plot(Figure, table)
-    else:
-        notes.append("no baseline to compare against, so the speed-up plot was skipped")
-    return plots, notes
-
-
-def _accuracy_plot(
-    Figure: Any, panels: Mapping[str, list], models: Sequence[str], batch: int
-) -> bytes:
-    from matplotlib.ticker import FuncFormatter
-
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), dpi=110)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    markers = "osD^vP*Xh"
-    for ax, (label, points) in zip(axes, panels.items(), strict=True):
-        series = sorted({(c.backend, c.precision) for _, c, _ in points})
-        xy = [(r.p50_ms, 100 * r.accuracy) for _, _, r in points]
-        for (model, column, _), (x, y) in zip(points, xy, strict=True):
-            colour = f"C{series.index((column.backend, column.precision)) % 10}"
-            marker = markers[models.index(model) % len(markers)]
-            ax.scatter(
-                x,
-                y,
-                color=colour,
-                marker=marker,
-                s=45,
-                zorder=3,
-                label=f"{model} {column.backend}/{column.precision}",
-            )
-        front = pareto_front(xy)
-        ax.plot(
-            [xy[i][0] for i in front],
-            [xy[i][1] for i in front],
-            drawstyle="steps-post",
-            color="black",
-            linewidth=1,
-            alpha=0.6,
-            zorder=2,
-            label="Pareto front",
-        )
-        ax.scatter(
-            [xy[i][0] for i in front],
-            [xy[i][1] for i in front],
-            s=160,
-            facecolors="none",
-            edgecolors="black",
-            zorder=4,
-        )
-        ax.set_xscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.4, not 4x10^-1
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel(f"p50 latency, batch {batch} (ms, log)")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _speedup_plot(Figure: Any, table: MergedTable) -> bytes:
-    others = [m for m in table.models if m != table.baseline]
-    width = 0.8 / len(others)
-    fig = Figure(figsize=(max(5.0, 1.4 * len(table.columns) + 2), 4.2), dpi=110)
-    ax = fig.subplots()
-    for i, model in enumerate(others):
-        values = []
-        for column in table.columns:
-            cell = table.cell(model, column)
-            values.append(cell.speedup if cell is not None and cell.speedup is not None else 0.0)
-        positions = [j + (i - (len(others) - 1) / 2) * width for j in range(len(table.columns))]
-        ax.bar(positions, values, width=width, label=model, color=f"C{i % 10}")
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.set_xticks(range(len(table.columns)))
-    ax.set_xticklabels([c.title.replace(" | ", "\n") for c in table.columns], fontsize=7)
-    ax.set_ylabel(f"speed-up over {table.baseline} (p50 ratio)")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def _write_atomic(path: Path, data: str | bytes) -> Path:

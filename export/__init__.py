@@ -13,6 +13,7 @@ from export.metadata import file_sha256, read_metadata, write_metadata
 from export.onnx_export import ExportConfig, ExportResult, export_onnx
 from export.parity import Parity, check_parity
 from export.quantize import QuantizeConfig, QuantizeResult, quantize_qdq
+from export.readiness import Finding, ReadinessReport, check_readiness
 
 __all__ = [
     "ExportConfig",
@@ -35,4 +36,7 @@ __all__ = [
     "QuantizeResult",
     "convert_fp16",
     "quantize_qdq",
+    "Finding",
+    "ReadinessReport",
+    "check_readiness",
 ]

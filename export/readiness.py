@@ -5,20 +5,12 @@ would and reports what they would refuse (errors), what would build but cost spe
 (warnings) and what is worth knowing (info). Only onnx and numpy, no torch or onnxruntime: it is
 cheap to run on any file, on any machine.
 
-Where the rules come from (read, not copied; each table says which part it rests on):
-- onnx-tensorrt `docs/operators.md` at branches 8.6-GA, 9.0-GA..9.3, 10.0-GA and 10.1-GA, and at
-  the parser commits shipped with TensorRT 10.15 and 11.1 (NVIDIA/TensorRT v11.1 `parsers/onnx`
-  = onnx/onnx-tensorrt@7c51a63); its `docs/Changelog.md`; the Q/DQ importer
-  (`QuantDequantLinearHelper` in builtin_op_importers.cpp 8.6 / onnxOpImporters.cpp 10.1).
-- NVIDIA/TensorRT v11.1 `include/NvInfer.h` (IQuantizeLayer, IDequantizeLayer, DLA notes);
-  TensorRT docs "DLA Supported Layers and Restrictions" and "Working with DLA" (11.4.1).
-- NVIDIA ModelOpt's ONNX INT8 placement for TensorRT (`modelopt/onnx/quantization/int8.py`,
-  `ort_utils.py`): which ops TensorRT runs in INT8, per-channel weight axes, no INT32 bias.
+What each TensorRT release accepts (operator sets, opsets, quantized types, DLA layers) and
+where that comes from is in `export.trt_ops`; this module holds the checks.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,101 +21,38 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportConfigError, ExportInputError, OnnxValidationError
+from export.trt_ops import (
+    DEFAULT_DOMAINS,
+    DLA_UNSUPPORTED,
+    INT8_CONSUMERS,
+    MIN_OPSET,
+    QDQ,
+    QDQ_PASS_THROUGH,
+    SHAPE_INPUTS,
+    WEIGHT_AXIS,
+    Target,
+    Version,
+    max_opset,
+    parse_trt_version,
+    quantized_types,
+    supported_since,
+)
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 Shape = Sequence[int]
-Version = tuple[int, int]
 
-
-def _ops(names: str) -> frozenset[str]:
-    """A set of op names written as one whitespace-separated string (keeps tables compact)."""
-    return frozenset(names.split())
-
-
-# --- What each TensorRT release's ONNX parser accepts ------------------------------------------
-# Releases whose tables were read: 8.6 (JetPack 5), 10.0-10.16, 11.0-11.5. A newer release is
-# refused rather than guessed: re-read operators.md, then extend this.
-_MINORS = {8: range(6, 7), 10: range(0, 17), 11: range(0, 6)}
-# "Y" rows of operators.md at branch 8.6-GA (the same names as its DEFINE_BUILTIN_OP_IMPORTER
-# list). No op was dropped from any later table read, up to 11.1.
-_SUPPORTED_8_6 = _ops(
-    """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
-    Cast Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
-    DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten
-    Floor GRU Gather GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
-    Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Identity If
-    ImageScaler InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less
-    LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max MaxPool Mean
-    MeanVarianceNormalization Min Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad
-    ParametricSoftplus Pow QuantizeLinear RNN RandomNormal RandomNormalLike RandomUniform
-    RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
-    ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
-    ReverseSequence RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape
-    Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt
-    Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where
-    Xor"""
-)
-# Ops added after 8.6 -> first release that imports them: operators.md diffs between branches
-# (CastLike 9.1, Hardmax 9.2, Gelu/Mish 10.0, DeformConv 10.1), Changelog.md (windows 10.4, STFT
-# 10.5, Attention 10.14, RMSNormalization/RotaryEmbedding/TensorScatter 10.15, Swish 11.0) and
-# the 11.2.1 release notes (DFT, as a cuFFT plugin). Any other default-domain op (Det, Unique,
-# Col2Im, Bitwise*, Sequence*, String*, ...) is an "N" row or absent in every table read.
-_ADDED: dict[str, Version] = {
-    "CastLike": (9, 1), "Hardmax": (9, 2), "Gelu": (10, 0), "Mish": (10, 0),
-    "DeformConv": (10, 1), "BlackmanWindow": (10, 4), "HammingWindow": (10, 4),
-    "HannWindow": (10, 4), "STFT": (10, 5), "Attention": (10, 14), "RMSNormalization": (10, 15),
-    "RotaryEmbedding": (10, 15), "TensorScatter": (10, 15), "Swish": (11, 0), "DFT": (11, 2),
-}  # fmt: skip
-MIN_OPSET = 9  # operators.md 10.x/11.x: "inclusive range of opset 9 to ..."; 8.6 names no floor
-# Newest opset as documented: operators.md 8.6: 17, 9.x: 19, 10.0/10.1: 20, 10.15 and 11.1: 24;
-# 11.5 release notes: 25. A release in between gets the newest point at or below it, which may
-# under-state it (10.2-10.14 were not read).
-_MAX_OPSET: dict[Version, int] = {(8, 6): 17, (9, 0): 19, (10, 0): 20, (10, 15): 24, (11, 5): 25}
-# Quantized types the Q/DQ importer maps to TensorRT: INT8 only in 8.6, FP8 and INT4 from 10.0,
-# FP4 from 10.8 (Changelog). UINT8 and INT32 are refused (importer type check, IDequantizeLayer).
-_INT8, _FP8, _INT4, _FP4 = (TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4,
-                            TensorProto.FLOAT4E2M1)  # fmt: skip
-_QTYPES: dict[Version, frozenset[int]] = {
-    (8, 6): frozenset({_INT8}),
-    (10, 0): frozenset({_INT8, _FP8, _INT4}),
-    (10, 8): frozenset({_INT8, _FP8, _INT4, _FP4}),
-}
-# Ops TensorRT runs in INT8 when a DequantizeLinear feeds them: ModelOpt's INT8 op list for
-# TensorRT, plus GlobalMaxPool and a re-quantizing QuantizeLinear.
-_INT8_CONSUMERS = _ops(
-    "Add AveragePool BatchNormalization Clip Conv ConvTranspose Gemm GlobalAveragePool "
-    "GlobalMaxPool MatMul MaxPool Mul QuantizeLinear"
-)
-# Ops TensorRT moves a Q/DQ across (data movement, or f(q(x)) == q(f(x)) under symmetric
-# quantization, as for Relu); ModelOpt leaves them unquantized for that reason.
-_QDQ_PASS_THROUGH = _ops(
-    "Concat Flatten Identity Pad Relu Reshape Slice Split Squeeze Transpose Unsqueeze"
-)
-# Per-channel weight (input 1) axis TensorRT expects: output channels, K of KCRS for Conv
-# (NvInfer.h), axis 1 of a ConvTranspose weight (ModelOpt QDQOpTypePerChannelSupportToAxis).
-_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
-# Input positions that carry shapes, axes or indices: INT64 there is expected, not a weight.
-_REDUCE = _ops("L1 L2 LogSum LogSumExp Max Mean Min Prod Sum SumSquare")
-_SHAPE_INPUTS: dict[str, set[int]] = {
-    "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Squeeze": {1},
-    "Unsqueeze": {1}, "ConstantOfShape": {0}, "Pad": {1, 3}, "Resize": {3}, "Range": {0, 1, 2},
-    "TopK": {1}, "Gather": {1}, "GatherElements": {1}, "GatherND": {1}, "ScatterND": {1},
-    "ScatterElements": {1}, "OneHot": {1}, "CumSum": {1}, "Split": {1}, "Trilu": {1},
-    **{f"Reduce{r}": {1} for r in _REDUCE},
-}  # fmt: skip
-# Ops with no DLA implementation: NvInfer.h v11.1 allows only SUM/PROD/MAX/MIN/SUB element-wise,
-# ABS unary and MAX/AVERAGE pooling on DLA; the DLA layer table lists ReLU, Sigmoid, TanH, Clip
-# and LeakyReLU activations and no gather/scatter/top-k/non-zero/NMS/loop/conditional layer.
-_DLA_UNSUPPORTED = _ops(
-    """Div Pow Exp Log Sqrt Reciprocal Neg Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh Acosh
-    Atanh Ceil Floor Round Erf Not Sign HardSigmoid HardSwish Elu Selu Celu Softplus Softsign
-    ThresholdedRelu Mish Gelu LpPool GlobalLpPool Gather GatherElements GatherND ScatterND
-    ScatterElements NonZero NonMaxSuppression TopK ArgMax ArgMin Loop If Scan CumSum Einsum
-    Range OneHot"""
-)
-_DEFAULT_DOMAINS = ("", "ai.onnx")
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
+# Version and MIN_OPSET live in export.trt_ops now; they are still importable from here.
+__all__ = [
+    "MIN_OPSET",
+    "SEVERITIES",
+    "Finding",
+    "ReadinessReport",
+    "Severity",
+    "Shape",
+    "Version",
+    "check_readiness",
+]
 
 
 @dataclass(frozen=True)
@@ -189,41 +118,6 @@ def _f(severity: Severity, code: str, message: str, node: str | None = None,
     return Finding(severity, code, node, op, message)
 
 
-@dataclass(frozen=True)
-class _Target:
-    """A declared TensorRT release; `minor` None means "some release of this major"."""
-
-    label: str
-    major: int
-    minor: int | None
-
-    @property
-    def floor(self) -> Version:
-        return (self.major, _MINORS[self.major][0] if self.minor is None else self.minor)
-
-    @property
-    def ceiling(self) -> Version:
-        return (self.major, _MINORS[self.major][-1] if self.minor is None else self.minor)
-
-
-def _parse_trt_version(text: str) -> _Target:
-    """'8.6', '10', '10.x', '10.8', '10.8.0.43', '11', '11.x', '11.1' -> a release known here."""
-    match = re.fullmatch(r"(\d+)(?:\.(\d+|x)(?:\.\d+)*)?", str(text).strip())
-    major = int(match.group(1)) if match else -1
-    minor = None if not match or match.group(2) in (None, "x") else int(match.group(2))
-    if major not in _MINORS or minor not in (None, *_MINORS[major]) or (major, minor) == (8, None):
-        raise ExportConfigError(
-            f"trt_version: unknown TensorRT version {text!r}; use 8.6, 10 / 10.x / 10.0-10.16 "
-            "or 11 / 11.x / 11.0-11.5 (the releases whose ONNX operator tables this check knows)"
-        )
-    return _Target(str(text).strip(), major, minor)
-
-
-def _at(table: Mapping[Version, Any], version: Version) -> Any:
-    """The entry of the newest documented release at or below `version`."""
-    return table[max(key for key in table if key <= version)]
-
-
 def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         try:
@@ -270,7 +164,7 @@ class _Graph:
                 self.consumers.setdefault(name, []).append((i, pos))
             if node.op_type == "Constant" and (value := _constant_value(node)) is not None:
                 self.consts[node.output[0]] = value
-        self.has_qdq = any(n.op_type in _QDQ for n in self.nodes)
+        self.has_qdq = any(n.op_type in QDQ for n in self.nodes)
 
     def array(self, name: str) -> np.ndarray | None:
         tensor = self.consts.get(name)
@@ -282,7 +176,7 @@ class _Graph:
         if name in self.consts or i is None or depth == 0:
             return name in self.consts
         node = self.nodes[i]
-        passes = node.op_type in (*_QDQ, "Cast", "Identity")
+        passes = node.op_type in (*QDQ, "Cast", "Identity")
         return passes and self.is_weight(node.input[0], depth - 1)
 
 
@@ -311,9 +205,9 @@ def _walk(graph: onnx.GraphProto, functions: Mapping, prefix: str = "") -> Itera
 
 
 # --- Checks ----------------------------------------------------------------------------------
-def _check_operators(proto: onnx.ModelProto, target: _Target) -> Iterator[Finding]:
-    opset = next((o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS), None)
-    newest = _at(_MAX_OPSET, target.floor)
+def _check_operators(proto: onnx.ModelProto, target: Target) -> Iterator[Finding]:
+    opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), None)
+    newest = max_opset(target.floor)
     if opset is not None and opset < MIN_OPSET:
         msg = (
             f"default-domain opset {opset}: the TensorRT ONNX parser supports opset "
@@ -338,7 +232,7 @@ def _check_operators(proto: onnx.ModelProto, target: _Target) -> Iterator[Findin
                     "inline them with onnx.inliner.inline_local_functions"
                 )
                 yield _f("error", "local-function", msg, label, node.op_type)
-        elif node.domain not in _DEFAULT_DOMAINS:
+        elif node.domain not in DEFAULT_DOMAINS:
             msg = (
                 f"op {node.op_type!r} is in the custom domain {node.domain!r}; TensorRT imports "
                 f"it only as a plugin named {node.op_type!r}: register one (IPluginV3) for the "
@@ -349,8 +243,8 @@ def _check_operators(proto: onnx.ModelProto, target: _Target) -> Iterator[Findin
             yield from _check_op_support(label, node.op_type, target)
 
 
-def _check_op_support(label: str, op: str, target: _Target) -> Iterator[Finding]:
-    since = _ADDED.get(op, (8, 6) if op in _SUPPORTED_8_6 else None)
+def _check_op_support(label: str, op: str, target: Target) -> Iterator[Finding]:
+    since = supported_since(op)
     if since is not None and since <= target.floor:
         return
     if since is None:
@@ -457,20 +351,20 @@ def _dims_text(dims: Sequence[int | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _check_qdq(g: _Graph, target: _Target, dla: bool) -> Iterator[Finding]:
-    allowed = _at(_QTYPES, target.floor)
+def _check_qdq(g: _Graph, target: Target, dla: bool) -> Iterator[Finding]:
+    allowed = quantized_types(target.floor)
     for i, node in enumerate(g.nodes):
-        if node.op_type in _QDQ and node.domain in _DEFAULT_DOMAINS:
+        if node.op_type in QDQ and node.domain in DEFAULT_DOMAINS:
             yield from _check_qdq_types(g, i, target, allowed, dla)
             yield from _check_qdq_scale(g, i)
         if g.has_qdq and node.op_type == "DequantizeLinear" and not g.is_weight(node.input[0]):
             yield from _check_dq_consumers(g, i)
-        if g.has_qdq and node.op_type in _WEIGHT_AXIS and len(node.input) > 1:
+        if g.has_qdq and node.op_type in WEIGHT_AXIS and len(node.input) > 1:
             yield from _check_layer_quantized(g, i)
 
 
 def _check_qdq_types(
-    g: _Graph, i: int, target: _Target, allowed: frozenset[int], dla: bool
+    g: _Graph, i: int, target: Target, allowed: frozenset[int], dla: bool
 ) -> Iterator[Finding]:
     node, label, op = g.nodes[i], g.labels[i], g.nodes[i].op_type
     zero_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -545,7 +439,7 @@ def _check_qdq_scale(g: _Graph, i: int) -> Iterator[Finding]:
     axis = 1 if given is None else given  # ONNX's default axis is 1, TensorRT's importer 0
     axis = axis + len(data.dims) if axis < 0 and data is not None else axis
     for j, pos in g.consumers.get(node.output[0], []) if op == "DequantizeLinear" else []:
-        layer, expected = g.nodes[j].op_type, _WEIGHT_AXIS.get(g.nodes[j].op_type)
+        layer, expected = g.nodes[j].op_type, WEIGHT_AXIS.get(g.nodes[j].op_type)
         if pos == 1 and expected is not None and axis != expected:
             msg = (
                 f"per-channel weight scales on axis {axis}"
@@ -579,20 +473,20 @@ def _quantizes_int8_output(g: _Graph, tensor: str, depth: int = 6) -> bool:
     if q is None or g.nodes[q].op_type != "QuantizeLinear":
         return False
     i = g.producer.get(g.nodes[q].input[0])
-    while i is not None and g.nodes[i].op_type in _QDQ_PASS_THROUGH and depth > 0:
+    while i is not None and g.nodes[i].op_type in QDQ_PASS_THROUGH and depth > 0:
         i, depth = g.producer.get(g.nodes[i].input[0]), depth - 1
-    return i is not None and g.nodes[i].op_type in _INT8_CONSUMERS - {"QuantizeLinear"}
+    return i is not None and g.nodes[i].op_type in INT8_CONSUMERS - {"QuantizeLinear"}
 
 
 def _first_float_consumer(g: _Graph, tensor: str, depth: int = 6) -> int | None:
     """The first op reached from `tensor`, across pass-through ops, that is not INT8-capable."""
     for j, _ in g.consumers.get(tensor, []):
         node = g.nodes[j]
-        if node.op_type in _QDQ_PASS_THROUGH and depth > 0:
+        if node.op_type in QDQ_PASS_THROUGH and depth > 0:
             for out in node.output:
                 if (found := _first_float_consumer(g, out, depth - 1)) is not None:
                     return found
-        elif node.op_type not in _INT8_CONSUMERS:
+        elif node.op_type not in INT8_CONSUMERS:
             return j
     return None
 
@@ -621,10 +515,10 @@ def _from_dequantize(g: _Graph, tensor: str, depth: int = 6) -> bool:
     node = g.nodes[i]
     if node.op_type == "DequantizeLinear":
         return True
-    return node.op_type in _QDQ_PASS_THROUGH and _from_dequantize(g, node.input[0], depth - 1)
+    return node.op_type in QDQ_PASS_THROUGH and _from_dequantize(g, node.input[0], depth - 1)
 
 
-def _check_dtypes(g: _Graph, target: _Target) -> Iterator[Finding]:
+def _check_dtypes(g: _Graph, target: Target) -> Iterator[Finding]:
     double = TensorProto.DOUBLE
     io = [*g.proto.graph.input, *g.proto.graph.output]
     doubles = [name for name, t in g.consts.items() if t.data_type == double]
@@ -641,7 +535,7 @@ def _check_dtypes(g: _Graph, target: _Target) -> Iterator[Finding]:
         return
     for tensor in g.proto.graph.initializer:
         uses = g.consumers.get(tensor.name, [])
-        shape_like = all(pos in _SHAPE_INPUTS.get(g.nodes[j].op_type, ()) for j, pos in uses)
+        shape_like = all(pos in SHAPE_INPUTS.get(g.nodes[j].op_type, ()) for j, pos in uses)
         if tensor.data_type != TensorProto.INT64 or shape_like:
             continue
         values, i32 = numpy_helper.to_array(tensor), np.iinfo(np.int32)
@@ -654,7 +548,7 @@ def _check_dtypes(g: _Graph, target: _Target) -> Iterator[Finding]:
         yield _f("warning" if clamped else "info", "int64-weights", msg)
 
 
-def _check_dla(g: _Graph, target: _Target) -> Iterator[Finding]:
+def _check_dla(g: _Graph, target: Target) -> Iterator[Finding]:
     # "Working with DLA" (11.4.1 docs): 10.7 was the last 10.x with DLA on Jetson; 11.0-11.3
     # have none; 11.4.1 brings it back on Jetson AGX Orin with JetPack 7.2.2+.
     if target.floor >= (11, 0) and target.ceiling <= (11, 3):
@@ -671,7 +565,7 @@ def _check_dla(g: _Graph, target: _Target) -> Iterator[Finding]:
         yield _f("warning", "dla-unavailable", msg)
     by_op: dict[str, list[str]] = {}
     for label, node in zip(g.labels, g.nodes, strict=True):
-        if node.op_type in _DLA_UNSUPPORTED and node.domain in _DEFAULT_DOMAINS:
+        if node.op_type in DLA_UNSUPPORTED and node.domain in DEFAULT_DOMAINS:
             by_op.setdefault(node.op_type, []).append(label)
     for op, labels in sorted(by_op.items()):
         msg = (
@@ -685,7 +579,7 @@ def _check_dla(g: _Graph, target: _Target) -> Iterator[Finding]:
         yield _f("info", "dla-precision", msg)
 
 
-def _check_strong_typing(g: _Graph, target: _Target) -> Iterator[Finding]:
+def _check_strong_typing(g: _Graph, target: Target) -> Iterator[Finding]:
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
     types = {t.data_type for t in g.proto.graph.initializer}
     types |= {v.type.tensor_type.elem_type for v in g.proto.graph.input}
@@ -713,7 +607,7 @@ def check_readiness(
     unknown version or a malformed profile, ExportInputError for a missing or non-ONNX file,
     OnnxValidationError when onnx.checker rejects the model.
     """
-    target = _parse_trt_version(trt_version)
+    target = parse_trt_version(trt_version)
     proto, source = _load(model)
     g = _Graph(proto)
     findings = [
