@@ -5,8 +5,10 @@
 Uses the ONNX files of a `compressor run` directory (the run writes model.int8.onnx next to
 each model.onnx; the embedded default is run first when the directory has no report). All six
 files are timed in one process, interleaved iteration by iteration, so machine load hits them
-alike; top-1 accuracy of each file is measured on the test split with onnxruntime. The figure
-printed last is each variant's INT8/FP32 latency ratio next to its accuracy change.
+alike; top-1 accuracy of each file is measured on the test split with onnxruntime, and the
+INT8 file twice: on onnxruntime's fused int8 CPU kernels (what is timed) and with the graph
+run as written (exact int8 products, TensorRT's INT8 arithmetic). The figure printed last is
+each variant's INT8/FP32 latency ratio next to its accuracy change.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def main() -> int:
     for name, runner in runners.items():
         with runner:
             accuracy[name] = top1_accuracy(runner, test, batch_size=64).top1
+    as_written = {}
+    for variant in VARIANTS:
+        with OnnxRuntimeRunner(files[f"{variant}/int8"], optimize=False) as runner:
+            as_written[variant] = top1_accuracy(runner, test, batch_size=64).top1
     records = benchmark_side_by_side(runners, config)
     fingerprint = device_fingerprint(threads=args.threads)
     path = write_results(run_dir / "bench_int8.json", records, fingerprint)
@@ -68,11 +74,15 @@ def main() -> int:
     machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
     print(f"\nresults: {path}\nmachine: {machine}")
     print(f"\naccuracy on {len(test)} test images (onnxruntime CPU):")
+    print("  (int8 kernels: onnxruntime's fused CPU int8 kernels, the ones timed below;")
+    print("   int8 as written: Q/DQ computed exactly, as TensorRT's INT8 kernels do)")
     for variant in VARIANTS:
         fp32, int8 = accuracy[f"{variant}/fp32"], accuracy[f"{variant}/int8"]
+        exact = as_written[variant]
         print(
-            f"  {variant:<7} fp32 {100 * fp32:6.2f}%  int8 {100 * int8:6.2f}%  "
-            f"({100 * (int8 - fp32):+.2f} pts)"
+            f"  {variant:<7} fp32 {100 * fp32:6.2f}%  int8 kernels {100 * int8:6.2f}% "
+            f"({100 * (int8 - fp32):+.2f} pts)  int8 as written {100 * exact:6.2f}% "
+            f"({100 * (exact - fp32):+.2f} pts)"
         )
     p50 = {(r.model, r.batch): r.p50_ms for r in records}
     print("\nINT8 vs FP32, onnxruntime CPU (ratio of median latencies; >1 means INT8 is faster):")
