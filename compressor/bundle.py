@@ -10,7 +10,6 @@ that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import InputError
+from deploy.files import file_sha256
 
 SCHEMA = "compressor.bundle/1"
 PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
@@ -47,7 +47,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
             for precision, entry in _precision_files(variant, run_dir).items():
                 name = f"{variant['name']}{PRECISION_SUFFIX[precision]}"
                 shutil.copyfile(entry["path"], staging / name)
-                files[name] = _sha256(staging / name)
+                files[name] = file_sha256(staging / name)
                 models.append(
                     {
                         "variant": variant["name"],
@@ -64,7 +64,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
             data.test.labels[:count].numpy(),
             data.class_names,
         )
-        files["eval.npz"] = _sha256(staging / "eval.npz")
+        files["eval.npz"] = file_sha256(staging / "eval.npz")
         _copy_deploy_package(staging / "deploy")
         script = staging / "run_on_device.sh"
         script.write_text(_script(report, models))
@@ -135,7 +135,7 @@ def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[s
             raise InputError(
                 f"{variant['name']} {precision}: {path} is missing; rerun `compressor run`"
             )
-        if _sha256(path) != entry["sha"]:
+        if file_sha256(path) != entry["sha"]:
             raise InputError(
                 f"{variant['name']} {precision}: {path} does not match the hash in report.json "
                 "(changed since the run); rerun `compressor run`"
@@ -150,14 +150,6 @@ def _copy_deploy_package(target: Path) -> None:
 
     source = Path(deploy.__file__).parent
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
 from deploy.errors import DeployConfigError, DeployError
 from deploy.evaluate import load_labelled, top1_accuracy
+from deploy.files import file_sha256
 from deploy.fingerprint import (
     clock_warnings,
     device_fingerprint,
@@ -363,22 +364,12 @@ def _build_from_args(
             existing = None
         if (
             existing is not None
-            and existing.sidecar.get("source_onnx", {}).get("sha256") == _sha256(args.model)
+            and existing.sidecar.get("source_onnx", {}).get("sha256") == file_sha256(args.model)
             and existing.sidecar.get("build_options") == options.to_dict()
         ):
             print(f"reusing {output} (built from this ONNX file with these options)")
             return existing
     return build_engine(args.model, output, options, log=print)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _optional_int(flag: str, text: str | None, *, minimum: int = 1) -> int | None:

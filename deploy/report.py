@@ -25,7 +25,6 @@ import html
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
+from deploy.files import atomic_write_bytes
 from deploy.fingerprint import fingerprint_id
 from deploy.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 from deploy.results import ResultFile, read_results
@@ -472,23 +472,8 @@ def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, by
 
 
 def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Temp file in the same directory, fsync, rename: readers see the old file or the new."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write_bytes(path, payload)
     except OSError as exc:
         raise DeployInputError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it private; reports are shared
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path

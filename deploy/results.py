@@ -16,10 +16,8 @@ that a later report would choke on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +26,7 @@ from typing import Any
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
+from deploy.files import atomic_write_text
 
 SCHEMA = "deploy.results/2"
 # Older schemas this version still reads.
@@ -71,28 +70,9 @@ def write_results(
     }
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write_text(path, text)
     except OSError as exc:
         raise DeployInputError(f"cannot write results to {path}: {exc.strerror or exc}") from exc
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            if hasattr(os, "fchmod"):  # mkstemp makes it private (0600); results are shared
-                os.fchmod(handle.fileno(), 0o644)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(exc, OSError):
-            reason = exc.strerror or exc
-            raise DeployInputError(f"cannot write results to {path}: {reason}") from exc
-        raise
-    _fsync_directory(path.parent)
-    return path
 
 
 def read_results(path: str | os.PathLike[str]) -> ResultFile:
@@ -166,17 +146,3 @@ def format_table(records: Sequence[LatencyRecord]) -> str:
         ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable too (POSIX); harmless to skip where directories can't be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from deploy.errors import (
     EngineMismatchError,
     MissingDependencyError,
 )
+from deploy.files import atomic_write_bytes, file_sha256
 from deploy.lazy import lazy_import
 from deploy.runners.base import TensorSpec
 from deploy.trt_version import parse_trt_version
@@ -221,7 +221,7 @@ def save_engine(
             name: dict(zip(("min", "opt", "max"), map(list, shapes), strict=True))
             for name, shapes in plan.profile.items()
         },
-        "source_onnx": {"path": str(onnx_path.resolve()), "sha256": _sha256(onnx_path)},
+        "source_onnx": {"path": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path)},
         "inputs": [asdict(spec) for spec in inputs],
         "outputs": [asdict(spec) for spec in outputs],
     }
@@ -230,34 +230,16 @@ def save_engine(
     return load_engine_info(engine_path)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _spec_from_json(data: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(name=str(data["name"]), shape=tuple(data["shape"]), dtype=str(data["dtype"]))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename: readers never see half a file."""
+    """Engines, sidecars and timing caches: atomically, with a DeployInputError on failure."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise DeployInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _cc(capability: Sequence[int]) -> str:

@@ -1,5 +1,6 @@
 """Export: nn.Module -> checked ONNX file with parity against torch and metadata."""
 
+from deploy.files import file_sha256
 from export.errors import (
     ExportConfigError,
     ExportError,
@@ -9,7 +10,7 @@ from export.errors import (
     UnsupportedModelError,
 )
 from export.fp16 import FP16Config, FP16Result, convert_fp16
-from export.metadata import file_sha256, read_metadata, write_metadata
+from export.metadata import read_metadata, write_metadata
 from export.onnx_export import ExportConfig, ExportResult, export_onnx
 from export.parity import Parity, check_parity
 from export.quantize import QuantizeConfig, QuantizeResult, quantize_qdq

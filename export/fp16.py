@@ -33,9 +33,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy.errors import DeployError
+from deploy.files import file_sha256
 from deploy.runners import OnnxRuntimeRunner
 from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, ParityError
-from export.metadata import file_sha256, save_onnx, set_metadata
+from export.metadata import save_onnx, set_metadata
 from export.quantize import _check_out_path, _first_line, _load_source  # shared checks
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16

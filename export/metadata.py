@@ -7,20 +7,18 @@ metadata_props rather than in a side file that can get separated from it.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
 
+from deploy.files import atomic_write_bytes
 from export.errors import ExportError, ExportInputError, OnnxValidationError
 
 # protobuf cannot serialize a message of 2 GiB or more; such models need external data.
 MetadataValue = str | int | float  # numbers are written with str()
 _PROTOBUF_LIMIT_BYTES = 2**31 - 1
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -64,18 +62,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
         )
     if not path.parent.is_dir():
         raise ExportInputError(f"cannot write {path}: folder {path.parent} does not exist")
-    data = model.SerializeToString()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, model.SerializeToString())
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -109,15 +96,6 @@ def write_metadata(
     merged = set_metadata(model, metadata, replace=replace)
     save_onnx(model, path)
     return merged
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of the file's bytes, read in chunks so large files need little memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checked_metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, str]:

@@ -29,12 +29,12 @@ import onnx
 import torch
 from torch import nn
 
+from deploy.files import file_sha256
 from export.checks import check_graph, run_checker, training_aten_ops
 from export.errors import ExportConfigError, ExportInputError, UnsupportedModelError
 from export.metadata import (
     MetadataValue,
     checked_metadata,
-    file_sha256,
     save_onnx,
     set_metadata,
     write_metadata,

@@ -37,13 +37,13 @@ import numpy as np
 import onnx
 
 from deploy.evaluate import LabelledData, top1_accuracy
+from deploy.files import file_sha256
 from deploy.lazy import lazy_import
 from deploy.runners import OnnxRuntimeRunner, Runner, TensorSpec
 from export.errors import ExportConfigError, ExportError, ExportInputError, OnnxValidationError
 from export.metadata import (
     MetadataValue,
     checked_metadata,
-    file_sha256,
     load_onnx,
     save_onnx,
     set_metadata,
