@@ -20,22 +20,24 @@ def build_classifier(
     spatial: tuple[int | str, int | str] = (8, 8),
     batch: int | str = "N",
     seed: int = 0,
+    dtype: type = np.float32,
 ) -> Path:
     """Conv(1->channels, 3x3) + Relu + GlobalAveragePool + Flatten + Gemm(channels->classes).
 
     Input "input" [batch, 1, H, W], output "logits" [batch, classes]. String dims are dynamic.
+    `dtype=np.float16` makes an FP16 graph (weights, input and output), as TensorRT 11 wants.
     """
     rng = np.random.default_rng(seed)
     weights = [
-        numpy_helper.from_array(
-            rng.standard_normal((channels, 1, 3, 3)).astype(np.float32), "conv_w"
-        ),
-        numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "conv_b"),
-        numpy_helper.from_array(
-            rng.standard_normal((classes, channels)).astype(np.float32), "fc_w"
-        ),
-        numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "fc_b"),
+        numpy_helper.from_array(rng.standard_normal(shape).astype(dtype), name)
+        for name, shape in (
+            ("conv_w", (channels, 1, 3, 3)),
+            ("conv_b", (channels,)),
+            ("fc_w", (classes, channels)),
+            ("fc_b", (classes,)),
+        )
     ]
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
     nodes = [
         helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv"], ["relu"]),
@@ -46,8 +48,8 @@ def build_classifier(
     graph = helper.make_graph(
         nodes,
         "tiny_classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, *spatial])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [helper.make_tensor_value_info("input", elem, [batch, 1, *spatial])],
+        [helper.make_tensor_value_info("logits", elem, [batch, classes])],
         initializer=weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

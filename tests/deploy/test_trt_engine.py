@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from deploy.errors import (
     DeployConfigError,
@@ -36,7 +34,7 @@ from deploy.trt_engine import (
     save_engine,
     sidecar_path,
 )
-from tests.deploy.conftest import OPSET, build_classifier
+from tests.deploy.conftest import build_classifier
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,32 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def fp16_classifier(path: Path, *, classes: int = 3, seed: int = 0) -> Path:
     """The conftest classifier with float16 weights and float16 input/output (an FP16 ONNX)."""
-    rng = np.random.default_rng(seed)
-    half = np.float16
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(half), "conv_w"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(half), "conv_b"),
-        numpy_helper.from_array(rng.standard_normal((classes, 4)).astype(half), "fc_w"),
-        numpy_helper.from_array(rng.standard_normal(classes).astype(half), "fc_b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-        helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_classifier_fp16",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["N", classes])],
-        initializer=weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return build_classifier(path, channels=4, classes=classes, seed=seed, dtype=np.float16)
 
 
 def qdq_classifier(source: Path, path: Path) -> Path:

@@ -287,23 +287,10 @@ class _Images:
 
 @pytest.fixture(scope="module")
 def float_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Conv + Relu + GlobalAveragePool + Flatten + Gemm, batch 1, like the deploy tests'."""
-    rng = np.random.default_rng(0)
-    nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-        helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    initializers = [
-        _tensor("conv_w", rng.standard_normal((4, 1, 3, 3))),
-        _tensor("conv_b", rng.standard_normal(4)),
-        _tensor("fc_w", rng.standard_normal((3, 4))),
-        _tensor("fc_b", rng.standard_normal(3)),
-    ]
-    io = ([_value("input", [1, 1, 8, 8])], [_value("logits", [1, 3])])
-    return _save(tmp_path_factory.mktemp("ort") / "float.onnx", nodes, *io, initializers)
+    """Conv + Relu + GlobalAveragePool + Flatten + Gemm, batch 1, the deploy tests' model."""
+    from tests.deploy.conftest import build_classifier
+
+    return build_classifier(tmp_path_factory.mktemp("ort") / "float.onnx", batch=1)
 
 
 @pytest.mark.parametrize(
