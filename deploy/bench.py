@@ -407,6 +407,7 @@ def _record(
         threads=runner.threads,
         warmup_iters=config.warmup_iters,
         **dataclasses.asdict(stats),  # every statistic under the same name
+        details=runner.record_details(),
     )
 
 

@@ -292,6 +292,18 @@ def _normalize_profile(profile: Mapping[str, Sequence[Sequence[int]]]) -> dict[s
     return result
 
 
+_LOGGER: Any = None
+
+
+def trt_logger(trt: Any) -> Any:
+    """One TensorRT logger per process: TensorRT warns when builders and runtimes get
+    different ones (NVIDIA's samples keep a single module-level logger too)."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -319,7 +331,7 @@ def build_engine(
         f"building {engine_path.name} from {onnx_path.name}: {plan.precision}, TensorRT "
         f"{plan.tensorrt_version}, {gpu.name}"
     )
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,10 @@ class Runner:
 
     def synchronize(self) -> None:
         """Wait for queued device work; a no-op on CPU backends (timing calls it)."""
+
+    def record_details(self) -> dict[str, Any]:
+        """Backend-specific facts each result record should carry (JSON-safe)."""
+        return {}
 
     def take_gpu_times_ms(self) -> list[float]:
         """GPU compute times (ms) of the inferences since the last call, then forgets them.

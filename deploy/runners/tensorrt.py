@@ -23,7 +23,7 @@ import numpy as np
 from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
-from deploy.trt_engine import TRT_DTYPES
+from deploy.trt_engine import TRT_DTYPES, trt_logger
 from deploy.trt_sidecar import (
     REBUILD_HINT,
     check_engine_compatible,
@@ -61,6 +61,7 @@ class TensorRTRunner(Runner):
         self.cuda_graph = bool(cuda_graph)
         self.check_compatibility = check_compatibility
         self.precision = "unknown"  # from the sidecar once active
+        self._details: dict[str, Any] = {}
         self.last_gpu_ms: float | None = None
         self.gpu_times_ms: list[float] = []
         self._reset()
@@ -94,13 +95,14 @@ class TensorRTRunner(Runner):
         if sidecar_path(self.engine_path).is_file() or self.check_compatibility:
             info = load_engine_info(self.engine_path)
             self.precision = info.precision
+            self._details["engine_sha256"] = info.sidecar.get("engine_sha256")
             if self.check_compatibility:
                 gpu = gpu_identity(index)
                 check_engine_compatible(
                     info.sidecar, trt.__version__, gpu.name, gpu.compute_capability
                 )
         torch.cuda.set_device(index)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        runtime = trt.Runtime(trt_logger(trt))
         dla_core = (info.sidecar.get("build_options") or {}).get("dla_core") if info else None
         if dla_core is not None:  # the runtime's DLA core defaults to -1 (none)
             runtime.DLA_core = int(dla_core)
@@ -200,12 +202,32 @@ class TensorRTRunner(Runner):
         self._runs_since_bind = 0
 
     def _capture(self) -> None:
-        """Record the enqueue in a CUDA graph (TensorRT has run once with these shapes)."""
+        """Record the enqueue in a CUDA graph (TensorRT has run once with these shapes).
+
+        Some engines cannot be captured (loops, data-dependent shapes, some plugins); then the
+        runner falls back to plain enqueues, as trtexec does, and its records say so.
+        """
         torch = self._torch
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
-            self._context.execute_async_v3(self._stream.cuda_stream)
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                captured = self._context.execute_async_v3(self._stream.cuda_stream)
+        except RuntimeError as exc:  # torch reports a failed capture as a RuntimeError
+            captured, reason = False, str(exc).splitlines()[0] if str(exc) else repr(exc)
+        else:
+            reason = "execute_async_v3 returned False during capture"
+        if not captured:
+            self.cuda_graph = False
+            self._details["cuda_graph_fallback"] = reason
+            return
         self._graph = graph
+
+    def record_details(self) -> dict[str, Any]:
+        return {
+            **self._details,
+            "cuda_graph": self.cuda_graph,
+            "tensorrt_version": getattr(self._trt, "__version__", None),
+        }
 
     def _to_host(self, tensor: Any) -> np.ndarray:
         if tensor.dtype == self._torch.bfloat16:
@@ -228,7 +250,7 @@ def _check_in_profile(
     if shape[0] > high[0]:
         raise DeployInputError(
             f"batch {shape[0]} is above the engine's profile max {high[0]} for input '{name}'; "
-            "rebuild with a larger --max-batch"
+            "rebuild it with `deploy build --batch` including that batch"
         )
     if any(not (lo <= d <= hi) for d, lo, hi in zip(shape, low, high, strict=True)):
         raise DeployInputError(

@@ -464,7 +464,7 @@ def test_a_batch_above_the_profile_max_is_a_clear_error(
     with TensorRTRunner(engine) as runner, pytest.raises(DeployInputError) as error:
         runner.infer({"input": np.zeros((8, 1, 8, 8), np.float32)})
     assert "batch 8 is above the engine's profile max 4 for input 'input'" in str(error.value)
-    assert "rebuild with a larger --max-batch" in str(error.value)
+    assert "rebuild it with `deploy build --batch` including that batch" in str(error.value)
 
 
 def test_tensorrt_8_5_builds_but_has_no_optimization_level(models: dict[str, Path]) -> None:
