@@ -179,6 +179,33 @@ def time_variants(
     return records
 
 
+def time_tensorrt(
+    onnx_paths: Mapping[str, Path],
+    precisions: tuple[str, ...],
+    config: BenchConfig,
+    log: Callable[[str], None],
+) -> list[LatencyRecord]:
+    """Build a TensorRT engine per variant and precision, then time each precision's engines
+    interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
+    strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
+    """
+    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.trt_engine import BuildOptions, build_engine
+
+    records: list[LatencyRecord] = []
+    suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}
+    for precision in precisions:
+        runners = {}
+        for name, fp32 in onnx_paths.items():
+            source = fp32.with_name(f"{fp32.stem}{suffix[precision]}.onnx")
+            engine = fp32.with_name(f"{fp32.stem}.{precision}.engine")
+            options = BuildOptions(precision=precision, max_batch=max(config.batch_sizes))
+            build_engine(source, engine, options, log=log)
+            runners[name] = TensorRTRunner(engine)
+        records += benchmark_side_by_side(runners, config)
+    return records
+
+
 def benchmark_variants(
     models: dict[str, nn.Module],
     onnx_paths: dict[str, Path],
@@ -199,9 +226,11 @@ def benchmark_variants(
         onnx_paths,
         (None, *data.val.images.shape[1:]),
         config,
-        backends=bench.backends,
+        backends=tuple(b for b in bench.backends if b != "tensorrt"),
         threads=bench.threads,
     )
+    if "tensorrt" in bench.backends:
+        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log)
     fingerprint = device_fingerprint(threads=bench.threads)
     results_path = write_results(out_dir / "latency.json", records, fingerprint)
     log(format_table(records))

@@ -99,6 +99,10 @@ def run_pipeline(
 ) -> PipelineResult:
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, recipe, resume)
+    if "tensorrt" in recipe.bench.backends:  # fail now, not after an hour of training
+        from deploy.lazy import lazy_import
+
+        lazy_import("tensorrt", "bench.backends: tensorrt")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
@@ -230,6 +234,7 @@ def _build_report(
                 for key in (
                     "backend",
                     "device",
+                    "precision",
                     "batch",
                     "mean_ms",
                     "p50_ms",
@@ -279,19 +284,23 @@ def _build_report(
 
 
 def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Dense median latency / variant median latency, per backend, device and batch."""
-    dense = {(r["backend"], r["device"], r["batch"]): r["p50_ms"] for r in rows[0]["latency"]}
+    """Dense median latency / variant median latency, per backend, device, precision, batch."""
+    dense = {
+        (r["backend"], r["device"], r["precision"], r["batch"]): r["p50_ms"]
+        for r in rows[0]["latency"]
+    }
     out = []
     for row in rows[1:]:
         for r in row["latency"]:
-            key = (r["backend"], r["device"], r["batch"])
+            key = (r["backend"], r["device"], r["precision"], r["batch"])
             if key in dense:
                 out.append(
                     {
                         "variant": row["name"],
                         "backend": key[0],
                         "device": key[1],
-                        "batch": key[2],
+                        "precision": key[2],
+                        "batch": key[3],
                         "latency_speedup_p50": dense[key] / r["p50_ms"],
                     }
                 )

@@ -48,16 +48,25 @@ class ExportSection:
 @dataclass(frozen=True, kw_only=True)
 class BenchSection:
     backends: tuple[str, ...] = ("onnxruntime", "torch")  # CPU; torch also on CUDA if present
+    # With "tensorrt" in backends (a GPU machine with TensorRT): engines of these precisions
+    # are built from each variant's FP32 / FP16 / INT8 QDQ ONNX and timed side by side.
+    trt_precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     batch_sizes: tuple[int, ...] = (1, 8)
     threads: int | None = None  # intra-op threads for both backends (None: library default)
     warmup_iters: int = 20
     iterations: int = 200  # timed iterations per model and batch (interleaved across models)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.backends) - {"onnxruntime", "torch"})
+        unknown = sorted(set(self.backends) - {"onnxruntime", "torch", "tensorrt"})
         if unknown:
             raise ConfigError(
-                f"bench.backends: unknown backend(s) {unknown}; use onnxruntime, torch"
+                f"bench.backends: unknown backend(s) {unknown}; use onnxruntime, torch, tensorrt"
+            )
+        bad = sorted(set(self.trt_precisions) - {"fp32", "fp16", "bf16", "int8"})
+        if bad or not self.trt_precisions:
+            raise ConfigError(
+                f"bench.trt_precisions: unknown precision(s) {bad or '(none given)'}; "
+                "use fp32, fp16, bf16, int8"
             )
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ConfigError(f"bench.batch_sizes: need whole numbers >= 1, got {self.batch_sizes}")

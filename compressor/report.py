@@ -17,10 +17,15 @@ PLOT_FILE = "accuracy_vs_latency.png"
 
 
 def _latency(
-    variant: dict[str, Any], backend: str, batch: int, device: str = "cpu"
+    variant: dict[str, Any], backend: str, batch: int, device: str = "cpu", precision: str = "fp32"
 ) -> float | None:
     for r in variant["latency"]:
-        if r["backend"] == backend and r["batch"] == batch and r["device"] == device:
+        if (r["backend"], r["batch"], r["device"], r.get("precision", "fp32")) == (
+            backend,
+            batch,
+            device,
+            precision,
+        ):
             return r["p50_ms"]
     return None
 
@@ -56,13 +61,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Latency (median over interleaved timed iterations; ms)",
         "",
-        "| variant | backend | device | batch | mean | p50 | p90 | p99 | throughput (img/s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | backend | device | precision | batch | mean | p50 | p90 | p99 "
+        "| throughput (img/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         for r in v["latency"]:
             lines.append(
-                f"| {v['name']} | {r['backend']} | {r['device']} | {r['batch']} "
+                f"| {v['name']} | {r['backend']} | {r['device']} "
+                f"| {r.get('precision', 'fp32')} | {r['batch']} "
                 f"| {r['mean_ms']:.3f} "
                 f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
                 f"| {r['throughput_ips']:.1f} |"
@@ -72,7 +79,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for s in report["speedups"]:
         if "latency_speedup_p50" in s:
             lines.append(
-                f"- {s['variant']}: {s['backend']} {s['device']} batch {s['batch']}: "
+                f"- {s['variant']}: {s['backend']} {s['device']} {s.get('precision', 'fp32')} "
+                f"batch {s['batch']}: "
                 f"{s['latency_speedup_p50']:.2f}x"
             )
         else:
@@ -134,23 +142,29 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     series = sorted(
-        {(r["backend"], r["device"], r["batch"]) for v in report["variants"] for r in v["latency"]}
+        {
+            (r["backend"], r["device"], r.get("precision", "fp32"), r["batch"])
+            for v in report["variants"]
+            for r in v["latency"]
+        }
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D", "v", "P"]  # one shape per variant
-    for i, (backend, device, batch) in enumerate(series):
+    for i, (backend, device, precision, batch) in enumerate(series):
         for j, v in enumerate(report["variants"]):
-            ms = _latency(v, backend, batch, device)
+            ms = _latency(v, backend, batch, device, precision)
             if ms is not None:
+                # INT8 and FP16 engines are plotted at their own files' accuracy.
+                accuracy = (v.get(precision) or {}).get("accuracy", v["accuracy"])
                 ax.scatter(
                     ms,
-                    100 * v["accuracy"],
+                    100 * accuracy,
                     color=colors[i % len(colors)],
                     marker=markers[j % len(markers)],
                     s=40,
                     zorder=3,
                 )
-    # Two legends: colour = backend/device/batch, shape = variant.
+    # Two legends: colour = backend/device/precision/batch, shape = variant.
     from matplotlib.lines import Line2D
 
     handles = [
@@ -160,9 +174,9 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
             color=colors[i % len(colors)],
             marker="o",
             linestyle="",
-            label=f"{b} {d} batch {n}",
+            label=f"{b} {d} {p} batch {n}",
         )
-        for i, (b, d, n) in enumerate(series)
+        for i, (b, d, p, n) in enumerate(series)
     ]
     handles += [
         Line2D(

@@ -144,6 +144,12 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         ({"prune": {"criterion": "hrank", "blocks": 1}}, "unknown criterion 'hrank'", 2),
         ({"data": {"name": "cifar10", "root": "no/such/dir"}}, "no/such/dir", 1),
         ({"trian": {"epochs": 1}}, "unknown key(s) ['trian']", 2),
+        (  # refused before any training, not after it
+            {"bench": {"backends": ["onnxruntime", "tensorrt"]}},
+            "bench.backends: tensorrt needs the 'tensorrt' package, which is not installed",
+            1,
+        ),
+        ({"bench": {"trt_precisions": ["fp8"]}}, "bench.trt_precisions: unknown", 2),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(
