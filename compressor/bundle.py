@@ -108,10 +108,13 @@ def _read_report(run_dir: Path) -> dict[str, Any]:
 
 
 def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """FP32 always, INT8 and FP16 when the run made them; each file must still match its hash."""
+    """FP32 always, INT8 and FP16 when the run made them; each file must still match its hash.
+
+    Files are found by the run directory's layout (`<variant>/model[.int8|.fp16].onnx`), not
+    by the paths in report.json, which are relative to wherever `compressor run` was started.
+    """
     entries = {
         "fp32": {
-            "path": variant["onnx"],
             "sha": variant["onnx_sha256"],
             "accuracy": variant["accuracy"],
             "accuracy_ort": variant["accuracy"],
@@ -121,16 +124,13 @@ def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[s
         extra = variant.get(precision)
         if extra:
             entries[precision] = {
-                "path": extra["onnx"],
                 "sha": extra["sha256"],
                 "accuracy": extra["accuracy"],
                 # INT8 on onnxruntime's CPU kernels differs from TensorRT's arithmetic.
                 "accuracy_ort": extra.get("accuracy_onnxruntime_cpu", extra["accuracy"]),
             }
     for precision, entry in entries.items():
-        path = Path(entry["path"])
-        if not path.is_absolute() and not path.is_file():
-            path = run_dir / path
+        path = run_dir / variant["name"] / f"model{PRECISION_SUFFIX[precision]}"
         if not path.is_file():
             raise InputError(
                 f"{variant['name']} {precision}: {path} is missing; rerun `compressor run`"

@@ -236,3 +236,26 @@ def test_lint_reports_on_exported_files(tiny_run: Path, capsys) -> None:  # noqa
     assert main(["lint", int8, "--trt-version", "10", "--profile", profile]) == 0
     assert main(["lint", int8, "--profile", "input:1x1x8x8"]) == 2
     assert "--profile" in capsys.readouterr().err
+
+
+def test_bundle_uses_the_run_directory_it_is_given(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another working directory, and from a copy whose files were changed."""
+    import shutil
+
+    from compressor.bundle import write_bundle
+    from compressor.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    assert (write_bundle(copy, tmp_path / "b1") / "manifest.json").is_file()
+    shutil.copyfile(copy / "dense" / "model.onnx", copy / "shrunk" / "model.onnx")
+    with pytest.raises(InputError, match=r"shrunk fp32: .*copy/shrunk/model.onnx does not match"):
+        write_bundle(copy, tmp_path / "b2")
+    (copy / "ticket" / "model.int8.onnx").unlink()
+    shutil.copyfile(tiny_run / "shrunk" / "model.onnx", copy / "shrunk" / "model.onnx")
+    with pytest.raises(InputError, match=r"ticket int8: .*copy/ticket/model.int8.onnx is missing"):
+        write_bundle(copy, tmp_path / "b3")
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
