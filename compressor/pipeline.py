@@ -185,7 +185,12 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     except ValueError as exc:
         raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
     now = json.loads(json.dumps(recipe.to_dict()))  # tuples -> lists, as on disk
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    # Export and benchmark run again on every resume, so changing them is safe.
+    changed = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if before.get(k) != now.get(k) and k not in ("export", "bench")
+    )
     if changed:
         raise ConfigError(
             f"--resume: the recipe differs from the one {out_dir} was started with (sections "

@@ -7,6 +7,7 @@ falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,28 @@ class ExportSection:
     calibration_samples: int = 256  # training images the INT8 ranges are calibrated on
     # TensorRT version the readiness check of each ONNX file is made against.
     trt_version: str = "10"
+
+    def __post_init__(self) -> None:
+        """Check every value now, so a typo fails before training, not after it."""
+        from export import ExportConfig, ExportError, QuantizeConfig
+        from export.trt_ops import parse_trt_version
+
+        checks = (
+            ("opset", lambda: ExportConfig(opset=self.opset)),
+            ("parity_atol", lambda: ExportConfig(parity_atol=self.parity_atol)),
+            ("calibration_method",
+             lambda: QuantizeConfig(calibration_method=self.calibration_method)),
+            ("calibration_samples",
+             lambda: QuantizeConfig(calibration_samples=self.calibration_samples)),
+            ("trt_version", lambda: parse_trt_version(str(self.trt_version))),
+        )  # fmt: skip
+        for key, check in checks:
+            try:
+                check()
+            except (ExportError, ValueError, TypeError) as exc:
+                # "QuantizeConfig.calibration_samples: must be ..." -> "must be ..."
+                reason = re.sub(rf"^[\w.]*{key}: ", "", str(exc))
+                raise ConfigError(f"export.{key}: {reason}") from exc
 
 
 @dataclass(frozen=True, kw_only=True)

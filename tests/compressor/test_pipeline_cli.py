@@ -105,6 +105,18 @@ def test_resume_with_another_recipe_is_refused(tiny_run: Path) -> None:
         run_pipeline(changed, tiny_run, resume=True, log=lambda _: None)
 
 
+def test_resume_accepts_a_changed_export_section(tiny_run: Path) -> None:
+    """Export and benchmark run again on resume, so their settings may change; training's not."""
+    from compressor.pipeline import run_pipeline
+
+    changed = recipe_from_dict({**TINY, "export": {"fp16": False}})
+    logs: list[str] = []
+    result = run_pipeline(changed, tiny_run, resume=True, log=logs.append)
+    assert any("reusing finished stage" in line for line in logs)
+    assert "fp16" not in result.report["variants"][0] and "int8" in result.report["variants"][0]
+    run_pipeline(recipe_from_dict(TINY), tiny_run, resume=True, log=lambda _: None)  # restore
+
+
 def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(json.dumps(TINY))
@@ -150,6 +162,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             1,
         ),
         ({"bench": {"trt_precisions": ["fp8"]}}, "bench.trt_precisions: unknown", 2),
+        ({"export": {"calibration_method": "kl"}}, "export.calibration_method: must be one", 2),
+        ({"export": {"trt_version": "7"}}, "export.trt_version: unknown TensorRT version", 2),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(
