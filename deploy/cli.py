@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
-from deploy.errors import DeployConfigError, DeployError
+from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.evaluate import load_labelled, top1_accuracy
 from deploy.files import file_sha256
 from deploy.fingerprint import (
@@ -31,7 +31,7 @@ from deploy.fingerprint import (
 )
 from deploy.onnx_info import PRECISIONS, inspect_onnx
 from deploy.power import open_power_sampler
-from deploy.results import default_results_path, format_table, write_results
+from deploy.results import default_results_path, format_table, read_results, write_results
 from deploy.runners import Runner, make_runner
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
@@ -207,6 +207,7 @@ def _bench(args: argparse.Namespace) -> int:
     data = load_labelled(args.data) if args.data is not None else None
     name = args.name or args.model.stem
     output = args.output or default_results_path()
+    _check_output(output, args.model)
     fingerprint = device_fingerprint(threads=threads)
     _clock_check(fingerprint, args.require_locked_clocks)
     if backend == "trtexec":
@@ -227,6 +228,23 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(records))
     print(f"results written to {path}")
     return 0
+
+
+def _check_output(output: Path, model: Path) -> None:
+    """Refuse, before timing anything, to write results over a file that is not one."""
+    if output.is_dir():
+        raise DeployInputError(f"--output {output} is a directory; give a file name")
+    if not output.exists():
+        return
+    if model.exists() and output.resolve() == model.resolve():
+        raise DeployInputError(f"--output {output} is the model being timed; choose another path")
+    try:
+        read_results(output)
+    except DeployInputError:
+        raise DeployInputError(
+            f"--output {output} exists and is not a result file; choose another path "
+            "(an existing result file is replaced)"
+        ) from None
 
 
 def _cli_runner(
@@ -250,9 +268,24 @@ def _cli_runner(
         )
     if args.backend == "tensorrt":
         return _tensorrt_runner(args, config, precision)
+    _check_onnx_path(args.model)
     info = inspect_onnx(args.model)
     _check_file_precision(info.precision, precision, args.model, args.backend)
     return make_runner(args.backend, args.model, threads=threads)
+
+
+def _check_onnx_path(model: Path) -> None:
+    """onnxruntime takes ONNX files; say which backend other model files need."""
+    if model.is_dir():
+        raise DeployInputError(f"{model} is a directory; pass an ONNX file")
+    hint = {
+        ".engine": "a TensorRT engine: use --backend tensorrt (or trtexec)",
+        ".plan": "a TensorRT engine: use --backend tensorrt (or trtexec)",
+        ".trt": "a TensorRT engine: use --backend tensorrt (or trtexec)",
+        ".pt2": "a torch.export file: use --backend torch --allow-pickle",
+    }.get(model.suffix.lower())
+    if hint:
+        raise DeployConfigError(f"{model.name} is {hint}; onnxruntime runs ONNX files")
 
 
 def _check_file_precision(have: str, want: str | None, model: Path, backend: str) -> None:
@@ -261,9 +294,11 @@ def _check_file_precision(have: str, want: str | None, model: Path, backend: str
     hint = {
         "int8": "pass the QDQ ONNX (`compressor export` writes model.int8.onnx)",
         "fp16": "pass the FP16 ONNX (`compressor export` writes model.fp16.onnx)",
-    }.get(want, "pass the FP32 ONNX")
+        "fp32": "pass the FP32 ONNX",
+    }.get(want, f"build a TensorRT engine for {want} instead (--backend tensorrt)")
     raise DeployConfigError(
-        f"--precision {want}: {model.name} is a {have} graph and {backend} runs what the file "
+        f"--precision {want}: {model.name} is {'an' if have[0] in 'fi' else 'a'} {have} graph "
+        f"and {backend} runs what the file "
         f"holds; {hint}, or leave --precision out"
     )
 

@@ -49,7 +49,7 @@ def find_trtexec(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None:
         candidate = Path(path)
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
+            return candidate.resolve()  # "./trtexec" would otherwise be looked up on PATH
         raise DeployInputError(
             f"trtexec not found at {candidate} (not an executable file); "
             "pass --trtexec with the path of the trtexec binary"

@@ -137,7 +137,7 @@ def _garbage(tmp_path: Path) -> str:
         (
             lambda m, t: ["bench", str(m["dense"]), "--precision", "int8"],
             2,
-            "is a fp32 graph and onnxruntime runs what the file holds; pass the QDQ ONNX",
+            "is an fp32 graph and onnxruntime runs what the file holds; pass the QDQ ONNX",
         ),
         (lambda m, t: ["bench", str(m["dense"]), "--precision", "fp8"], 2, "--precision"),
         (
@@ -153,6 +153,9 @@ def _garbage(tmp_path: Path) -> str:
         ),
         (lambda m, t: ["build", str(m["dense"]), "--precision", "int4"], 2, "--precision"),
         (lambda m, t: ["build", _garbage(t)], 1, "is not a readable ONNX file"),
+        (lambda m, t: ["bench", str(m["dense"]), "--output", str(m["dense"])], 1, "is the model"),
+        (lambda m, t: ["bench", str(m["dense"]), "--output", str(t)], 1, "is a directory"),
+        (lambda m, t: ["bench", str(t / "m.engine")], 2, "use --backend tensorrt"),
         (lambda m, t: ["bench", str(m["fixed_batch"]), "--batch", "2"], 1, "fixed batch size"),
         (lambda m, t: ["bench"], 2, "required: model"),
         (lambda m, t: ["bench", str(m["dense"]), "--no-such-flag"], 2, "unrecognized"),
@@ -264,3 +267,16 @@ def test_report_merges_result_files(
     assert shrunk_row.endswith("x) |")  # its speed-up over dense in the same column
     assert (tmp_path / "rep" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")]) == 1
+
+
+def test_output_over_a_file_that_is_not_a_result_file_is_refused(
+    classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    precious = tmp_path / "notes.json"
+    precious.write_text('{"mine": true}')
+    assert main(["bench", str(classifier), *FAST, "--output", str(precious)]) == 1
+    assert "exists and is not a result file" in capsys.readouterr().err
+    assert precious.read_text() == '{"mine": true}'
+    results = tmp_path / "r.json"
+    assert main(["bench", str(classifier), *FAST, "--output", str(results)]) == 0
+    assert main(["bench", str(classifier), *FAST, "--output", str(results)]) == 0  # replaced

@@ -502,3 +502,20 @@ def test_a_fixed_batch_model_refuses_another_batch(tmp_path: Path) -> None:
     assert "--onnx=" + str(fixed) in trtexec_command("10.3", onnx=fixed, batch=1)
     with pytest.raises(DeployConfigError, match="fixed batch size of 1, cannot run batch 8"):
         trtexec_command("10.3", onnx=fixed, batch=8)
+
+
+def test_a_relative_trtexec_path_is_run_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--trtexec ./trtexec` must run that file, not whatever `trtexec` PATH finds."""
+    import os
+    import stat
+
+    script = tmp_path / "trtexec"
+    script.write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # x'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", os.defpath)
+    found = find_trtexec("./trtexec")
+    assert found == script.resolve()
+    assert str(trtexec_version(found)) == "10.3.0"
