@@ -121,23 +121,39 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
 
 
 def format_table(records: Sequence[LatencyRecord]) -> str:
-    """Aligned plain-text table, one row per record, for terminals and logs."""
-    header = ("model", "backend", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s")
+    """Aligned plain-text table, one row per record, for terminals and logs.
+
+    Top-1 accuracy, GPU compute time and energy get columns when any record measured them.
+    """
+    header = ["model", "backend", "precision", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms"]
+    header.append("img/s")
+    optional = [
+        ("gpu ms", "gpu_compute_ms", "{:.3f}"),
+        ("mJ/call", "energy_mj", "{:.2f}"),
+        ("top-1", "accuracy", "{:.2%}"),
+    ]
+    optional = [o for o in optional if any(getattr(r, o[1]) is not None for r in records)]
+    header += [label for label, _, _ in optional]
     rows = [
-        (
+        [
             r.model,
             r.backend,
+            r.precision,
             str(r.batch),
             f"{r.mean_ms:.3f}",
             f"{r.p50_ms:.3f}",
             f"{r.p90_ms:.3f}",
             f"{r.p99_ms:.3f}",
             f"{r.throughput_ips:.1f}",
-        )
+            *(
+                "-" if getattr(r, field) is None else fmt.format(getattr(r, field))
+                for _, field, fmt in optional
+            ),
+        ]
         for r in records
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    text_columns = 2  # model and backend are left-aligned, numbers right-aligned
+    text_columns = 3  # model, backend and precision are left-aligned, numbers right-aligned
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(

@@ -52,7 +52,10 @@ def test_bench_writes_results_and_prints_the_table(
     assert stdout.startswith("device: ")
     assert f"results written to {output}" in stdout
     table_rows = [line.split() for line in stdout.splitlines() if line.startswith("tiny ")]
-    assert [(row[1], row[2]) for row in table_rows] == [("onnxruntime", "1"), ("onnxruntime", "2")]
+    assert [tuple(row[1:4]) for row in table_rows] == [
+        ("onnxruntime", "fp32", "1"),
+        ("onnxruntime", "fp32", "2"),
+    ]
     results = read_results(output)
     assert [(r.model, r.batch, r.iterations, r.threads) for r in results.records] == [
         ("tiny", 1, 5, 1),

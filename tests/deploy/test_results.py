@@ -121,6 +121,7 @@ def test_table_is_aligned_and_shows_the_numbers() -> None:
     assert lines[0].split() == [
         "model",
         "backend",
+        "precision",
         "batch",
         "mean",
         "ms",
@@ -136,6 +137,8 @@ def test_table_is_aligned_and_shows_the_numbers() -> None:
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header
     assert "2.000" in lines[2] and "500.0" in lines[2]  # mean ms and img/s of dense
     assert lines[3].startswith("a-much-longer-name") and "128000.0" in lines[3]
+    with_accuracy = format_table([replace(make_record(), accuracy=0.9861)]).splitlines()
+    assert with_accuracy[0].split()[-1] == "top-1" and with_accuracy[2].endswith("98.61%")
 
 
 def test_version_1_files_still_read_with_the_new_fields_none(tmp_path: Path) -> None:
