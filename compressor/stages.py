@@ -14,6 +14,7 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.blocks import discover_blocks
 from compressor.data import DataSplits, load_data
+from compressor.errors import InputError
 from compressor.layer_prune import prune_at_init, scoring_batch
 from compressor.recipe import Recipe
 from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
@@ -94,10 +95,28 @@ def save_trained(
         "epoch_seconds": result.median_epoch_seconds,
         "epochs": result.epochs_run,
         "device": result.device,
+        # What it was trained on, so a stage run later with another recipe can refuse it.
+        "dataset": data.name,
+        "input_shape": list(data.val.images.shape[1:]),
         **(extra or {}),
     }
     save_model(model, spec, model_dir, info)
     return info
+
+
+def check_same_data(info: dict[str, Any], data: DataSplits, model_dir: str | Path) -> None:
+    """A trained model only makes sense on the data it was trained on (name and input size)."""
+    shape = list(data.val.images.shape[1:])
+    want = (info.get("dataset"), info.get("input_shape"))
+    if want[0] is None or want[1] is None:  # stored before these facts were recorded
+        return
+    if want != (data.name, shape):
+        trained = f"{want[0]} {'x'.join(map(str, want[1]))}"
+        given = f"{data.name} {'x'.join(map(str, shape))}"
+        raise InputError(
+            f"{model_dir} was trained on {trained} inputs but this recipe's data is {given}; "
+            "use the recipe the model was trained with"
+        )
 
 
 def _summary(info: dict[str, Any], model_dir: Path) -> dict[str, Any]:
@@ -128,6 +147,7 @@ def shrink_for_recipe(
 def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
     stored = load_model(model_dir)
     data = load_data(recipe.data)
+    check_same_data(stored.info, data, model_dir)
     model = copy.deepcopy(stored.model)
     _, config = shrink_for_recipe(model, data, recipe, out)
     spec = stored.spec.with_shapes(model)
@@ -143,6 +163,8 @@ def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
 
     stored = load_model(model_dir)
     data = load_data(recipe.data)
+    check_same_data(stored.info, data, model_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = export_variant(
         stored.model, stored.spec, stored.info, data, recipe, out, log=lambda _: None
     )

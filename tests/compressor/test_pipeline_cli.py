@@ -137,6 +137,17 @@ def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert Path(exported["fp16"]["onnx"]).is_file()
     assert main(["blocks", str(recipe)]) == 0
     assert "1 of 3 blocks are removable" in capsys.readouterr().out
+    # Another input size than the model was trained on is refused, not silently exported;
+    # an --out in a folder that does not exist yet is created.
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps({**TINY, "data": {"name": "digits", "image_size": 12}}))
+    assert main(["export", shrunk["model"], str(other), "--out", str(tmp_path / "x.onnx")]) == 1
+    assert "trained on digits 1x8x8 inputs but this recipe's data is digits 1x12x12" in (
+        capsys.readouterr().err
+    )
+    nested = tmp_path / "new" / "dir" / "s.onnx"
+    assert main(["export", shrunk["model"], str(recipe), "--out", str(nested)]) == 0
+    assert nested.is_file()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
