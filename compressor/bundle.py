@@ -158,22 +158,32 @@ def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
         "#!/usr/bin/env bash",
         "# Build a TensorRT engine for every model file here and time it; results go to",
         "# results/. BACKEND=trtexec uses NVIDIA's trtexec instead of the TensorRT Python API;",
-        "# BACKEND=onnxruntime times on the CPU (no TensorRT needed).",
-        "set -euo pipefail",
+        "# BACKEND=onnxruntime times on the CPU (no TensorRT needed). Each file's top-1 on",
+        "# eval.npz is checked against manifest.json (within 1 point); the script carries on",
+        "# and exits 1 at the end if any file missed it.",
+        "set -uo pipefail",
         'cd "$(dirname "$0")"',
         'BACKEND="${BACKEND:-tensorrt}"',
         f'BATCH="${{BATCH:-{batches}}}"',
         "mkdir -p results",
-        "python3 -m deploy info",
+        "python3 -m deploy info || exit 1",
+        "FAILED=0",
     ]
     for model in models:
+        # onnxruntime's int8 CPU kernels compute differently from TensorRT (see README.md).
+        expect = (
+            f'$([ "$BACKEND" = onnxruntime ] && echo {model["expected_top1_onnxruntime_cpu"]} '
+            f'|| echo {model["expected_top1"]})'
+        )
         lines.append(
             f"python3 -m deploy bench {model['file']} --backend \"$BACKEND\" "
             f"--precision {model['precision']} --batch \"$BATCH\" --data eval.npz "
+            f'--expect-top1 "{expect}" '
             f"--name {model['variant']} --output results/{model['file']}.\"$BACKEND\".json "
-            '"$@"'
+            '"$@" || FAILED=1'
         )
-    lines.append("python3 -m deploy report results --out report")
+    lines.append("python3 -m deploy report results --out report || FAILED=1")
+    lines.append('exit "$FAILED"')
     return "\n".join(lines) + "\n"
 
 
@@ -197,8 +207,9 @@ Made by `compressor bundle` from a run of `{report['recipe']['model']['name']}` 
 graph computed as written (exact int8 products), which is what TensorRT's INT8 kernels do.
 The last column is onnxruntime's own fused int8 CPU kernels, which lose accuracy on x86
 CPUs without VNNI. An engine whose top-1 on `eval.npz` is far from the expected column is
-broken, not slow.
-`manifest.json` holds every file's SHA-256 (`sha256sum -c` style check: compare them).
+broken, not slow: `run_on_device.sh` checks each file (`deploy bench --expect-top1`, within
+1 point) and exits 1 at the end if any missed.
+`manifest.json` holds every file's SHA-256; compare with `sha256sum *.onnx eval.npz`.
 
 ## On a Jetson (JetPack 5 or 6, TensorRT from JetPack)
 
@@ -211,12 +222,12 @@ python3 -m pip install numpy onnx     # onnxruntime is optional on the device
 
 Energy per inference is added when `tegrastats` is on PATH (it is on JetPack). Then copy
 `results/` back and merge it with other devices' results:
-`deploy report results/ other-device-results/ --out report/`.
+`python3 -m deploy report results/ other-device-results/ --out report/`.
 
 ## On a GPU server
 
 Inside an NVIDIA container that ships TensorRT (`nvcr.io/nvidia/tensorrt:<yy.mm>-py3` or
-`nvcr.io/nvidia/pytorch:<yy.mm>-py3`, run with `--gpus all`): `pip install onnx pynvml`,
+`nvcr.io/nvidia/pytorch:<yy.mm>-py3`, run with `--gpus all`): `pip install onnx nvidia-ml-py`,
 then `./run_on_device.sh`. NVML gives power and energy.
 
 ## INT8 and FP16 on TensorRT 10 and 11

@@ -108,6 +108,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="labelled evaluation file (.npz with images and labels): adds top-1 accuracy",
     )
     bench.add_argument(
+        "--expect-top1",
+        default=None,
+        help="with --data: fail (exit 1, results still written) when top-1 is further than "
+        "--top1-tolerance from this fraction, e.g. the accuracy a bundle's manifest expects",
+    )
+    bench.add_argument(
+        "--top1-tolerance", default="0.01", help="allowed |top-1 - expected| (default 0.01)"
+    )
+    bench.add_argument(
         "--power",
         default="auto",
         help="power sampling for energy per inference: auto (NVML or tegrastats when "
@@ -204,7 +213,14 @@ def _bench(args: argparse.Namespace) -> int:
         shapes=parse_shapes(args.shapes) if args.shapes else {},
         power_seconds=_float_option("--power-seconds", args.power_seconds, positive=True),
     )
+    expected = _expected_top1(args)
     data = load_labelled(args.data) if args.data is not None else None
+    if data is not None and backend == "trtexec":
+        print(
+            "deploy: warning: trtexec does not hand back outputs, so --data gives no accuracy; "
+            "use --backend tensorrt for accuracy",
+            file=sys.stderr,
+        )
     name = args.name or args.model.stem
     output = args.output or default_results_path()
     _check_output(output, args.model)
@@ -227,7 +243,36 @@ def _bench(args: argparse.Namespace) -> int:
     print(summary_line(fingerprint))
     print(format_table(records))
     print(f"results written to {path}")
+    measured = records[0].accuracy if records else None
+    if expected is not None and measured is not None:
+        target, tolerance = expected
+        if abs(measured - target) > tolerance:
+            raise DeployError(
+                f"top-1 {measured:.4f} on {args.data} is {100 * abs(measured - target):.2f} "
+                f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
+                f"{args.model.name} on {backend} computes something else; it is broken, not slow"
+            )
     return 0
+
+
+def _expected_top1(args: argparse.Namespace) -> tuple[float, float] | None:
+    if args.expect_top1 is None:
+        return None
+    if args.data is None:
+        raise DeployConfigError("--expect-top1 needs --data, the labelled file to measure on")
+    values = []
+    options = (("--expect-top1", args.expect_top1), ("--top1-tolerance", args.top1_tolerance))
+    for flag, text in options:
+        try:
+            value = float(text)
+        except ValueError:
+            raise DeployConfigError(
+                f"{flag}: expected a fraction such as 0.98, got {text!r}"
+            ) from None
+        if not 0 <= value <= 1:
+            raise DeployConfigError(f"{flag}: must be a fraction from 0 to 1, got {text!r}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def _check_output(output: Path, model: Path) -> None:

@@ -140,6 +140,11 @@ def top1_accuracy(runner: Runner, data: LabelledData, batch_size: int = 32) -> A
                 f"the model's first output has {logits.shape[1]} value(s) per image; top-1 "
                 "accuracy needs class scores (N x classes)"
             )
+        if start == 0 and int(data.labels.max()) >= logits.shape[1]:
+            raise DeployInputError(
+                f"evaluation labels go up to {int(data.labels.max())} but the model scores "
+                f"{logits.shape[1]} classes; the evaluation file does not belong to this model"
+            )
         predicted = logits.argmax(axis=1)
         correct += int((predicted == data.labels[start : start + real]).sum())
     return Accuracy(top1=correct / total, samples=total)

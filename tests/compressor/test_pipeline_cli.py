@@ -252,6 +252,16 @@ def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: P
     assert record["accuracy"] == pytest.approx(expected, abs=1e-9)
     with pytest.raises(Exception, match="not empty"):
         write_bundle(tiny_run, bundle)
+    # The device script, on the CPU backend: every file's top-1 meets the manifest's.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["BACKEND"] = "onnxruntime"
+    script = subprocess.run(
+        ["./run_on_device.sh", "--warmup", "1", "--iterations", "3", "--threads", "1"],
+        cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert script.returncode == 0, script.stderr[-2000:]
+    assert len(list((bundle / "results").glob("*.onnxruntime.json"))) == 9
+    assert (bundle / "report" / "report.md").is_file()
 
 
 def test_lint_reports_on_exported_files(tiny_run: Path, capsys) -> None:  # noqa: ANN001

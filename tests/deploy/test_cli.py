@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploy.cli import main
@@ -283,3 +284,23 @@ def test_output_over_a_file_that_is_not_a_result_file_is_refused(
     results = tmp_path / "r.json"
     assert main(["bench", str(classifier), *FAST, "--output", str(results)]) == 0
     assert main(["bench", str(classifier), *FAST, "--output", str(results)]) == 0  # replaced
+
+
+def test_expected_top1_fails_the_run_but_keeps_the_results(
+    classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploy.evaluate import save_labelled
+    from deploy.runners import OnnxRuntimeRunner
+
+    images = np.random.default_rng(0).standard_normal((20, 1, 8, 8)).astype(np.float32)
+    with OnnxRuntimeRunner(classifier) as runner:
+        labels = runner.infer({"input": images})["logits"].argmax(axis=1)
+    data = save_labelled(tmp_path / "eval.npz", images, labels)
+    output = tmp_path / "r.json"
+    args = ["bench", str(classifier), *FAST, "--data", str(data), "--output", str(output)]
+    assert main([*args, "--expect-top1", "1.0"]) == 0
+    assert main([*args, "--expect-top1", "0.9", "--top1-tolerance", "0.05"]) == 1
+    assert "is 10.00 points from the expected 0.9000" in capsys.readouterr().err
+    assert read_results(output).records[0].accuracy == 1.0  # written before the verdict
+    assert main(["bench", str(classifier), *FAST, "--expect-top1", "0.9"]) == 2
+    assert "--expect-top1 needs --data" in capsys.readouterr().err

@@ -95,3 +95,12 @@ def test_a_file_that_is_not_npz_is_an_input_error(tmp_path: Path) -> None:
         load_labelled(path)
     with pytest.raises(DeployInputError, match="not found"):
         load_labelled(tmp_path / "absent.npz")
+
+
+def test_labels_beyond_the_models_classes_are_refused(classifier: Path) -> None:
+    data = LabelledData(images=_images(4), labels=np.array([0, 1, 2, 7]))
+    with (
+        OnnxRuntimeRunner(classifier) as runner,
+        pytest.raises(DeployInputError, match="labels go up to 7 but the model scores 3 classes"),
+    ):
+        top1_accuracy(runner, data)
