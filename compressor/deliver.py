@@ -31,7 +31,11 @@ def export_variant(
 ) -> ExportResult:
     """ONNX with parity checked on the real validation images and the spec in its metadata."""
     model = model.cpu().eval()
-    config = ExportConfig(opset=recipe.export.opset, parity_atol=recipe.export.parity_atol)
+    config = ExportConfig(
+        opset=recipe.export.opset,
+        parity_atol=recipe.export.parity_atol,
+        exporter=recipe.export.exporter,
+    )
     metadata = {
         "variant": info.get("variant"),
         "spec_sha256": spec.sha256(),

@@ -34,7 +34,8 @@ class ModelSection:
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSection:
-    opset: int = 18  # ONNX opset (>= 17)
+    opset: int = 18  # ONNX opset: 18 for TensorRT 10/11; 17 (TensorRT 8.5/8.6, JetPack 5)
+    exporter: str = "dynamo"  # opset 17 needs "torchscript": dynamo always writes 18+
     parity_atol: float = 1e-4  # max |onnxruntime - torch| allowed on the logits
     # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization) and an
     # FP16 graph (what strongly typed TensorRT 11 needs for FP16), each checked on real data.
@@ -51,7 +52,8 @@ class ExportSection:
         from export.trt_ops import parse_trt_version
 
         checks = (
-            ("opset", lambda: ExportConfig(opset=self.opset)),
+            ("exporter", lambda: ExportConfig(exporter=self.exporter)),
+            ("opset", lambda: ExportConfig(opset=self.opset, exporter=self.exporter)),
             ("parity_atol", lambda: ExportConfig(parity_atol=self.parity_atol)),
             ("calibration_method",
              lambda: QuantizeConfig(calibration_method=self.calibration_method)),

@@ -31,7 +31,12 @@ from torch import nn
 
 from deploy.files import file_sha256
 from export.checks import check_graph, run_checker, training_aten_ops
-from export.errors import ExportConfigError, ExportInputError, UnsupportedModelError
+from export.errors import (
+    ExportConfigError,
+    ExportError,
+    ExportInputError,
+    UnsupportedModelError,
+)
 from export.metadata import (
     MetadataValue,
     checked_metadata,
@@ -107,6 +112,13 @@ class ExportConfig:
             raise ExportConfigError(
                 f"ExportConfig.exporter: must be one of {list(get_args(Exporter))}, "
                 f"got {self.exporter!r}"
+            )
+        if self.exporter == "dynamo" and self.opset < 18:
+            # torch's dynamo exporter writes opset 18 whatever it is asked for, and onnx's
+            # version converter turns its ReduceMean into an invalid opset-17 node.
+            raise ExportConfigError(
+                f"ExportConfig.opset: the dynamo exporter writes opset 18 or newer, got "
+                f"{self.opset}; use exporter torchscript for opset 17 (TensorRT 8.5/8.6)"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +214,14 @@ def export_onnx(
         started = time.perf_counter()
         proto = _torch_to_onnx(model, example, config)
         export_seconds = time.perf_counter() - started
+        written = max(
+            (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0
+        )
+        if written != config.opset:
+            raise ExportError(
+                f"the {config.exporter} exporter wrote opset {written}, not the {config.opset} "
+                "asked for; choose the other exporter or opset"
+            )
         set_metadata(proto, user_metadata)
         set_metadata(proto, _producer_metadata(config))
         save_onnx(proto, path)

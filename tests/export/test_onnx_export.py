@@ -14,6 +14,7 @@ import torch
 from deploy.runners import OnnxRuntimeRunner
 from export import (
     ExportConfig,
+    ExportConfigError,
     ExportInputError,
     ParityError,
     UnsupportedModelError,
@@ -151,9 +152,11 @@ def test_torchscript_exporter_gives_same_contract_and_restores_model_mode(tmp_pa
         model,
         torch.randn(1, *INPUT_SHAPE),
         tmp_path / "legacy.onnx",
-        ExportConfig(exporter="torchscript"),
+        ExportConfig(exporter="torchscript", opset=17),  # TensorRT 8.5/8.6 read opset <= 17
         parity_inputs=torch.randn(50, *INPUT_SHAPE),
     )
+    written = onnx.load(result.path).opset_import
+    assert {o.version for o in written if o.domain in ("", "ai.onnx")} == {17}
     assert model.training, "export must give the model back in train mode"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert result.input_shape == (None, *INPUT_SHAPE)
@@ -163,6 +166,11 @@ def test_torchscript_exporter_gives_same_contract_and_restores_model_mode(tmp_pa
         assert (
             runner.infer({"input": np.ones((7, *INPUT_SHAPE), np.float32)})["logits"].shape[0] == 7
         )
+
+
+def test_dynamo_is_not_asked_for_an_opset_it_does_not_write() -> None:
+    with pytest.raises(ExportConfigError, match="use exporter torchscript for opset 17"):
+        ExportConfig(opset=17)
 
 
 def test_static_batch_export_checks_parity_on_a_partial_last_batch(tmp_path) -> None:
