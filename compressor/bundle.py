@@ -81,6 +81,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
             "files": files,
             "measured_on": report["environment"].get("cpu_model"),
             "batch_sizes": report["recipe"]["bench"]["batch_sizes"],
+            "onnx_opset": report["recipe"]["export"]["opset"],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
@@ -211,7 +212,11 @@ broken, not slow: `run_on_device.sh` checks each file (`deploy bench --expect-to
 1 point) and exits 1 at the end if any missed.
 `manifest.json` holds every file's SHA-256; compare with `sha256sum *.onnx eval.npz`.
 
-## On a Jetson (JetPack 5 or 6, TensorRT from JetPack)
+## On a Jetson (TensorRT from JetPack)
+
+These files are ONNX opset {report['recipe']['export']['opset']}. JetPack 6 (TensorRT 10) reads
+opset 18; JetPack 5 (TensorRT 8.5) reads up to 17: bundle a run of `recipes/jetpack5.yaml`
+for it.
 
 ```bash
 sudo nvpmodel -m 0          # MAXN on Orin; `nvpmodel -q` shows the mode
