@@ -183,7 +183,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("results", type=Path, nargs="+", help="result files or directories")
     report.add_argument("--out", type=Path, default=Path("report"), help="output directory")
-    report.add_argument("--baseline", default="dense", help="model the speed-ups are over")
+    report.add_argument(
+        "--baseline",
+        default=None,
+        help="model the speed-ups are over (default: dense, when the files have it)",
+    )
     report.add_argument("--batch", default=None, help="only this batch size")
     report.set_defaults(handler=_report_command)
 
@@ -460,7 +464,17 @@ def _report_command(args: argparse.Namespace) -> int:
     from deploy.report import build_report
 
     batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
-    files = build_report(args.results, args.out, baseline=args.baseline, batch=batch)
+    if args.baseline is not None:  # named by the user: a typo must not pass as "no baseline"
+        from deploy.report import load_result_files
+
+        files, _ = load_result_files(args.results)
+        models = sorted({record.model for _, result in files for record in result.records})
+        if args.baseline not in models:
+            raise DeployConfigError(
+                f"--baseline {args.baseline!r} is in none of the result files; their models "
+                f"are {models}"
+            )
+    files = build_report(args.results, args.out, baseline=args.baseline or "dense", batch=batch)
     for path in files.paths():
         print(f"wrote {path}")
     return 0

@@ -312,7 +312,8 @@ def _no_profile(value: onnx.ValueInfoProto, dims: list[int | None], axis: int) -
     name = value.name
     msg = (
         f"input {name!r} axis {axis}{f' ({param!r})' if param else ''} is dynamic and has no "
-        f"optimization profile; pass profiles={{{name!r}: (min, opt, max)}}, or trtexec "
+        f"optimization profile; pass one (`compressor lint --profile {name}:{lo},{opt},{hi}`, "
+        f"profiles={{{name!r}: (min, opt, max)}} in Python), or trtexec "
         f"--minShapes={name}:{lo} --optShapes={name}:{opt} --maxShapes={name}:{hi} (example "
         "sizes), or export with a fixed shape"
     )

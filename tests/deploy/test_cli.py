@@ -271,6 +271,10 @@ def test_report_merges_result_files(
     assert shrunk_row.endswith("x) |")  # its speed-up over dense in the same column
     assert (tmp_path / "rep" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")]) == 1
+    args = ["report", str(tmp_path / "results"), "--out", str(tmp_path / "r3")]
+    assert main([*args, "--baseline", "dens"]) == 2
+    assert "--baseline 'dens' is in none of the result files" in capsys.readouterr().err
+    assert main([*args, "--baseline", "shrunk"]) == 0
 
 
 def test_output_over_a_file_that_is_not_a_result_file_is_refused(
