@@ -8,6 +8,8 @@ this module works on a Jetson or server that has no torch.
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +82,9 @@ class TorchRunner(Runner):
         if self.threads is not None:
             self._previous_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
-        module = copy.deepcopy(self._source).eval().to(self.device)
+        with warnings.catch_warnings():  # torch.export modules warn about pytree internals
+            warnings.simplefilter("ignore", FutureWarning)
+            module = copy.deepcopy(self._source).eval().to(self.device)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self._module = module
@@ -225,7 +229,17 @@ def load_exported_program(
             "code); pass --allow-pickle if you trust where it came from"
         )
     try:
-        program = torch.export.load(str(path))
+        # torch logs a multi-line traceback for a bad archive before raising; the error below
+        # says it in one line.
+        export_logger = logging.getLogger("torch.export")
+        level = export_logger.level
+        export_logger.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                program = torch.export.load(str(path))
+        finally:
+            export_logger.setLevel(level)
     except Exception as exc:  # torch raises several types for a bad archive
         raise DeployInputError(
             f"torch cannot load {path} as a torch.export file: {exc}".splitlines()[0]
