@@ -13,15 +13,14 @@ each variant's INT8/FP32 latency ratio next to its accuracy change.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
+
+from run_args import bench_config, parse_run_args
 
 from compressor.data import load_data
-from compressor.pipeline import VARIANTS, run_pipeline
-from compressor.recipe import load_recipe, recipe_from_dict
-from deploy.bench import BenchConfig, benchmark_side_by_side
+from compressor.pipeline import VARIANTS
+from compressor.recipe import recipe_from_dict
+from deploy.bench import benchmark_side_by_side
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.fingerprint import device_fingerprint
 from deploy.results import format_table, write_results
@@ -29,19 +28,7 @@ from deploy.runners import OnnxRuntimeRunner
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", default="runs/default")
-    parser.add_argument("--recipe", default=None, help="recipe used if the run must be made")
-    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "report.json").is_file():
-        print(f"no report in {run_dir}: running the pipeline first", file=sys.stderr)
-        run_pipeline(load_recipe(args.recipe), run_dir)
-    report = json.loads((run_dir / "report.json").read_text())
+    args, run_dir, report = parse_run_args(__doc__.split("\n")[0])
     files = {}
     for variant in VARIANTS:
         fp32 = run_dir / variant / "model.onnx"
@@ -54,11 +41,7 @@ def main() -> int:
     test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
 
     runners = {name: OnnxRuntimeRunner(path, threads=args.threads) for name, path in files.items()}
-    config = BenchConfig(
-        batch_sizes=tuple(int(b) for b in args.batch.split(",")),
-        warmup_iters=args.warmup,
-        iterations=args.iterations,
-    )
+    config = bench_config(args)
     accuracy = {}
     for name, runner in runners.items():
         with runner:

@@ -10,38 +10,22 @@ CUDA when present), so machine load hits every variant alike.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from run_args import bench_config, parse_run_args
+
 from compressor.deliver import time_variants
-from compressor.pipeline import VARIANTS, run_pipeline
-from compressor.recipe import load_recipe
+from compressor.pipeline import VARIANTS
 from compressor.store import load_model
-from deploy.bench import BenchConfig
 from deploy.fingerprint import device_fingerprint
 from deploy.results import format_table, write_results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", default="runs/default")
-    parser.add_argument("--recipe", default=None, help="recipe used if the run must be made")
-    parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "report.json").is_file():
-        print(f"no report in {run_dir}: running the pipeline first", file=sys.stderr)
-        run_pipeline(load_recipe(args.recipe), run_dir)
+    args, run_dir, _ = parse_run_args(__doc__.split("\n")[0])
     stored = {name: load_model(run_dir / name / "model") for name in VARIANTS}
-    config = BenchConfig(
-        batch_sizes=tuple(int(b) for b in args.batch.split(",")),
-        warmup_iters=args.warmup,
-        iterations=args.iterations,
-    )
+    config = bench_config(args)
     records = time_variants(
         {n: s.model for n, s in stored.items()},
         {n: run_dir / n / "model.onnx" for n in VARIANTS},

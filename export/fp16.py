@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy.errors import DeployError
 from deploy.files import file_sha256
 from deploy.runners import OnnxRuntimeRunner
+from export.checks import run_checker
 from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, ParityError
 from export.metadata import save_onnx, set_metadata
 from export.quantize import _check_out_path, _first_line, _load_source  # shared checks
@@ -384,11 +385,10 @@ def _unique(name: str, graph: onnx.GraphProto) -> str:
 
 def _check(path: Path) -> None:
     try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # ValidationError, InferenceError
+        run_checker(path)
+    except OnnxValidationError as exc:
         raise OnnxValidationError(
-            f"the FP16 graph fails onnx.checker: {_first_line(exc)}; block the op it names in "
-            "FP16Config.op_block_list"
+            f"the FP16 graph {exc}; block the op it names in FP16Config.op_block_list"
         ) from exc
 
 
