@@ -225,6 +225,12 @@ def _concrete_shape(
                 f"--shapes gives input '{spec.name}' {len(given)} dims {given}, the model "
                 f"expects {len(spec.shape)} {_fmt(spec.shape)}"
             )
+        if spec.shape[0] is not None and given[0] != spec.shape[0]:
+            raise DeployInputError(
+                f"--shapes gives input '{spec.name}' a batch of {given[0]}, but the model fixes "
+                f"its batch to {spec.shape[0]} (shape {_fmt(spec.shape)}); export it with a "
+                "dynamic batch axis to run other batches"
+            )
         for axis, (got, want) in enumerate(zip(given, spec.shape, strict=True)):
             if axis > 0 and want is not None and got != want:  # axis 0 is the batch
                 raise DeployInputError(

@@ -161,6 +161,11 @@ def _garbage(tmp_path: Path) -> str:
         (lambda m, t: ["bench", str(m["dense"]), "--output", str(t)], 1, "is a directory"),
         (lambda m, t: ["bench", str(t / "m.engine")], 2, "use --backend tensorrt"),
         (lambda m, t: ["bench", str(m["fixed_batch"]), "--batch", "2"], 1, "fixed batch size"),
+        (
+            lambda m, t: ["bench", str(m["fixed_batch"]), "--shapes", "input:2x1x8x8"],
+            1,
+            "gives input 'input' a batch of 2, but the model fixes its batch to 1",
+        ),
         (lambda m, t: ["bench"], 2, "required: model"),
         (lambda m, t: ["bench", str(m["dense"]), "--no-such-flag"], 2, "unrecognized"),
         (lambda m, t: [], 2, "required"),
