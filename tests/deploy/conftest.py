@@ -74,3 +74,52 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture()
 def classifier(onnx_models: dict[str, Path]) -> Path:
     return onnx_models["dense"]
+
+
+def fp16_classifier(path: Path, *, classes: int = 3, seed: int = 0) -> Path:
+    """The conftest classifier with float16 weights and float16 input/output (an FP16 ONNX)."""
+    return build_classifier(path, channels=4, classes=classes, seed=seed, dtype=np.float16)
+
+
+def qdq_classifier(source: Path, path: Path) -> Path:
+    """INT8 explicit quantization of `source` with onnxruntime's quantize_static (QDQ format)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Digits(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            batches = [rng.standard_normal((1, 1, 8, 8)).astype(np.float32) for _ in range(4)]
+            self._batches = iter({"input": batch} for batch in batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    quantize_static(
+        str(source),
+        str(path),
+        Digits(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """FP32, FP16 and INT8 (QDQ) versions of the classifier, a dynamic-spatial one and a
+    fixed-batch one: the files the TensorRT planner and trtexec tests build from."""
+    root = tmp_path_factory.mktemp("trt_models")
+    fp32 = build_classifier(root / "model.onnx")
+    return {
+        "fp32": fp32,
+        "fp16": fp16_classifier(root / "model.fp16.onnx"),
+        "int8": qdq_classifier(fp32, root / "model.int8.onnx"),
+        "dynamic_hw": build_classifier(root / "dynamic_hw.onnx", spatial=("H", "W")),
+        "fixed_batch": build_classifier(root / "fixed_batch.onnx", batch=1),
+    }

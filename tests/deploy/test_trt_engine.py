@@ -34,57 +34,9 @@ from deploy.trt_engine import (
     save_engine,
     sidecar_path,
 )
-from tests.deploy.conftest import build_classifier
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def fp16_classifier(path: Path, *, classes: int = 3, seed: int = 0) -> Path:
-    """The conftest classifier with float16 weights and float16 input/output (an FP16 ONNX)."""
-    return build_classifier(path, channels=4, classes=classes, seed=seed, dtype=np.float16)
-
-
-def qdq_classifier(source: Path, path: Path) -> Path:
-    """INT8 explicit quantization of `source` with onnxruntime's quantize_static (QDQ format)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Digits(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(0)
-            batches = [rng.standard_normal((1, 1, 8, 8)).astype(np.float32) for _ in range(4)]
-            self._batches = iter({"input": batch} for batch in batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    quantize_static(
-        str(source),
-        str(path),
-        Digits(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("trt_models")
-    fp32 = build_classifier(root / "model.onnx")
-    return {
-        "fp32": fp32,
-        "fp16": fp16_classifier(root / "model.fp16.onnx"),
-        "int8": qdq_classifier(fp32, root / "model.int8.onnx"),
-        "dynamic_hw": build_classifier(root / "dynamic_hw.onnx", spatial=("H", "W")),
-        "fixed_batch": build_classifier(root / "fixed_batch.onnx", batch=1),
-    }
 
 
 def plan(models: dict[str, Path], model: str, version: str, **options: object):  # noqa: ANN201

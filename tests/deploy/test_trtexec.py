@@ -27,22 +27,10 @@ from deploy.trtexec import (
     trtexec_version,
 )
 from tests.deploy.conftest import build_classifier
-from tests.deploy.test_trt_engine import fp16_classifier, qdq_classifier, saved_engine
+from tests.deploy.test_trt_engine import saved_engine
 
 DATA = Path(__file__).parent / "data" / "trtexec"
 FIXTURES = ("trt8.6_orin_fp16", "trt10.3_l4_int8", "trt11.1_h100_fp16")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("trtexec_models")
-    fp32 = build_classifier(root / "model.onnx")
-    return {
-        "fp32": fp32,
-        "fp16": fp16_classifier(root / "model.fp16.onnx"),
-        "int8": qdq_classifier(fp32, root / "model.int8.onnx"),
-        "dynamic_hw": build_classifier(root / "dynamic_hw.onnx", spatial=("H", "W")),
-    }
 
 
 def log(name: str) -> str:
