@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,14 +98,18 @@ def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
 
 
 def top1_accuracy(runner: Runner, data: LabelledData, batch_size: int = 32) -> Accuracy:
-    """Top-1 accuracy of an entered runner over all of `data`, in batches of `batch_size`.
+    """Top-1 accuracy of an entered runner over all of `data`, in batches of `batch_size`."""
+    scores = class_scores(runner, data, batch_size)
+    return Accuracy(top1=float(np.mean(scores.argmax(axis=1) == data.labels)), samples=len(data))
 
-    A model with a fixed batch axis is fed batches of exactly that size (the last one padded
-    and the padding ignored). The first output is taken as the logits; trailing 1-sized axes
-    (N x classes x 1 x 1, as some classic ONNX models emit) are flattened.
+
+def class_scores(runner: Runner, data: LabelledData, batch_size: int = 32) -> np.ndarray:
+    """The model's class scores (N x classes, float32) for every image of `data`.
+
+    The first output is taken as the logits; trailing 1-sized axes (N x classes x 1 x 1, as
+    some classic ONNX models emit) are flattened. Images that do not fit the model's input,
+    and labels beyond its classes, are refused before anything is trusted.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DeployConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     specs = runner.input_specs
     if len(specs) != 1:
         raise DeployInputError(
@@ -122,32 +127,50 @@ def top1_accuracy(runner: Runner, data: LabelledData, batch_size: int = 32) -> A
             f"'{spec.name}' expects {['?' if d is None else d for d in expected]}; "
             "the evaluation file must match the model's preprocessing"
         )
-    step = spec.shape[0] if spec.shape and spec.shape[0] is not None else batch_size
-    dtype = np.dtype(spec.dtype)
-    correct = 0
-    total = len(data)
-    for start in range(0, total, step):
-        chunk = data.images[start : start + step]
-        real = chunk.shape[0]
-        if real < step and spec.shape[0] is not None:
-            pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        outputs = runner.infer({spec.name: np.ascontiguousarray(chunk, dtype=dtype)})
-        logits = np.asarray(next(iter(outputs.values())))[:real]
-        logits = logits.reshape(real, -1)
+    rows = []
+    for outputs in run_batches(runner, data.images, batch_size):
+        logits = np.asarray(next(iter(outputs.values())), dtype=np.float32)
+        logits = logits.reshape(logits.shape[0], -1)
         if logits.shape[1] < 2:
             raise DeployInputError(
                 f"the model's first output has {logits.shape[1]} value(s) per image; top-1 "
                 "accuracy needs class scores (N x classes)"
             )
-        if start == 0 and int(data.labels.max()) >= logits.shape[1]:
+        if not rows and int(data.labels.max()) >= logits.shape[1]:
             raise DeployInputError(
                 f"evaluation labels go up to {int(data.labels.max())} but the model scores "
                 f"{logits.shape[1]} classes; the evaluation file does not belong to this model"
             )
-        predicted = logits.argmax(axis=1)
-        correct += int((predicted == data.labels[start : start + real]).sum())
-    return Accuracy(top1=correct / total, samples=total)
+        rows.append(logits)
+    return np.concatenate(rows)
+
+
+def run_batches(
+    runner: Runner, images: np.ndarray, batch_size: int = 32
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run an entered one-input runner over `images` in batches; yields each batch's outputs.
+
+    A model with a fixed batch axis is fed batches of exactly that size: the last one is
+    padded and the padding rows are cut from the outputs, so callers see one row per image.
+    Images are cast to the input's dtype (an FP16-input model gets float16).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DeployConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    (spec,) = runner.input_specs
+    fixed = spec.shape[0] if spec.shape and spec.shape[0] is not None else None
+    step = fixed or batch_size
+    dtype = np.dtype(spec.dtype)
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        real = chunk.shape[0]
+        if fixed is not None and real < step:
+            pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outputs = runner.infer({spec.name: np.ascontiguousarray(chunk, dtype=dtype)})
+        yield {
+            name: value[:real] if value.ndim and value.shape[0] == step else value
+            for name, value in ((n, np.asarray(v)) for n, v in outputs.items())
+        }
 
 
 def _checked(images: np.ndarray, labels: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:

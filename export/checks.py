@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import onnx
 import torch
 
-from export.errors import OnnxValidationError, UnsupportedModelError
+from export.errors import OnnxValidationError, UnsupportedModelError, first_line
 
 if TYPE_CHECKING:
     from export.onnx_export import ExportConfig
@@ -33,7 +33,7 @@ def run_checker(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
         raise OnnxValidationError(
-            f"{path} fails onnx.checker (full check): {_first_line(exc)}; the file is kept for "
+            f"{path} fails onnx.checker (full check): {first_line(exc)}; the file is kept for "
             "inspection"
         ) from exc
 
@@ -86,7 +86,3 @@ def training_aten_ops(program: torch.export.ExportedProgram) -> list[str]:
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     return sorted(t for t in targets if t.startswith(_TRAINING_ATEN_OPS))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -33,12 +33,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy.errors import DeployError
+from deploy.evaluate import run_batches
 from deploy.files import file_sha256
 from deploy.runners import OnnxRuntimeRunner
 from export.checks import run_checker
-from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, ParityError
-from export.metadata import save_onnx, set_metadata
-from export.quantize import _check_out_path, _first_line, _load_source  # shared checks
+from export.errors import (
+    ExportConfigError,
+    ExportInputError,
+    OnnxValidationError,
+    ParityError,
+    first_line,
+)
+from export.metadata import check_out_path, load_source, save_onnx, set_metadata
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0  # largest finite float16; larger float32 values are clamped to it
@@ -126,9 +132,9 @@ def convert_fp16(
     for name, value in (("atol", atol), ("rtol", rtol)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
             raise ExportConfigError(f"convert_fp16 {name}: must be a finite number >= 0")
-    model = _load_source(source, "convert_fp16")
+    model = load_source(source, "convert_fp16")
     onnx.load_external_data_for_model(model, str(source.parent))  # no-op without external data
-    _check_out_path(out_path, source)
+    check_out_path(out_path, source)
     if parity_inputs is not None:
         _check_parity_inputs(parity_inputs)
     probe = onnx.ModelProto()
@@ -255,7 +261,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # InferenceError, or a checker error for broken graphs
-        raise OnnxValidationError(f"FP16: shape inference failed: {_first_line(exc)}") from exc
+        raise OnnxValidationError(f"FP16: shape inference failed: {first_line(exc)}") from exc
     graph = inferred.graph
     types = {i.name: i.data_type for i in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
@@ -393,27 +399,18 @@ def _check(path: Path) -> None:
 
 
 def _run(path: Path, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """The first output for every image (float32), and max |value| of every other output,
-    in batches (padded to a fixed batch axis; padding rows are dropped from the first)."""
+    """The first output for every image (float32), and max |value| of every output."""
     chunks: list[np.ndarray] = []
     peaks: dict[str, float] = {}
     with OnnxRuntimeRunner(path) as runner:
         if len(runner.input_specs) != 1:
             raise ExportInputError(f"parity needs a model with one input; {path.name} has more")
-        spec = runner.input_specs[0]
-        step = spec.shape[0] or batch_size
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step].astype(spec.dtype)
-            real = len(chunk)
-            if real < step and spec.shape[0]:
-                padding = np.zeros((step - real, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, padding])
-            try:
-                outputs = runner.infer({spec.name: np.ascontiguousarray(chunk)})
-            except DeployError as exc:
-                raise ExportInputError(f"parity_inputs do not fit the model: {exc}") from exc
-            chunks.append(np.asarray(next(iter(outputs.values())), dtype=np.float32)[:real])
-            for name, value in outputs.items():
-                peak = float(np.max(np.abs(value))) if value.size else 0.0
-                peaks[name] = max(peaks.get(name, 0.0), peak)
+        try:
+            for outputs in run_batches(runner, images, batch_size):
+                chunks.append(np.asarray(next(iter(outputs.values())), dtype=np.float32))
+                for name, value in outputs.items():
+                    peak = float(np.max(np.abs(value))) if value.size else 0.0
+                    peaks[name] = max(peaks.get(name, 0.0), peak)
+        except DeployError as exc:
+            raise ExportInputError(f"parity_inputs do not fit the model: {exc}") from exc
     return np.concatenate(chunks).reshape(len(images), -1), peaks

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from deploy.files import atomic_write_bytes
-from export.errors import ExportError, ExportInputError, OnnxValidationError
+from export.errors import ExportError, ExportInputError, OnnxValidationError, first_line
 
 # protobuf cannot serialize a message of 2 GiB or more; such models need external data.
 MetadataValue = str | int | float  # numbers are written with str()
@@ -34,7 +34,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors differ by version
         raise OnnxValidationError(
-            f"cannot read {path} as an ONNX model ({_first_line(exc)}); the file is corrupt "
+            f"cannot read {path} as an ONNX model ({first_line(exc)}); the file is corrupt "
             "or truncated; export it again"
         ) from exc
     # Arbitrary bytes sometimes decode as an (empty) protobuf message without an error.
@@ -63,6 +63,26 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     if not path.parent.is_dir():
         raise ExportInputError(f"cannot write {path}: folder {path.parent} does not exist")
     return atomic_write_bytes(path, model.SerializeToString())
+
+
+def load_source(path: Path, who: str) -> onnx.ModelProto:
+    """A source model for a conversion (INT8, FP16), or an ExportInputError naming the file."""
+    if path.is_dir() or not path.exists():
+        raise ExportInputError(f"{who}: source ONNX file not found: {path}; export it first")
+    try:
+        return load_onnx(path)
+    except OnnxValidationError as exc:
+        raise ExportInputError(f"{who}: {path} is not an ONNX model ({exc})") from exc
+
+
+def check_out_path(out_path: Path, source: Path) -> None:
+    """A conversion writes a new file in an existing folder, never over its source."""
+    if out_path.is_dir() or not out_path.parent.is_dir():
+        raise ExportInputError(
+            f"output path {out_path}: must be a file in an existing folder, e.g. model.int8.onnx"
+        )
+    if out_path.resolve() == source.resolve():
+        raise ExportInputError(f"output path {out_path} is the source file; choose another name")
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -115,7 +135,3 @@ def checked_metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, str]:
         checked[key] = value if isinstance(value, str) else str(value)
     return checked
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -36,6 +36,7 @@ from export.errors import (
     ExportError,
     ExportInputError,
     UnsupportedModelError,
+    first_line,
 )
 from export.metadata import (
     MetadataValue,
@@ -389,14 +390,10 @@ def _describe_failure(exc: BaseException) -> str:
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
-    summary = _ANSI_ESCAPE.sub("", _first_line(root))
+    summary = _ANSI_ESCAPE.sub("", first_line(root))
     where = _USER_FRAME.search(_ANSI_ESCAPE.sub("", str(exc)))
     if where:
         file, line, code = where.groups()
         summary += f" (at {Path(file).name}:{line}: {code.strip()})"
     return summary
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -36,15 +36,21 @@ from typing import Any, Literal, get_args
 import numpy as np
 import onnx
 
-from deploy.evaluate import LabelledData, top1_accuracy
+from deploy.evaluate import LabelledData, class_scores
 from deploy.files import file_sha256
 from deploy.lazy import lazy_import
-from deploy.runners import OnnxRuntimeRunner, Runner, TensorSpec
-from export.errors import ExportConfigError, ExportError, ExportInputError, OnnxValidationError
+from deploy.runners import OnnxRuntimeRunner, TensorSpec
+from export.errors import (
+    ExportConfigError,
+    ExportError,
+    ExportInputError,
+    first_line,
+)
 from export.metadata import (
     MetadataValue,
+    check_out_path,
     checked_metadata,
-    load_onnx,
+    load_source,
     save_onnx,
     set_metadata,
 )
@@ -161,11 +167,11 @@ def quantize_qdq(
     removed even on failure; `out_path` appears only when everything succeeded.
     """
     source, out_path = Path(fp32_onnx), Path(out_path)
-    model = _load_source(source, "quantize_qdq")
+    model = load_source(source, "quantize_qdq")
     if any(node.op_type in _QDQ_OPS for node in model.graph.node):
         raise ExportInputError(f"quantize_qdq: {source} already has Q/DQ nodes; give the FP32 file")
     spec = _image_input(model, source)
-    _check_out_path(out_path, source)
+    check_out_path(out_path, source)
     calib = _checked_images(calibration_images, spec, "calibration_images")
     calib = _calibration_subset(calib, config.calibration_samples, spec.shape[0])
     evaluation = _checked_eval(eval_images, eval_labels, spec)
@@ -245,7 +251,7 @@ def _quantize(
     except Exception as exc:  # onnxruntime raises many types, C++-backed ones included
         hint = "; retry with QuantizeConfig(preprocess=False)" if config.preprocess else ""
         raise ExportError(
-            f"quantize_qdq: onnxruntime could not quantize {source}: {_first_line(exc)}{hint}"
+            f"quantize_qdq: onnxruntime could not quantize {source}: {first_line(exc)}{hint}"
         ) from exc
 
 
@@ -297,9 +303,8 @@ def _evaluate(
     )
     for runner in runners:
         with runner:
-            recorder = _Recorder(runner)
-            accuracy = top1_accuracy(recorder, data, batch_size=config.eval_batch_size)
-            results.append((accuracy.top1, recorder.logits(len(data))))
+            scores = class_scores(runner, data, batch_size=config.eval_batch_size)
+        results.append((float(np.mean(scores.argmax(axis=1) == data.labels)), scores))
     (fp32_top1, reference), (int8_top1, logits), (kernels_top1, _) = results
     return {
         "fp32_top1": fp32_top1,
@@ -308,28 +313,6 @@ def _evaluate(
         "top1_agreement": float(np.mean(reference.argmax(1) == logits.argmax(1))),
         "max_abs_diff": float(np.max(np.abs(reference - logits))),
     }
-
-
-class _Recorder(Runner):
-    """Forwards to an open runner and keeps its first output, so one pass through the
-    project's evaluator gives both the accuracy and the logits to compare."""
-
-    def __init__(self, inner: Runner) -> None:
-        self.inner, self.backend, self._batches = inner, inner.backend, []
-
-    @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self.inner.input_specs
-
-    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.inner.infer(feed)
-        self._batches.append(np.asarray(next(iter(outputs.values())), dtype=np.float32))
-        return outputs
-
-    def logits(self, count: int) -> np.ndarray:
-        # Only the last batch of a fixed-batch model is padded, so the first `count` rows
-        # are exactly the images' outputs.
-        return np.concatenate(self._batches)[:count].reshape(count, -1)
 
 
 def _our_metadata(
@@ -359,16 +342,6 @@ def _checked_user_metadata(metadata: Mapping[str, MetadataValue] | None) -> dict
     if ours:
         raise ExportInputError(f"metadata keys {ours} are written by quantize_qdq; rename them")
     return checked
-
-
-def _load_source(path: Path, who: str) -> onnx.ModelProto:
-    """The source model, or an ExportInputError naming the file and what to give instead."""
-    if path.is_dir() or not path.exists():
-        raise ExportInputError(f"{who}: source ONNX file not found: {path}; export it first")
-    try:
-        return load_onnx(path)
-    except OnnxValidationError as exc:
-        raise ExportInputError(f"{who}: {path} is not an ONNX model ({exc})") from exc
 
 
 def _image_input(model: onnx.ModelProto, path: Path) -> TensorSpec:
@@ -435,19 +408,6 @@ def _checked_eval(images: Any, labels: Any, spec: TensorSpec) -> LabelledData | 
     return LabelledData(images=images, labels=labels.astype(np.int64))
 
 
-def _check_out_path(out_path: Path, source: Path) -> None:
-    if out_path.is_dir() or not out_path.parent.is_dir():
-        raise ExportInputError(
-            f"output path {out_path}: must be a file in an existing folder, e.g. model.int8.onnx"
-        )
-    if out_path.resolve() == source.resolve():
-        raise ExportInputError(f"output path {out_path} is the source file; choose another name")
-
-
 def _ort_version() -> str:
     return str(getattr(lazy_import("onnxruntime", "INT8 quantization"), "__version__", "unknown"))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

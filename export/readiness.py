@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import ExportConfigError, ExportInputError, OnnxValidationError
+from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, first_line
 from export.trt_ops import (
     DEFAULT_DOMAINS,
     DLA_UNSUPPORTED,
@@ -123,7 +123,7 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:  # ValidationError and friends
-            raise OnnxValidationError(f"model fails onnx.checker: {_first_line(exc)}") from exc
+            raise OnnxValidationError(f"model fails onnx.checker: {first_line(exc)}") from exc
         return model, "<ModelProto>"
     if not isinstance(model, str | Path):
         raise ExportInputError(f"model: expected a path or onnx.ModelProto, got {type(model)}")
@@ -133,19 +133,15 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # DecodeError, missing external data
-        raise ExportInputError(f"{path} is not an ONNX model: {_first_line(exc)}") from exc
+        raise ExportInputError(f"{path} is not an ONNX model: {first_line(exc)}") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ExportInputError(f"{path} is not an ONNX model (no IR version or graph)")
     try:
         onnx.checker.check_model(str(path))  # the path form also handles files over 2 GB
     except Exception as exc:
-        raise OnnxValidationError(f"{path} fails onnx.checker: {_first_line(exc)}") from exc
+        raise OnnxValidationError(f"{path} fails onnx.checker: {first_line(exc)}") from exc
     return proto, str(path)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Graph:
