@@ -1,19 +1,40 @@
-"""Block discovery: which residual blocks a model has and which of them can be removed.
+"""Block discovery on any `nn.Module`: which residual blocks it has and which can be removed.
 
-A block is removable when its output shape equals its input shape on an example input:
-then the residual `x + f(x)` can become `x` and the block can be deleted outright. Models
-tell us their candidate blocks through `residual_blocks()` (the zoo does); the shapes are
-always measured, never trusted from the declaration.
+Nothing is declared by the model. One forward pass on an example input (eval mode, grad
+on) records, for every module, the autograd node of its input and of its output, and reads
+the autograd graph in between:
+
+- a module is a *residual block* when its output is an addition (possibly followed by
+  parameter-free element-wise ops such as ReLU) whose two operands both depend on the
+  module's input: a skip connection, whatever the shortcut is (identity, 1x1 projection,
+  option-A zero padding);
+- it is *removable* when, in addition, one operand of that addition is the input itself
+  (an identity shortcut, or a chain of residual additions back to it, as in a pre-norm
+  transformer block), the output has the input's shape, and the block sits in an
+  `nn.Sequential` or `nn.ModuleList`, so deleting it leaves a working network
+  (x + f(x) becomes x).
+
+Reading autograd rather than tracing the code means Python control flow, in-place ops and
+lambdas in the forward do not matter. A module that contains residual blocks (a stage) is
+not itself a block: the innermost residual modules are the blocks. Blocks are grouped into
+stages by their container ("layer1", "features", ...).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from compressor.errors import UnsupportedModelError
+from compressor.errors import ConfigError, UnsupportedModelError
+
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+# A residual block's forward graph is small; this only stops a pathological walk.
+_MAX_WALK = 200_000
 
 
 @dataclass(frozen=True)
@@ -22,92 +43,201 @@ class BlockInfo:
 
     name: str  # qualified module name, e.g. "layer2.3"
     index: int  # position in forward order among all blocks
-    stage: int  # stage index (0-based); blocks of a stage share a resolution
-    in_shape: tuple[int, ...]  # per-sample input shape (C, H, W)
+    stage: int  # 0-based index of the block's container in forward order
+    in_shape: tuple[int, ...]  # per-sample input shape, e.g. (C, H, W)
     out_shape: tuple[int, ...]
-    removable: bool  # in_shape == out_shape
+    removable: bool
     params: int
-    macs: int  # multiply-accumulates for one sample
+    macs: int  # conv and linear multiply-accumulates for one sample
+    container: str = ""  # the Sequential/ModuleList holding it ("" for the model root)
+    reason: str = ""  # why it is not removable ("" when it is)
 
 
-def candidate_blocks(model: nn.Module) -> list[tuple[str, int]]:
-    """(name, stage) of the model's residual blocks, from its `residual_blocks()` method."""
-    declare = getattr(model, "residual_blocks", None)
-    if declare is None:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} does not declare its residual blocks (no "
-            "`residual_blocks()` method); use a zoo model (`compressor blocks --list`)"
-        )
-    return list(declare())
+def _is_param(node: Any) -> bool:
+    return node is not None and type(node).__name__ == "AccumulateGrad"
+
+
+def _inputs(node: Any) -> list[Any]:
+    return [n for n, _ in node.next_functions if n is not None]
+
+
+def _reaches(start: Any, target: Any) -> bool:
+    """Whether `target` is upstream of `start` in the autograd graph (or is `start`)."""
+    stack, seen = [start], set()
+    while stack and len(seen) < _MAX_WALK:
+        node = stack.pop()
+        if node is target:
+            return True
+        if id(node) in seen or _is_param(node):
+            continue
+        seen.add(id(node))
+        stack.extend(_inputs(node))
+    return False
+
+
+def _output_add(output_node: Any) -> Any | None:
+    """The addition a module's output comes from, through parameter-free one-input ops."""
+    node = output_node
+    for _ in range(64):
+        if node is None:
+            return None
+        if node.name().startswith("AddBackward"):
+            return node
+        inputs = _inputs(node)
+        if len(inputs) != 1 or _is_param(inputs[0]):
+            return None
+        node = inputs[0]
+    return None
+
+
+def _identity_operand(add: Any, input_node: Any) -> bool:
+    """An operand is the input itself, or a residual addition that has the input as one."""
+    for operand in _inputs(add):
+        if operand is input_node:
+            return True
+        if operand.name().startswith("AddBackward") and _identity_operand(operand, input_node):
+            return True
+    return False
+
+
+@dataclass
+class _Seen:
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    residual: bool
+    identity: bool
 
 
 def _conv_linear_macs(module: nn.Module, output: torch.Tensor) -> int:
     """MACs of one conv or linear call, per sample."""
-    if isinstance(module, nn.Conv2d):
-        per_out = (
-            module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        )
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        per_out = module.in_channels // module.groups * int(torch.tensor(module.kernel_size).prod())
         return int(output[0].numel() * per_out)
     if isinstance(module, nn.Linear):
         return int(output[0].numel() * module.in_features)
     return 0
 
 
-@torch.no_grad()
-def discover_blocks(model: nn.Module, example_input: torch.Tensor) -> list[BlockInfo]:
-    """Run the model once on `example_input` and describe each declared block.
-
-    The model runs in eval mode on a copy of one sample so discovery changes nothing
-    (batch-norm running statistics stay as they were).
-    """
-    declared = candidate_blocks(model)
+def _trace(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, _Seen], dict]:
+    """One eval-mode forward recording each module's residual structure and MACs."""
     modules = dict(model.named_modules())
-    missing = [name for name, _ in declared if name not in modules]
-    if missing:
-        raise UnsupportedModelError(f"declared blocks not found in the model: {missing}")
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    macs: dict[str, int] = {name: 0 for name, _ in declared}
+    seen: dict[str, _Seen] = {}
+    input_nodes: dict[str, Any] = {}
+    leaf_macs: dict[str, int] = {}
     hooks = []
-    for name, _ in declared:
-        block = modules[name]
 
-        def record_shape(mod, args, out, name=name):  # noqa: ANN001
-            shapes[name] = (tuple(args[0].shape[1:]), tuple(out.shape[1:]))
+    def before(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                input_nodes[name] = args[0].grad_fn
 
-        hooks.append(block.register_forward_hook(record_shape))
-        for leaf in block.modules():
-            if isinstance(leaf, nn.Conv2d | nn.Linear):
+        return hook
 
-                def count(mod, args, out, name=name):  # noqa: ANN001
-                    macs[name] += _conv_linear_macs(mod, out)
+    def after(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            leaf_macs[name] = leaf_macs.get(name, 0) + (
+                _conv_linear_macs(module, out) if isinstance(out, torch.Tensor) else 0
+            )
+            node = input_nodes.get(name)
+            if node is None or not isinstance(out, torch.Tensor) or name in seen:
+                return
+            add = _output_add(out.grad_fn)
+            operands = _inputs(add) if add is not None else []
+            residual = len(operands) == 2 and all(_reaches(op, node) for op in operands)
+            seen[name] = _Seen(
+                in_shape=tuple(args[0].shape[1:]),
+                out_shape=tuple(out.shape[1:]),
+                residual=residual,
+                identity=residual and _identity_operand(add, node),
+            )
 
-                hooks.append(leaf.register_forward_hook(count))
+        return hook
+
+    for name, module in modules.items():
+        if name:  # the root is never a block
+            hooks.append(module.register_forward_pre_hook(before(name)))
+            hooks.append(module.register_forward_hook(after(name)))
     was_training = model.training
     model.eval()
     try:
-        model(example_input[:1])
+        with torch.enable_grad():
+            # A non-leaf input: every module input then has an autograd node to compare.
+            start = example_input[:1].detach().clone().requires_grad_(True)
+            model(start * 1.0)
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    return seen, leaf_macs
+
+
+def discover_blocks(model: nn.Module, example_input: torch.Tensor) -> list[BlockInfo]:
+    """Every residual block of `model` in forward order, each marked removable or not.
+
+    The model runs once in eval mode on one sample, so discovery changes nothing (batch-norm
+    running statistics stay as they were).
+    """
+    seen, leaf_macs = _trace(model, example_input)
+    residual = [name for name, s in seen.items() if s.residual]
+    # Innermost residual modules only: a stage of blocks also "ends in an addition".
+    inner = [n for n in residual if not any(o.startswith(n + ".") for o in residual)]
+    modules = dict(model.named_modules())
+    containers: list[str] = []
     infos = []
-    for index, (name, stage) in enumerate(declared):
-        if name not in shapes:
-            raise UnsupportedModelError(f"block '{name}' did not run in the forward pass")
-        in_shape, out_shape = shapes[name]
+    for index, name in enumerate(inner):
+        info = seen[name]
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if parent not in containers:
+            containers.append(parent)
+        reason = ""
+        if not isinstance(modules[parent], CONTAINERS):
+            kind = type(modules[parent]).__name__
+            reason = f"its parent is a {kind}, not a Sequential/ModuleList"
+        if not info.identity:
+            reason = "its shortcut is not the identity"
+        if info.in_shape != info.out_shape:
+            reason = "it changes the shape"
         infos.append(
             BlockInfo(
                 name=name,
                 index=index,
-                stage=stage,
-                in_shape=in_shape,
-                out_shape=out_shape,
-                removable=in_shape == out_shape,
+                stage=containers.index(parent),
+                in_shape=info.in_shape,
+                out_shape=info.out_shape,
+                removable=not reason,
                 params=sum(p.numel() for p in modules[name].parameters()),
-                macs=macs[name],
+                macs=sum(m for leaf, m in leaf_macs.items() if leaf.startswith(name + ".")),
+                container=parent,
+                reason=reason,
             )
         )
     return infos
+
+
+def select_patterns(
+    blocks: Sequence[BlockInfo], include: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> list[BlockInfo]:
+    """Restrict removal to blocks whose names match `include` and not `exclude` (fnmatch
+    patterns such as "layer3.*"). A pattern that matches no block is a ConfigError: a typo
+    must not silently widen or empty the search."""
+    include, exclude = list(include), list(exclude)
+    names = [b.name for b in blocks]
+    for key, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not fnmatch.filter(names, pattern):
+                shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                raise ConfigError(
+                    f"prune.{key}: pattern '{pattern}' matches no residual block "
+                    f"(blocks: {shown or 'none'})"
+                )
+    out = []
+    for block in blocks:
+        if include and not any(fnmatch.fnmatchcase(block.name, p) for p in include):
+            block = replace(block, removable=False, reason=block.reason or "not in prune.include")
+        if any(fnmatch.fnmatchcase(block.name, p) for p in exclude):
+            block = replace(block, removable=False, reason=block.reason or "in prune.exclude")
+        out.append(block)
+    return out
 
 
 def model_macs(model: nn.Module, example_input: torch.Tensor) -> int:
@@ -115,7 +245,7 @@ def model_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     total = 0
     hooks = []
     for leaf in model.modules():
-        if isinstance(leaf, nn.Conv2d | nn.Linear):
+        if isinstance(leaf, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
 
             def count(mod, args, out):  # noqa: ANN001
                 nonlocal total
@@ -134,10 +264,35 @@ def model_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     return total
 
 
-def removable_summary(blocks: list[BlockInfo]) -> str:
-    """'stage 1: 8, stage 2: 8, stage 3: 8' — used in error messages."""
-    per_stage: dict[int, int] = {}
+def output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+    """The model's output shape on one sample, in eval mode, without touching its state."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(model(example[:1]).shape)
+    finally:
+        model.train(was_training)
+
+
+def removable_summary(blocks: Sequence[BlockInfo]) -> str:
+    """'layer1: 8, layer2: 8, layer3: 8' — used in error messages."""
+    per_container: dict[str, int] = {}
     for block in blocks:
-        per_stage.setdefault(block.stage, 0)
-        per_stage[block.stage] += int(block.removable)
-    return ", ".join(f"stage {stage + 1}: {n}" for stage, n in sorted(per_stage.items()))
+        key = block.container or "(root)"
+        per_container[key] = per_container.get(key, 0) + int(block.removable)
+    return ", ".join(f"{key}: {n}" for key, n in per_container.items())
+
+
+def no_removable_error(model_name: str, blocks: Sequence[BlockInfo]) -> UnsupportedModelError:
+    """One line saying why nothing can be removed, with the first block's reason."""
+    if not blocks:
+        return UnsupportedModelError(
+            f"{model_name} has no residual block (no module whose output adds a skip "
+            "connection to its input); layer pruning needs residual blocks"
+        )
+    first = blocks[0]
+    return UnsupportedModelError(
+        f"{model_name} has no removable block: {len(blocks)} residual block(s) found, none "
+        f"removable (e.g. '{first.name}': {first.reason})"
+    )

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.blocks import BlockInfo, discover_blocks, model_macs, removable_summary
+from compressor.blocks import (
+    BlockInfo,
+    discover_blocks,
+    model_macs,
+    no_removable_error,
+    removable_summary,
+    select_patterns,
+)
 from compressor.configs import config_kwargs
 from compressor.criteria import CRITERIA, Aggregation, block_scores, get_criterion
 from compressor.errors import ConfigError, UnsupportedModelError
@@ -32,6 +39,10 @@ class LayerPruneConfig:
     macs_target: float | None = None  # remove until MACs <= this fraction of the dense MACs
     samples_per_class: int = 10  # scoring batch: this many labelled images of each class
     seed: int = 0  # scoring batch choice and the random criterion
+    # Module-name patterns (fnmatch, e.g. "layer4.*"): only blocks matching `include` (all
+    # when empty) and not matching `exclude` may be removed.
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
@@ -50,6 +61,11 @@ class LayerPruneConfig:
             raise ConfigError(f"prune.fraction: must be in [0, 1], got {self.fraction}")
         if self.macs_target is not None and not 0 < self.macs_target <= 1:
             raise ConfigError(f"prune.macs_target: must be in (0, 1], got {self.macs_target}")
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+                raise ConfigError(f"prune.{key}: must be a list of name patterns, got {value!r}")
+            object.__setattr__(self, key, tuple(value))
         if self.samples_per_class < 1:
             raise ConfigError(
                 f"prune.samples_per_class: must be >= 1, got {self.samples_per_class}"
@@ -152,9 +168,15 @@ def prune_at_init(
     kept weights equal theta_0 exactly.
     """
     blocks = discover_blocks(model, images[:1])
+    if not any(b.removable for b in blocks):
+        raise no_removable_error(spec.model, blocks)
+    blocks = select_patterns(blocks, config.include, config.exclude)
     removable = [b for b in blocks if b.removable]
     if not removable:
-        raise UnsupportedModelError(f"{spec.model} has no removable blocks")
+        raise UnsupportedModelError(
+            f"prune.include/exclude leave no removable block of {spec.model} "
+            f"(include {list(config.include)}, exclude {list(config.exclude)})"
+        )
     batch = scoring_batch(images, labels, config.samples_per_class, config.seed)
     scores = block_scores(
         model,
@@ -167,7 +189,7 @@ def prune_at_init(
     dense_macs = model_macs(model, images[:1])
     removed = select_blocks(blocks, scores, config, dense_macs=dense_macs, model_name=spec.model)
     ticket = copy.deepcopy(model)
-    remove_blocks_(ticket, removed)
+    remove_blocks_(ticket, removed, example=images[:1])
     result = LayerPruneResult(
         spec=spec.with_removed(removed),
         removed=tuple(removed),

@@ -27,8 +27,8 @@ from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init
 from compressor.recipe import Recipe
 from compressor.report import write_report
-from compressor.spec import ModelSpec, build_model
-from compressor.stages import save_trained, shrink_for_recipe
+from compressor.spec import ModelSpec
+from compressor.stages import dense_model, save_trained, shrink_for_recipe
 from compressor.store import load_model
 from compressor.train import TrainConfig, train
 
@@ -112,11 +112,7 @@ def run_pipeline(
         f"test images, {data.in_channels}x{data.image_size}x{data.image_size}, "
         f"{data.num_classes} classes"
     )
-    spec = ModelSpec(
-        model=recipe.model.name, kwargs=recipe.model.kwargs(data.num_classes, data.in_channels)
-    )
-    torch.manual_seed(recipe.seed)
-    dense = build_model(spec)  # theta_0, shared by the dense run and the ticket
+    dense, spec = dense_model(recipe, data)  # theta_0, shared by the dense run and the ticket
 
     # Algorithm 2: score blocks on theta_0, remove the lowest, before any training.
     tick = time.perf_counter()

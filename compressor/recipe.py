@@ -17,6 +17,7 @@ from compressor.data import DataConfig
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import LayerPruneConfig
 from compressor.shrink import ShrinkConfig
+from compressor.spec import ModelSpec
 from compressor.train import TrainConfig
 
 RECIPE_VERSION = 1
@@ -24,12 +25,46 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSection:
-    name: str = "resnet56"  # zoo name
-    width: float = 1.0  # channel multiplier of the zoo ResNets
-    # num_classes and in_channels come from the dataset.
+    """A zoo model (`name`, `width`) or any model a factory builds (`factory`, `kwargs`)."""
 
-    def kwargs(self, num_classes: int, in_channels: int) -> dict[str, Any]:
-        return {"num_classes": num_classes, "in_channels": in_channels, "width": self.width}
+    name: str | None = None  # zoo name (default resnet56); with `factory`, a display name
+    width: float | None = None  # channel multiplier of the zoo ResNets (default 1.0)
+    factory: str | None = None  # "path/to/file.py:function" or "package.module:function"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
+    # num_classes and in_channels come from the dataset (for a factory: when it takes them).
+
+    def __post_init__(self) -> None:
+        if self.factory is None:
+            if self.kwargs:
+                raise ConfigError(
+                    "model.kwargs: only for a model.factory; zoo models take model.width"
+                )
+            return
+        from compressor.model_source import split_target
+
+        split_target(self.factory)
+        if self.width is not None:
+            raise ConfigError(
+                "model.width: only for zoo models; pass the factory's own arguments in model.kwargs"
+            )
+        if not isinstance(self.kwargs, dict):
+            raise ConfigError(f"model.kwargs: must be a mapping, got {self.kwargs!r}")
+
+    def spec(self, num_classes: int, in_channels: int) -> ModelSpec:
+        """The dense model's spec; a factory's file path is made absolute here."""
+        if self.factory is None:
+            kwargs = {"num_classes": num_classes, "in_channels": in_channels}
+            return ModelSpec(
+                model=self.name or "resnet56", kwargs={**kwargs, "width": self.width or 1.0}
+            )
+        from compressor.model_source import factory_kwargs, resolve_target
+
+        target = resolve_target(self.factory)
+        return ModelSpec(
+            model=self.name or self.factory,
+            kwargs=factory_kwargs(target, self.kwargs, num_classes, in_channels),
+            factory=target,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

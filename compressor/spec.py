@@ -1,59 +1,83 @@
 """Architecture spec: everything needed to rebuild a pruned model without pickled code.
 
-A spec names the base model (zoo name + keyword arguments), the blocks removed from it and
-the channel sizes of every conv, batch-norm and linear layer that channel shrinking
-changed. `build_model(spec)` replays exactly that, so weights saved as plain tensors load
-back into the right shapes.
+A spec names the base model (a zoo name, or a factory import path, plus keyword
+arguments), the blocks removed from it and, after channel shrinking, the sizes of every
+layer: the shapes of each module's own parameters and buffers and the size attributes its
+forward reads (`groups`, `normalized_shape`, ...). `build_model(spec)` replays exactly that,
+so weights saved as plain tensors load back into the right shapes, for any architecture.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from compressor.blocks import output_shape
 from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.zoo import create_model
 
-SPEC_FORMAT = 1
+SPEC_FORMAT = 2
+# Size attributes Torch-Pruning changes and forwards read; recorded when a module has them.
+SIZE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "num_features",
+    "in_features",
+    "out_features",
+    "normalized_shape",
+    "num_groups",
+    "num_channels",
+    "num_parameters",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    model: str  # zoo name
-    kwargs: dict[str, Any] = field(default_factory=dict)  # zoo factory arguments
+    model: str  # zoo name, or a display name for a factory model
+    kwargs: dict[str, Any] = field(default_factory=dict)  # factory arguments
+    factory: str | None = None  # "file.py:fn" or "package.module:fn"; None: the zoo
     removed_blocks: tuple[str, ...] = ()  # names in the base model, e.g. "layer1.3"
-    shapes: dict[str, dict[str, int]] = field(default_factory=dict)  # resized layers
+    # module name -> {"attrs": size attributes, "tensors": own parameter/buffer shapes}
+    shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": SPEC_FORMAT,
             "model": self.model,
             "kwargs": dict(self.kwargs),
             "removed_blocks": list(self.removed_blocks),
-            "shapes": {name: dict(sizes) for name, sizes in sorted(self.shapes.items())},
+            "shapes": {name: sizes for name, sizes in sorted(self.shapes.items())},
         }
+        if self.factory is not None:
+            out["factory"] = self.factory
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {"format", "model", "kwargs", "removed_blocks", "shapes"}
+        known = {"format", "model", "kwargs", "factory", "removed_blocks", "shapes"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"model spec: unknown key(s) {unknown}; known: {sorted(known)}")
         if data.get("format", SPEC_FORMAT) != SPEC_FORMAT:
             raise ConfigError(
                 f"model spec: format {data.get('format')} is not supported (this version "
-                f"reads format {SPEC_FORMAT})"
+                f"reads format {SPEC_FORMAT}; re-run the stage that wrote it)"
             )
         if "model" not in data:
             raise ConfigError("model spec: missing key 'model'")
         return cls(
             model=data["model"],
             kwargs=dict(data.get("kwargs", {})),
+            factory=data.get("factory"),
             removed_blocks=tuple(data.get("removed_blocks", ())),
             shapes={k: dict(v) for k, v in data.get("shapes", {}).items()},
         )
@@ -64,102 +88,112 @@ class ModelSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def with_removed(self, names: list[str] | tuple[str, ...]) -> ModelSpec:
-        return ModelSpec(
-            model=self.model,
-            kwargs=self.kwargs,
-            removed_blocks=self.removed_blocks + tuple(names),
-            shapes=self.shapes,
-        )
+        return replace(self, removed_blocks=self.removed_blocks + tuple(names))
 
     def with_shapes(self, model: nn.Module) -> ModelSpec:
         """The same spec with the current channel sizes of `model` recorded."""
-        return ModelSpec(
-            model=self.model,
-            kwargs=self.kwargs,
-            removed_blocks=self.removed_blocks,
-            shapes=layer_shapes(model),
-        )
+        return replace(self, shapes=layer_shapes(model))
 
 
-def remove_blocks_(model: nn.Module, names: list[str] | tuple[str, ...]) -> None:
+def remove_blocks_(
+    model: nn.Module, names: list[str] | tuple[str, ...], example: torch.Tensor | None = None
+) -> None:
     """Delete the named blocks from their containers (no identity placeholder remains).
 
     Modules are looked up first and deleted by identity afterwards, because deleting from
-    an nn.Sequential renumbers the blocks after it.
+    an nn.Sequential renumbers the blocks after it. With `example`, the shallower model is
+    run once: a forward that indexes its ModuleList by position, or a block that was not a
+    true residual, fails here with the block names instead of later in training.
     """
     modules = dict(model.named_modules())
     targets = []
     for name in names:
-        if name not in modules or "." not in name:
+        if not name or name not in modules:
             raise UnsupportedModelError(f"cannot remove block '{name}': no such block")
-        parent_name = name.rsplit(".", 1)[0]
-        parent = modules[parent_name]
+        parent = modules[name.rsplit(".", 1)[0] if "." in name else ""]
         if not isinstance(parent, nn.Sequential | nn.ModuleList):
             raise UnsupportedModelError(
                 f"cannot remove block '{name}': its container {type(parent).__name__} is "
                 "not an nn.Sequential or nn.ModuleList"
             )
         targets.append((parent, modules[name]))
+    before = output_shape(model, example) if example is not None and names else None
     for parent, block in targets:
         keys = [key for key, child in parent._modules.items() if child is block]
         index = list(parent._modules).index(keys[0])
         del parent[index]
+    if before is not None:
+        try:
+            after = output_shape(model, example)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"the model no longer runs without blocks {list(names)}: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+        if after != before:
+            raise UnsupportedModelError(
+                f"removing blocks {list(names)} changed the output shape {before} -> {after}"
+            )
 
 
-def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Channel sizes of every conv, batch-norm and linear layer, by module name."""
-    shapes: dict[str, dict[str, int]] = {}
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Sizes of every module that owns parameters or buffers, by module name."""
+    shapes: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            shapes[name] = {
-                "in_channels": module.in_channels,
-                "out_channels": module.out_channels,
-                "groups": module.groups,
-            }
-        elif isinstance(module, nn.BatchNorm2d):
-            shapes[name] = {"num_features": module.num_features}
-        elif isinstance(module, nn.Linear):
-            shapes[name] = {"in_features": module.in_features, "out_features": module.out_features}
+        tensors = {
+            key: list(t.shape)
+            for key, t in (*module._parameters.items(), *module._buffers.items())
+            if t is not None
+        }
+        if not tensors:
+            continue
+        attrs = {}
+        for attr in SIZE_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                attrs[attr] = value
+            elif isinstance(value, tuple | list) and all(isinstance(v, int) for v in value):
+                attrs[attr] = list(value)
+        shapes[name] = {"attrs": attrs, "tensors": tensors}
     return shapes
 
 
-def _resize_(module: nn.Module, sizes: dict[str, int], name: str) -> None:
-    """Give a layer new channel sizes with empty parameters; load_state_dict fills them."""
-
-    def empty_like(t: torch.Tensor | None, shape: tuple[int, ...]) -> nn.Parameter | None:
-        return None if t is None else nn.Parameter(torch.empty(shape, dtype=t.dtype))
-
-    if isinstance(module, nn.Conv2d):
-        module.in_channels, module.out_channels = sizes["in_channels"], sizes["out_channels"]
-        module.groups = sizes.get("groups", module.groups)
-        kernel = module.kernel_size
-        module.weight = empty_like(
-            module.weight, (module.out_channels, module.in_channels // module.groups, *kernel)
-        )
-        module.bias = empty_like(module.bias, (module.out_channels,))
-    elif isinstance(module, nn.BatchNorm2d):
-        n = module.num_features = sizes["num_features"]
-        module.weight = empty_like(module.weight, (n,))
-        module.bias = empty_like(module.bias, (n,))
-        module.register_buffer("running_mean", torch.zeros(n))
-        module.register_buffer("running_var", torch.ones(n))
-    elif isinstance(module, nn.Linear):
-        module.in_features, module.out_features = sizes["in_features"], sizes["out_features"]
-        module.weight = empty_like(module.weight, (module.out_features, module.in_features))
-        module.bias = empty_like(module.bias, (module.out_features,))
-    else:
-        raise UnsupportedModelError(f"spec resizes '{name}', a {type(module).__name__}")
+def _resize_(module: nn.Module, sizes: dict[str, Any], name: str) -> None:
+    """Give a module the recorded sizes with empty tensors; load_state_dict fills them."""
+    try:
+        attrs, tensors = sizes["attrs"], sizes["tensors"]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"model spec: shapes of '{name}' need 'attrs' and 'tensors'") from exc
+    for attr, value in attrs.items():
+        if attr not in SIZE_ATTRS or not hasattr(module, attr):
+            raise UnsupportedModelError(
+                f"model spec sets '{name}.{attr}', which a {type(module).__name__} lacks"
+            )
+        setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    for key, shape in tensors.items():
+        store = module._parameters if key in module._parameters else module._buffers
+        current = store.get(key)
+        if current is None:
+            raise UnsupportedModelError(f"model spec sizes '{name}.{key}', which the model lacks")
+        if list(current.shape) == list(shape):
+            continue
+        empty = torch.empty(tuple(shape), dtype=current.dtype)
+        is_param = store is module._parameters
+        store[key] = nn.Parameter(empty, current.requires_grad) if is_param else empty
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Rebuild the architecture a spec describes (weights are whatever the factory made)."""
-    model = create_model(spec.model, **spec.kwargs)
+    if spec.factory is not None:
+        from compressor.model_source import build_from_factory
+
+        model = build_from_factory(spec.factory, dict(spec.kwargs))
+    else:
+        model = create_model(spec.model, **spec.kwargs)
     remove_blocks_(model, spec.removed_blocks)
     modules = dict(model.named_modules())
     for name, sizes in spec.shapes.items():
         if name not in modules:
             raise UnsupportedModelError(f"model spec resizes '{name}', which the model lacks")
-        current = layer_shapes(modules[name]).get("", {})
-        if current != sizes:
-            _resize_(modules[name], sizes, name)
+        _resize_(modules[name], sizes, name)
     return model

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_write_text
-from compressor.blocks import discover_blocks
+from compressor.blocks import discover_blocks, output_shape, select_patterns
 from compressor.data import DataSplits, load_data
-from compressor.errors import InputError
+from compressor.errors import InputError, UnsupportedModelError
 from compressor.layer_prune import prune_at_init, scoring_batch
 from compressor.recipe import Recipe
 from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
@@ -23,32 +23,54 @@ from compressor.store import load_model, save_model
 from compressor.train import TrainConfig, TrainResult, train
 
 
-def _dense_spec(recipe: Recipe, data: DataSplits) -> ModelSpec:
-    return ModelSpec(
-        model=recipe.model.name, kwargs=recipe.model.kwargs(data.num_classes, data.in_channels)
-    )
+def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]:
+    """theta_0 of the recipe's model, checked against the data before anything is trained."""
+    spec = recipe.model.spec(data.num_classes, data.in_channels)
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec)
+    try:
+        shape = output_shape(model, data.val.images[:1])
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"model {spec.model} cannot run on this data's {tuple(data.val.images.shape[1:])} "
+            f"inputs: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+    if shape != (1, data.num_classes):
+        hint = " (set num_classes in model.kwargs)" if spec.factory else ""
+        raise UnsupportedModelError(
+            f"model {spec.model} outputs shape {shape} for one image, but the data has "
+            f"{data.num_classes} classes{hint}"
+        )
+    return model, spec
 
 
 def list_blocks(recipe: Recipe) -> str:
     data = load_data(recipe.data)
-    model = build_model(_dense_spec(recipe, data))
-    blocks = discover_blocks(model, data.val.images[:1])
-    lines = [f"{'block':<12} {'stage':>5} {'removable':>9} {'params':>9} {'MACs':>12}  in -> out"]
+    model, spec = dense_model(recipe, data)
+    blocks = select_patterns(
+        discover_blocks(model, data.val.images[:1]), recipe.prune.include, recipe.prune.exclude
+    )
+    width = max([12, *(len(b.name) + 1 for b in blocks)])
+    lines = [
+        f"{'block':<{width}} {'stage':>5} {'removable':>9} {'params':>10} {'MACs':>13}  in -> out"
+    ]
     for b in blocks:
         lines.append(
-            f"{b.name:<12} {b.stage + 1:>5} {'yes' if b.removable else 'no':>9} {b.params:>9,} "
-            f"{b.macs:>12,}  {b.in_shape} -> {b.out_shape}"
+            f"{b.name:<{width}} {b.stage + 1:>5} {'yes' if b.removable else 'no':>9} "
+            f"{b.params:>10,} {b.macs:>13,}  {b.in_shape} -> {b.out_shape}"
+            + (f"  ({b.reason})" if b.reason else "")
         )
-    lines.append(f"{sum(b.removable for b in blocks)} of {len(blocks)} blocks are removable")
+    lines.append(
+        f"{spec.model}: {sum(b.removable for b in blocks)} of {len(blocks)} residual blocks "
+        "are removable"
+    )
     return "\n".join(lines)
 
 
 def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Store theta_0's ticket; `compressor train` then trains it."""
     data = load_data(recipe.data)
-    spec = _dense_spec(recipe, data)
-    torch.manual_seed(recipe.seed)
-    dense = build_model(spec)
+    dense, spec = dense_model(recipe, data)
     ticket, result = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
     save_model(ticket, result.spec, out, {"variant": "ticket", "stage": "pruned at init"})
     atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))

@@ -83,6 +83,7 @@ def load_model(directory: str | Path) -> StoredModel:
         state = load(weights)
     except Exception as exc:  # safetensors raises its own error type for corrupt headers
         raise InputError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
+    _refuse_factory_inside(spec, directory)
     model = build_model(spec)
     try:
         model.load_state_dict(state, strict=True)
@@ -91,6 +92,20 @@ def load_model(directory: str | Path) -> StoredModel:
         raise InputError(f"{weights_path} does not fit the spec's architecture: {first}") from exc
     model.eval()
     return StoredModel(model, spec, dict(document.get("info", {})), directory)
+
+
+def _refuse_factory_inside(spec: ModelSpec, directory: Path) -> None:
+    """A model directory is data: a spec naming a factory file shipped inside it would make
+    loading someone's model run their code, so that is refused."""
+    if spec.factory is None:
+        return
+    where = Path(spec.factory.rsplit(":", 1)[0])
+    if where.suffix == ".py" and where.resolve().is_relative_to(directory.resolve()):
+        raise InputError(
+            f"{directory / SPEC_FILE} names a factory inside the model directory ({where}); "
+            "model directories never run code: copy the model definition elsewhere and "
+            "review it first"
+        )
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

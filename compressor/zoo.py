@@ -1,8 +1,8 @@
 """Model zoo: one registry, one `create_model` entry point.
 
-Every zoo model offers `residual_blocks()`: its residual blocks in forward order with the
-stage they belong to. That is all layer pruning needs to know about an architecture, so the
-scoring and removal code never looks inside a model (see compressor/blocks.py).
+Zoo models declare nothing special: layer pruning finds residual blocks in any model by
+running it (compressor/blocks.py), and models the project did not write come in through
+a factory import path (compressor/model_source.py).
 """
 
 from __future__ import annotations
@@ -123,18 +123,6 @@ class CifarResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-
-    def residual_blocks(self) -> list[tuple[str, int]]:
-        """(qualified name, stage index) of every residual block, in forward order."""
-        return [
-            (f"layer{stage + 1}.{name}", stage)
-            for stage, layer in enumerate((self.layer1, self.layer2, self.layer3))
-            for name, _ in layer.named_children()
-        ]
-
-    def classifier(self) -> nn.Module:
-        """The head that channel pruning must leave alone (its outputs are the classes)."""
-        return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -74,7 +74,7 @@ def test_too_many_blocks_names_the_counts(dense_and_data) -> None:  # noqa: ANN0
         prune_at_init(dense, SPEC, images, labels, LayerPruneConfig(blocks=8))
     message = str(err.value)
     assert "remove 8 blocks: resnet20 has only 7 removable blocks" in message
-    assert "stage 1: 3, stage 2: 2, stage 3: 2" in message
+    assert "layer1: 3, layer2: 2, layer3: 2" in message
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert exported["int8"]["onnx"] == str(tmp_path / "s.int8.onnx")
     assert Path(exported["fp16"]["onnx"]).is_file()
     assert main(["blocks", str(recipe)]) == 0
-    assert "1 of 3 blocks are removable" in capsys.readouterr().out
+    assert "resnet8: 1 of 3 residual blocks are removable" in capsys.readouterr().out
     # Another input size than the model was trained on is refused, not silently exported;
     # an --out in a folder that does not exist yet is created.
     other = tmp_path / "other.yaml"

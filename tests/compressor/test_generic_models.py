@@ -1,0 +1,261 @@
+"""Layer pruning, shrinking and the store on models the project did not write.
+
+The four families of the issue: the zoo, torchvision-style ResNet (basic and bottleneck),
+MobileNetV2 and a CIFAR ResNet with option-A (zero-padding lambda) shortcuts; plus a small
+model with depthwise convs, squeeze-excitation, SiLU and GELU. Definitions: archs.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compressor.blocks import discover_blocks, select_patterns
+from compressor.criteria import CRITERIA, block_scores
+from compressor.errors import ConfigError, InputError, UnsupportedModelError
+from compressor.layer_prune import LayerPruneConfig, prune_at_init
+from compressor.shrink import ShrinkConfig, shrink_channels_
+from compressor.spec import ModelSpec, build_model, remove_blocks_
+from compressor.store import load_model, save_model
+from export import ExportConfig, export_onnx
+from tests.compressor import archs
+
+ARCHS = Path(archs.__file__).resolve()
+X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+LABELS = torch.arange(4) % 10
+
+# name: (factory, kwargs, residual blocks, removable blocks, classifier)
+FAMILIES = {
+    "zoo_resnet20": (None, {}, 9, 7, "fc"),
+    "resnet18": ("tv_resnet18", {"width": 8}, 8, 5, "fc"),
+    "resnet50": ("tv_resnet50", {"width": 8}, 16, 12, "fc"),
+    "mobilenet_v2": ("tv_mobilenet_v2", {"width_mult": 0.5}, 10, 10, "classifier.1"),
+    "option_a_resnet20": ("option_a_resnet", {"depth": 20}, 9, 7, "linear"),
+    "exotic": ("exotic_net", {}, 4, 4, "head"),
+}
+
+
+def spec_of(family: str) -> ModelSpec:
+    factory, kwargs, *_ = FAMILIES[family]
+    if factory is None:
+        return ModelSpec(model="resnet20", kwargs={"num_classes": 10, "width": 0.5})
+    return ModelSpec(
+        model=family, factory=f"{ARCHS}:{factory}", kwargs={"num_classes": 10, **kwargs}
+    )
+
+
+def build(family: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(spec_of(family)).eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocks_are_found_and_removed_physically(family: str) -> None:
+    _, _, n_residual, n_removable, _ = FAMILIES[family]
+    model = build(family)
+    blocks = discover_blocks(model, X)
+    assert len(blocks) == n_residual
+    removable = [b.name for b in blocks if b.removable]
+    assert len(removable) == n_removable
+    assert all(b.in_shape == b.out_shape for b in blocks if b.removable)
+    assert all(b.reason for b in blocks if not b.removable)
+    ticket = copy.deepcopy(model)
+    remove_blocks_(ticket, removable, example=X)
+    assert ticket(X).shape == (4, 10)
+    # Deleted, not replaced: the blocks' modules are gone and no Identity stands in.
+    ticket_ids = {id(m) for m in ticket.modules()}
+    assert not any(isinstance(m, nn.Identity) for m in ticket.modules())
+    survivors = {id(m) for n, m in model.named_modules() if n in removable} & ticket_ids
+    assert not survivors
+    assert sum(p.numel() for p in ticket.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    ) - sum(b.params for b in blocks if b.removable)
+    assert [b.name for b in discover_blocks(ticket, X) if b.removable] == []
+
+
+def test_torchvision_names_and_reasons() -> None:
+    blocks = {b.name: b for b in discover_blocks(build("resnet50"), X)}
+    assert blocks["layer1.0"].reason == "it changes the shape"  # 64 -> 256 channels
+    assert blocks["layer3.4"].removable and blocks["layer3.4"].container == "layer3"
+    mobilenet = discover_blocks(build("mobilenet_v2"), X)
+    # Only InvertedResidual blocks with use_res_connect are residual blocks at all.
+    assert {b.name for b in mobilenet} == {
+        n for n, m in build("mobilenet_v2").named_modules() if getattr(m, "use_res_connect", False)
+    }
+    option_a = {b.name: b for b in discover_blocks(build("option_a_resnet20"), X)}
+    # The zero-padding lambda shortcut makes a residual block that cannot be removed.
+    assert not option_a["layer2.0"].removable and option_a["layer2.0"].reason
+    exotic = [b.name for b in discover_blocks(build("exotic"), X)]
+    assert "blocks.2" not in exotic  # shape-preserving, but no skip connection
+    assert "blocks.3" not in exotic  # stride 2, no skip connection
+
+
+def test_removed_blocks_are_absent_from_the_exported_onnx(tmp_path: Path) -> None:
+    model = build("resnet18")
+    blocks = discover_blocks(model, X)
+    removed = [b.name for b in blocks if b.removable][:3]
+    ticket = copy.deepcopy(model)
+    remove_blocks_(ticket, removed, example=X)
+    counts = {}
+    for name, net in (("dense", model), ("ticket", ticket)):
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(net, X[:1], path, ExportConfig())
+        counts[name] = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    # A BasicBlock is two 3x3 convs and one residual add.
+    assert counts["dense"]["Conv"] - counts["ticket"]["Conv"] == 2 * len(removed)
+    assert counts["dense"]["Add"] - counts["ticket"]["Add"] == len(removed)
+    assert "Identity" not in counts["ticket"]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "zoo_resnet20"])
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_every_criterion_scores_generic_blocks(family: str, criterion: str) -> None:
+    model = build(family)
+    removable = [b for b in discover_blocks(model, X) if b.removable]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = block_scores(model, removable, criterion, (X, LABELS), seed=0)
+    assert set(scores) == {b.name for b in removable}
+    assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    assert len(set(scores.values())) > 1  # the scores rank the blocks
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "zoo_resnet20"])
+def test_shrinking_generic_models_keeps_the_head_and_round_trips(
+    family: str, tmp_path: Path
+) -> None:
+    *_, head = FAMILIES[family]
+    spec = spec_of(family)
+    model = build(family)
+    ticket, result = prune_at_init(model, spec, X, LABELS, LayerPruneConfig(blocks=2))
+    result_shrink = shrink_channels_(ticket, X, ShrinkConfig(ratio=0.5, round_to=4))
+    assert result_shrink.classifier == head
+    assert result_shrink.params_after < result_shrink.params_before
+    assert dict(ticket.named_modules())[head].out_features == 10
+    assert ticket(X).shape == (4, 10)
+    # The store rebuilds the shrunk architecture from the spec (import path + kwargs +
+    # removed blocks + shapes) and the weights, with identical outputs.
+    stored_spec = result.spec.with_shapes(ticket)
+    save_model(ticket, stored_spec, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.spec.factory == spec.factory
+    assert loaded.spec.removed_blocks == result.removed
+    ticket.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(X), ticket(X))
+
+
+def test_option_a_shrinks_inside_blocks_only() -> None:
+    model = build("option_a_resnet20")
+    result = shrink_channels_(model, X, ShrinkConfig(ratio=0.5, round_to=4))
+    # The residual streams are tied to the zero-padding shortcut: left alone, with a reason.
+    assert "layer1.0.conv2" in result.ignored and "conv1" in result.ignored
+    assert "parameter-free channel change in layer2.0.shortcut" in result.ignored["conv1"]
+    assert result.channels["layer1.0.conv1"] == (16, 8)
+    assert model(X).shape == (4, 10)
+
+
+def test_shrink_exclude_leaves_named_layers_alone() -> None:
+    model = build("resnet18")
+    result = shrink_channels_(model, X, ShrinkConfig(ratio=0.5, round_to=4, exclude=("layer4.*",)))
+    assert "layer4.1.conv1" in result.unpruned
+    with pytest.raises(ConfigError, match="shrink.exclude: pattern 'layer9.\\*' matches no"):
+        shrink_channels_(build("resnet18"), X, ShrinkConfig(exclude=("layer9.*",)))
+
+
+def test_include_and_exclude_patterns() -> None:
+    blocks = discover_blocks(build("resnet50"), X)
+    chosen = select_patterns(blocks, include=["layer3.*"], exclude=["layer3.5"])
+    assert [b.name for b in chosen if b.removable] == [
+        "layer3.1",
+        "layer3.2",
+        "layer3.3",
+        "layer3.4",
+    ]
+    model = build("resnet50")
+    config = LayerPruneConfig(blocks=2, include=("layer2.*",), criterion="synflow")
+    _, result = prune_at_init(model, spec_of("resnet50"), X, LABELS, config)
+    assert all(name.startswith("layer2.") for name in result.removed)
+    with pytest.raises(ConfigError, match="prune.include: pattern 'layer9.\\*' matches no"):
+        select_patterns(blocks, include=["layer9.*"])
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+class Plain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+        )
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def test_a_model_with_no_removable_block_is_one_line() -> None:
+    with pytest.raises(UnsupportedModelError, match="plain has no residual block") as err:
+        prune_at_init(Plain(), ModelSpec(model="plain"), X, LABELS, LayerPruneConfig(blocks=1))
+    assert "\n" not in str(err.value)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "user_model.py"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "target,error,message",
+    [
+        ("missing.py:build", InputError, "file not found: missing.py"),
+        (
+            "no_such_package_xyz.models:build",
+            InputError,
+            "cannot import module 'no_such_package_xyz.models'",
+        ),
+        ("build", ConfigError, "expected 'path/to/file.py:function'"),
+        ("torch.nn:NoSuchFactory", InputError, "'torch.nn' has no attribute 'NoSuchFactory'"),
+    ],
+)
+def test_factory_paths_that_do_not_resolve(target: str, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as err:
+        build_model(ModelSpec(model="user", factory=target))
+    assert "\n" not in str(err.value)
+
+
+def test_factory_that_raises_or_returns_junk(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "def broken(num_classes=10):\n    raise RuntimeError('weights file missing')\n"
+        "def junk(num_classes=10):\n    return 42\n",
+    )
+    with pytest.raises(UnsupportedModelError, match="raised RuntimeError: weights file missing"):
+        build_model(ModelSpec(model="u", factory=f"{path}:broken"))
+    with pytest.raises(UnsupportedModelError, match="returned a int, not a torch nn.Module"):
+        build_model(ModelSpec(model="u", factory=f"{path}:junk"))
+    with pytest.raises(ConfigError, match="model.kwargs: cannot call"):
+        build_model(ModelSpec(model="u", factory=f"{path}:broken", kwargs={"depth": 3}))
+    bad_import = tmp_path / "bad.py"
+    bad_import.write_text("import nosuchmodule_abc\n")
+    with pytest.raises(InputError, match="importing .*bad.py failed: ModuleNotFoundError"):
+        build_model(ModelSpec(model="u", factory=f"{bad_import}:build"))
+
+
+def test_store_refuses_a_factory_shipped_inside_the_model_directory(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    code = model_dir / "evil.py"
+    code.write_text(ARCHS.read_text())
+    spec = ModelSpec(model="x", factory=f"{code}:exotic_net", kwargs={"num_classes": 10})
+    save_model(build_model(spec), spec, model_dir)
+    with pytest.raises(InputError, match="model directories never run code"):
+        load_model(model_dir)
