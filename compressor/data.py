@@ -1,9 +1,14 @@
-"""Datasets as in-memory tensors: sklearn's bundled digits (offline default) and CIFAR-10/100.
+"""Datasets as in-memory tensors: sklearn's digits (offline default), CIFAR-10/100, image folders.
 
-Everything the project trains on is small enough to hold in memory, so a dataset is just a
-normalised float32 tensor plus labels per split; batching, shuffling and augmentation are a few
-torch ops driven by explicit `torch.Generator`s, which makes training exactly reproducible and
-resumable on CPU (no DataLoader workers, no hidden global RNG use).
+A dataset is a normalised float32 tensor plus labels per split; batching, shuffling and
+augmentation are a few torch ops driven by explicit `torch.Generator`s, which makes training
+exactly reproducible and resumable on CPU (no DataLoader workers, no hidden global RNG use).
+The price is memory: every split lives in RAM (or on the GPU) at its final size.
+
+Image folders ("imagefolder": torchvision's one-sub-folder-per-class layout) are read by
+`compressor.imagefolder`, decoded once, up front, into that same design; a folder whose float32
+splits would exceed `max_memory_gb` is refused before decoding. Use `limit_train` or a smaller
+`image_size` for large folders; a streaming loader is out of scope.
 
 CIFAR is read from the dataset's official "python version" files, which are pickles. They are
 opened with a restricted unpickler that only rebuilds numpy arrays, so a tampered file cannot
@@ -13,8 +18,9 @@ run code; anything else is reported as a corrupt file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compressor import imagefolder
 from compressor.configs import config_kwargs
 from compressor.errors import ConfigError, InputError
+from compressor.imagefolder import CENTRE_CROP_RATIO, IMAGEFOLDER_SIZE
 
 __all__ = [
     "AugmentConfig",
@@ -37,9 +45,13 @@ __all__ = [
     "load_data",
 ]
 
-DatasetName = Literal["digits", "cifar10", "cifar100"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder"]
 DIGITS_NATIVE_SIZE = 16  # digits are 8x8; 16x16 leaves room for two stride-2 stages
 CIFAR_NATIVE_SIZE = 32
+# DataConfig options added after runs were already recorded: left out of to_dict() while at
+# their defaults, so a recipe.json written before they existed still matches on --resume.
+OMITTED_AT_DEFAULT = ("channels", "resize", "mean", "std", "max_memory_gb")
+IMAGENET_HINT = "ImageNet's are mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]"
 MIN_IMAGE_SIZE = 4  # smaller images cannot pass through even one pooling stage meaningfully
 
 CIFAR_FILES: dict[str, tuple[str, list[str], str, str, str]] = {
@@ -83,10 +95,15 @@ class AugmentConfig:
         return dataclasses.asdict(self)
 
 
-def default_augment(name: str) -> AugmentConfig:
-    """Digits are not mirror-symmetric (a flipped 3 is not a 3), so they get no flip."""
+def default_augment(name: str, image_size: int | None = None) -> AugmentConfig:
+    """Digits are not mirror-symmetric (a flipped 3 is not a 3), so they get no flip.
+
+    Folder images are padded by an eighth of their size, as CIFAR's 4 pixels are of 32.
+    """
     if name == "digits":
         return AugmentConfig(crop_padding=1, hflip=False)
+    if name == "imagefolder":
+        return AugmentConfig(crop_padding=(image_size or IMAGEFOLDER_SIZE) // 8, hflip=True)
     return AugmentConfig(crop_padding=4, hflip=True)
 
 
@@ -95,13 +112,22 @@ class DataConfig:
     """Which dataset to load and how to split it; maps one to one onto a recipe's `data:`."""
 
     name: DatasetName = "digits"
-    root: str | None = None  # CIFAR only: the extracted folder or its parent
-    image_size: int | None = None  # None = native (digits 16 via bilinear upsampling, CIFAR 32)
+    root: str | None = None  # CIFAR: the extracted folder or its parent; imagefolder: the folder
+    # None = native (digits 16 via bilinear upsampling, CIFAR 32); imagefolder: 224 (crop size)
+    image_size: int | None = None
     val_fraction: float = 0.1  # share of the training data held out for validation
-    test_fraction: float = 0.2  # digits only (share of all 1797); CIFAR has its own test batch
+    # Share of all images held out for test: digits, and image folders without a test/ folder.
+    test_fraction: float = 0.2  # CIFAR has its own test batch
     seed: int = 0  # split seed: same seed, same split
     augment: AugmentConfig | None = None  # None = the dataset's default (see default_augment)
     limit_train: int | None = None  # keep only this many training images (quick tests)
+    # The options below are left out of to_dict() at their defaults (OMITTED_AT_DEFAULT).
+    channels: int | None = None  # imagefolder only: None = 3 (RGB); 1 = grayscale
+    # imagefolder only: shorter side before the centre crop; None = image_size / 0.875 (256)
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None  # per channel, 0..1 pixel scale; None = from train
+    std: tuple[float, ...] | None = None  # given with mean (both or neither)
+    max_memory_gb: float = 8.0  # imagefolder: refuse folders whose float32 splits need more
 
     def __post_init__(self) -> None:
         if self.name not in get_args(DatasetName):
@@ -125,6 +151,60 @@ class DataConfig:
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
         if self.augment is not None and not isinstance(self.augment, AugmentConfig):
             raise ConfigError(f"data.augment must be an AugmentConfig, got {self.augment!r}")
+        self._check_folder_options()
+        for field in ("mean", "std"):
+            self._check_channel_values(field)
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError(
+                "data.mean and data.std go together: give both or neither (neither = computed "
+                f"on the train split); {IMAGENET_HINT}"
+            )
+
+    def _check_folder_options(self) -> None:
+        for field in ("channels", "resize"):
+            if getattr(self, field) is not None and self.name != "imagefolder":
+                raise ConfigError(
+                    f"data.{field} applies to imagefolder only, not {self.name} "
+                    f"({self.name} has {self.resolved_channels} channel(s) and is resized to "
+                    "data.image_size); remove it"
+                )
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(
+                f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}"
+            )
+        _check_int("resize", self.resize, MIN_IMAGE_SIZE, optional=True)
+        if self.resize is not None and self.resize < self.resolved_image_size:
+            raise ConfigError(
+                f"data.resize must be >= data.image_size ({self.resolved_image_size}): the "
+                f"centre crop is taken from the resized image, got {self.resize}"
+            )
+        gb = self.max_memory_gb
+        if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not 0 < gb < math.inf:
+            raise ConfigError(f"data.max_memory_gb must be a number > 0, got {gb!r}")
+
+    def _check_channel_values(self, field: str) -> None:
+        """Lists (from YAML or JSON) become tuples of floats, so configs compare equal."""
+        value, channels = getattr(self, field), self.resolved_channels
+        if value is None:
+            return
+        if (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, Sequence)
+            or len(value) != channels
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+        ):
+            raise ConfigError(
+                f"data.{field} must be a list of {channels} number(s), one per channel of "
+                f"{self.name}, got {value!r}"
+            )
+        value = tuple(float(v) for v in value)
+        if not all((0.0 <= v <= 1.0) if field == "mean" else (0.0 < v <= 1.0) for v in value):
+            allowed = "[0, 1]" if field == "mean" else "(0, 1]"
+            raise ConfigError(
+                f"data.{field} is on the 0..1 pixel scale, so each value must be in {allowed}, "
+                f"got {list(value)}; {IMAGENET_HINT}"
+            )
+        object.__setattr__(self, field, value)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
@@ -132,17 +212,39 @@ class DataConfig:
         return cls(**config_kwargs(cls, d, "data"))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for field in OMITTED_AT_DEFAULT:
+            if out[field] == defaults[field]:
+                del out[field]
+        return out
 
     @property
     def resolved_augment(self) -> AugmentConfig:
-        return self.augment if self.augment is not None else default_augment(self.name)
+        if self.augment is not None:
+            return self.augment
+        return default_augment(self.name, self.resolved_image_size)
 
     @property
     def resolved_image_size(self) -> int:
         if self.image_size is not None:
             return self.image_size
+        if self.name == "imagefolder":
+            return IMAGEFOLDER_SIZE
         return DIGITS_NATIVE_SIZE if self.name == "digits" else CIFAR_NATIVE_SIZE
+
+    @property
+    def resolved_channels(self) -> int:
+        if self.name == "imagefolder" and self.channels is not None:
+            return self.channels
+        return 1 if self.name == "digits" else 3
+
+    @property
+    def resolved_resize(self) -> int:
+        """Imagefolder: the shorter side's length before the centre crop."""
+        if self.resize is not None:
+            return self.resize
+        return round(self.resolved_image_size / CENTRE_CROP_RATIO)
 
 
 def _check_int(field: str, value: Any, minimum: int, *, optional: bool = False) -> None:
@@ -173,7 +275,7 @@ class DataSplits:
     num_classes: int
     in_channels: int
     image_size: int
-    mean: tuple[float, ...]  # per channel, computed on the train split after resizing
+    mean: tuple[float, ...]  # per channel: the config's, or computed on the resized train split
     std: tuple[float, ...]
     name: str
     class_names: tuple[str, ...]
@@ -182,17 +284,18 @@ class DataSplits:
 
 def load_data(config: DataConfig) -> DataSplits:
     """Load, split (deterministically from `config.seed`), resize and normalise a dataset."""
-    if config.name == "digits":
-        train, val, test, class_names = _load_digits(config)
-    else:
-        train, val, test, class_names = _load_cifar(config)
-    if config.limit_train is not None and config.limit_train < len(train[1]):
-        keep = np.random.default_rng(config.seed).permutation(len(train[1]))[: config.limit_train]
-        train = (train[0][np.sort(keep)], train[1][np.sort(keep)])
+    loaders = {"digits": _load_digits, "imagefolder": _load_imagefolder}
+    train, val, test, class_names = loaders.get(config.name, _load_cifar)(config)
+    keep = _limited_train(len(train[1]), config)
+    if keep is not None:
+        train = (train[0][keep], train[1][keep])
     size = config.resolved_image_size
     tensors = [_resize(torch.from_numpy(x), size) for x, _ in (train, val, test)]
-    mean = tensors[0].mean(dim=(0, 2, 3))
-    std = tensors[0].std(dim=(0, 2, 3)).clamp_min(1e-6)  # guard constant channels
+    if config.mean is not None and config.std is not None:
+        mean, std = torch.tensor(config.mean), torch.tensor(config.std)
+    else:
+        mean = tensors[0].mean(dim=(0, 2, 3))
+        std = tensors[0].std(dim=(0, 2, 3)).clamp_min(1e-6)  # guard constant channels
     splits = [  # in place: the arrays are ours, and CIFAR as float32 is 600 MB
         Split(
             x.sub_(mean[:, None, None]).div_(std[:, None, None]),
@@ -207,8 +310,8 @@ def load_data(config: DataConfig) -> DataSplits:
         num_classes=len(class_names),
         in_channels=int(tensors[0].shape[1]),
         image_size=size,
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        mean=config.mean or tuple(float(m) for m in mean),  # given values exactly, not float32
+        std=config.std or tuple(float(s) for s in std),
         name=config.name,
         class_names=tuple(class_names),
         augment=config.resolved_augment,
@@ -216,6 +319,13 @@ def load_data(config: DataConfig) -> DataSplits:
 
 
 Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def _limited_train(n: int, config: DataConfig) -> np.ndarray | None:
+    """Sorted indices of the `limit_train` training images kept, or None to keep all n."""
+    if config.limit_train is None or config.limit_train >= n:
+        return None
+    return np.sort(np.random.default_rng(config.seed).permutation(n)[: config.limit_train])
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -352,6 +462,43 @@ def _load_cifar(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]:
     train_i, val_i = _stratified_split(labels, config.val_fraction, config.seed, "val_fraction")
     train_i, val_i = np.sort(train_i), np.sort(val_i)
     return (images[train_i], labels[train_i]), (images[val_i], labels[val_i]), test, names
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+def _load_imagefolder(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]:
+    """List, split, check the memory estimate, then decode: nothing is decoded before the check.
+
+    Reading the folder is `compressor.imagefolder`'s; splitting it is ours, seeded as for the
+    other datasets. Splits without a folder of their own are carved out of train.
+    """
+    parts, classes = imagefolder.list_folder(config.root)
+    train = parts.pop("train", None) or parts.pop("all")
+    if "test" not in parts:
+        train, parts["test"] = _carve(train, config.test_fraction, config.seed, "test_fraction")
+    if "val" not in parts:
+        train, parts["val"] = _carve(train, config.val_fraction, config.seed, "val_fraction")
+    keep = _limited_train(len(train[1]), config)  # before decoding: a big folder stays cheap
+    if keep is not None:
+        train = imagefolder.subset(train, keep)
+    splits = (train, parts["val"], parts["test"])
+    size, channels = config.resolved_image_size, config.resolved_channels
+    counts = [len(labels) for _, labels in splits]
+    imagefolder.check_memory(counts, channels, size, config.max_memory_gb)
+    arrays = [
+        (imagefolder.decode_images(paths, size, config.resolved_resize, channels), labels)
+        for paths, labels in splits
+    ]
+    return arrays[0], arrays[1], arrays[2], classes
+
+
+def _carve(
+    files: imagefolder.Files, fraction: float, seed: int, what: str
+) -> tuple[imagefolder.Files, imagefolder.Files]:
+    """Split off a stratified `fraction` of `files`; both parts keep the listing order."""
+    kept, held_out = (np.sort(i) for i in _stratified_split(files[1], fraction, seed, what))
+    return imagefolder.subset(files, kept), imagefolder.subset(files, held_out)
 
 
 def augment_batch(
