@@ -8,6 +8,10 @@
   `torch.load(weights_only=True)`), RNG states included, makes a resumed CPU run bit-identical
   to an uninterrupted one. An epoch whose loss or weights went non-finite writes nothing.
 - Evaluation loss is plain cross entropy (no label smoothing) so runs compare across settings.
+- Under torchrun (compressor/distributed.py) the model trains in DistributedDataParallel:
+  `batch_size` is the global batch, every rank draws and augments the same global batch and
+  trains on its share, so the update is the one-process update up to float rounding. Rank 0
+  alone writes files and prints; checkpoints resume under any number of processes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ from compressor.data import (
     Split,
     augment_batch,
     iterate_batches,
+)
+from compressor.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_batchnorm_statistics_,
+    barrier,
+    init_from_env,
+    local_batch_size,
+    shard_slice,
+    synced_batchnorm,
+    wrap_ddp,
 )
 from compressor.errors import ConfigError, InputError, TrainingError
 
@@ -213,6 +228,17 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
+def _epoch_layout(n: int, batch_size: int, world: int) -> tuple[int, bool]:
+    """(steps per epoch, whether the trailing partial batch is dropped).
+
+    The trailing batch is kept when every process gets at least two of its images: a share of
+    one image breaks BatchNorm. With one process only a trailing batch of one is dropped.
+    """
+    tail = n % batch_size
+    keep = tail >= 2 * world
+    return n // batch_size + keep, tail > 0 and not keep
+
+
 class _Run:
     """Everything one training run mutates, so the epoch loop and the checkpoint see the same."""
 
@@ -224,16 +250,23 @@ class _Run:
         out_dir: Path,
         augment: AugmentConfig,
         describe: dict[str, Any],
+        info: DistInfo,
     ) -> None:
         self.data, self.config, self.augment, self.describe = data, config, augment, describe
+        self.info, world = info, info.world_size
         self.device = resolve_device(config.device)
+        if info.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", info.local_rank)
         self.use_amp = self.device.type == "cuda" and config.amp is not False
-        self.model = model.to(self.device)
+        self.sync_bn = info.distributed and self.device.type == "cuda"  # CPU has no SyncBN
+        self.model = self.net = model.to(self.device)  # net: what trains (DDP when distributed)
         n, bs = len(data.train), config.batch_size
-        self.drop_last = n % bs == 1  # a trailing batch of one image breaks BatchNorm
-        self.steps_per_epoch = n // bs + (1 if n % bs > 1 else 0)
+        local_batch_size(bs, world)  # refuse unequal shares before anything runs
+        self.steps_per_epoch, self.drop_last = _epoch_layout(n, bs, world)
         if self.steps_per_epoch == 0:
-            raise InputError(f"the training split has {n} image(s); at least 2 are needed")
+            raise InputError(
+                f"the training split has {n} image(s); at least {2 * world} are needed"
+            )
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             config.lr,
@@ -276,6 +309,8 @@ class _Run:
             {
                 "format": CHECKPOINT_FORMAT,
                 "epoch": self.epoch,
+                "world_size": self.info.world_size,  # information; resuming may use another
+                "steps_per_epoch": self.steps_per_epoch,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -319,7 +354,13 @@ class _Run:
         )
 
     def train_epoch(self, bar: Any) -> tuple[float, float, float]:
-        """One pass over the training split: (mean loss, accuracy, seconds)."""
+        """One pass over the training split: (mean loss, accuracy, seconds), over all ranks.
+
+        Every rank augments the whole global batch (so each image gets the crop it gets on
+        one process) and trains on its share; an uneven trailing batch weights each rank's
+        loss by its share so DDP's gradient mean is still the mean over the global batch.
+        """
+        world = self.info.world_size
         self.model.train()
         loss_sum, correct = (torch.zeros((), device=self.device) for _ in range(2))
         pending: list[torch.Tensor] = []  # losses since the last finiteness check
@@ -336,11 +377,16 @@ class _Run:
             images = augment_batch(
                 images.to(self.device, non_blocking=True), self.augment, self.augment_gen
             )
+            share = 1.0
+            if world > 1:
+                mine = shard_slice(len(labels), self.info.rank, world)
+                share = (mine.stop - mine.start) * world / len(labels)  # 1 unless uneven
+                images, labels = images[mine], labels[mine]
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = self.model(images)
+                logits = self.net(images)
                 loss = self.criterion(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss if share == 1.0 else loss * share).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -349,9 +395,11 @@ class _Run:
             seen += labels.shape[0]
             pending.append(loss.detach())
             if step % NAN_CHECK_EVERY == 0 or step == self.steps_per_epoch:
-                bad = (~torch.isfinite(torch.stack(pending))).nonzero()
+                # summed over ranks: a non-finite loss anywhere stops every rank at once
+                losses = all_reduce_sum(torch.stack(pending))
+                bad = (~torch.isfinite(losses)).nonzero()
                 if len(bad):
-                    first = pending[int(bad[0, 0])]
+                    first = losses[int(bad[0, 0])]
                     raise self.fail(
                         f"loss became {'NaN' if first.isnan() else 'inf'}",
                         step - len(pending) + 1 + int(bad[0, 0]),
@@ -362,6 +410,11 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        if world > 1:
+            totals = all_reduce_sum(torch.stack([loss_sum, correct, loss_sum.new_tensor(seen)]))
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
+            if not self.sync_bn:
+                average_batchnorm_statistics_(self.model)
         self._check_weights()
         return loss_sum.item() / seen, correct.item() / seen, seconds
 
@@ -391,6 +444,15 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
                 f"cannot resume {path}: its {key} was {state[key]}, now {current};"
                 " use the same data settings or choose another output directory"
             )
+    world, n = state.get("world_size", 1), len(run.data.train)
+    steps = state.get("steps_per_epoch", _epoch_layout(n, run.config.batch_size, world)[0])
+    if steps != run.steps_per_epoch:  # the lr schedule is a function of steps per epoch
+        raise ConfigError(
+            f"cannot resume {path}: it ran {steps} steps per epoch on {world} process(es), "
+            f"{run.steps_per_epoch} on {run.info.world_size} now (the last "
+            f"{n % run.config.batch_size} images form a batch only when every process gets "
+            f"2 of them); resume with {world} process(es)"
+        )
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
@@ -419,12 +481,22 @@ def train(
     itself; it must be JSON-serialisable. `augment` None means `data.augment`.
     With `resume`, training continues from the checkpoint in `out_dir` (or starts fresh when
     there is none); without it an existing checkpoint is an error, never overwritten.
+
+    Under torchrun this joins the process group (`init_from_env`, idempotent) and trains in
+    DistributedDataParallel; every rank must call it with the same arguments, and `out_dir`
+    must be on a file system all ranks see (they all read the checkpoint on resume). Rank 0
+    alone writes; every rank returns only after rank 0 finished writing, with the same
+    trained weights in `model`. On CUDA, BatchNorm layers run as SyncBatchNorm during
+    training and are plain BatchNorm again afterwards; on CPU (no SyncBatchNorm) each rank
+    normalises with its own share's statistics, so a BatchNorm model differs a little from
+    the one-process run, and running statistics are averaged over ranks after each epoch.
     """
     out_dir, describe = Path(out_dir), dict(describe or {})
     try:
         json.dumps(describe)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"describe must be JSON-serialisable ({exc})") from exc
+    info = init_from_env(config.device)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     if checkpoint_path.exists() and not resume:
         raise InputError(
@@ -434,18 +506,28 @@ def train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    run = _Run(model, data, config, out_dir, augment or data.augment, describe)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(model, data, config, out_dir, augment or data.augment, describe, info)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint_path.exists():
         run.restore(_load_checkpoint(checkpoint_path))
-    return _train_loop(run)
+    barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes one
+    with synced_batchnorm(model, run.sync_bn):
+        try:
+            run.net = wrap_ddp(run.model, run.device) if info.distributed else run.model
+            result = _train_loop(run)
+        finally:
+            run.net = run.model  # drop the wrapper and its gradient hooks
+    barrier()  # rank 0's last checkpoint is complete before any rank returns
+    return result
 
 
 def _train_loop(run: _Run) -> TrainResult:
     config, call_start = run.config, time.perf_counter()
     elapsed_before = run.metrics[-1]["elapsed_seconds"] if run.metrics else 0.0
     bar = None  # a tqdm bar over steps when asked for, or (auto) when stderr is a terminal
-    if config.progress == "bar" or (config.progress == "auto" and sys.stderr.isatty()):
+    progress = config.progress if run.info.is_main else "none"
+    if progress == "bar" or (progress == "auto" and sys.stderr.isatty()):
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -472,14 +554,15 @@ def _train_loop(run: _Run) -> TrainResult:
                     "elapsed_seconds": elapsed_before + time.perf_counter() - call_start,
                 }
             )
-            run.save_checkpoint()
+            if run.info.is_main:
+                run.save_checkpoint()
             line = (
                 f"epoch {run.epoch}/{config.epochs} loss {train_loss:.4f} acc {train_acc:.4f}"
                 f" val_loss {val_loss:.4f} val_acc {val_acc:.4f} lr {lr:.4g} {seconds:.2f}s"
             )
             if bar is not None:
                 bar.set_postfix_str(line)
-            elif config.progress != "none":
+            elif progress != "none":
                 print(line, file=sys.stderr, flush=True)
     finally:
         if bar is not None:
