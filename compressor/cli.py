@@ -28,6 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args)
     result = run_pipeline(recipe, args.out, resume=args.resume)
+    if result is None:  # a torchrun process other than rank 0: rank 0 prints the report
+        return 0
     print(Path(result.report_md).read_text())
     print(f"report: {result.report_json}")
     return 0

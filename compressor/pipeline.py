@@ -23,6 +23,7 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
 from compressor.deliver import benchmark_variants, export_precisions, export_variant
+from compressor.distributed import barrier, cleanup, init_from_env
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init
 from compressor.recipe import Recipe
@@ -96,15 +97,37 @@ def _train_stage(
 
 def run_pipeline(
     recipe: Recipe, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
-) -> PipelineResult:
-    out_dir = Path(out_dir)
+) -> PipelineResult | None:
+    """Run every stage; under `torchrun` training is data-parallel across the processes.
+
+    Every process runs the same stages on the same data (pruning at init and shrinking are
+    deterministic, so all hold the same model); rank 0 alone writes files and logs, and
+    after the last training it alone exports, benchmarks and reports: the others return
+    None then.
+    """
+    dist = init_from_env(recipe.train.device)
+    try:
+        return _run(recipe, Path(out_dir), resume, log if dist.is_main else _silent, dist.is_main)
+    finally:
+        cleanup()
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _run(
+    recipe: Recipe, out_dir: Path, resume: bool, log: Log, is_main: bool
+) -> PipelineResult | None:
     _check_out_dir(out_dir, recipe, resume)
     if "tensorrt" in recipe.bench.backends:  # fail now, not after an hour of training
         from deploy.lazy import lazy_import
 
         lazy_import("tensorrt", "bench.backends: tensorrt")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    barrier()  # every rank has looked at out_dir before rank 0 writes into it
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
     data = load_data(recipe.data)
     log(
@@ -118,8 +141,10 @@ def run_pipeline(
     tick = time.perf_counter()
     ticket, pruned = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
     prune_seconds = time.perf_counter() - tick
-    (out_dir / "ticket").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "ticket" / "prune.json", json.dumps(pruned.to_dict(), indent=2))
+    if is_main:
+        (out_dir / "ticket").mkdir(parents=True, exist_ok=True)
+        text = json.dumps(pruned.to_dict(), indent=2)
+        atomic_write_text(out_dir / "ticket" / "prune.json", text)
     log(
         f"[prune] {recipe.prune.criterion}: removed {len(pruned.removed)} of "
         f"{sum(b.removable for b in pruned.blocks)} removable blocks in {prune_seconds:.1f}s "
@@ -141,6 +166,8 @@ def run_pipeline(
         ),
     ]
     variants.append(_shrink_stage(variants[1], data, recipe, out_dir, resume, log))
+    if not is_main:  # training is over: export, benchmark and report are rank 0's alone
+        return None
 
     exports = {
         v.name: export_variant(

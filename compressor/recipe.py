@@ -39,6 +39,8 @@ class ModelSection:
                 raise ConfigError(
                     "model.kwargs: only for a model.factory; zoo models take model.width"
                 )
+            object.__setattr__(self, "name", self.name or "resnet56")
+            object.__setattr__(self, "width", 1.0 if self.width is None else self.width)
             return
         from compressor.model_source import split_target
 
@@ -54,9 +56,7 @@ class ModelSection:
         """The dense model's spec; a factory's file path is made absolute here."""
         if self.factory is None:
             kwargs = {"num_classes": num_classes, "in_channels": in_channels}
-            return ModelSpec(
-                model=self.name or "resnet56", kwargs={**kwargs, "width": self.width or 1.0}
-            )
+            return ModelSpec(model=str(self.name), kwargs={**kwargs, "width": self.width})
         from compressor.model_source import factory_kwargs, resolve_target
 
         target = resolve_target(self.factory)

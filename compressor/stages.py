@@ -14,6 +14,7 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.blocks import discover_blocks, output_shape, select_patterns
 from compressor.data import DataSplits, load_data
+from compressor.distributed import is_main_process
 from compressor.errors import InputError, UnsupportedModelError
 from compressor.layer_prune import prune_at_init, scoring_batch
 from compressor.recipe import Recipe
@@ -104,7 +105,11 @@ def save_trained(
     model_dir: Path,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Store a trained model with the facts a report needs; returns those facts."""
+    """Store a trained model with the facts a report needs; returns those facts.
+
+    Under torchrun every rank computes the facts (later stages need them) and rank 0 alone
+    writes the files.
+    """
     model.cpu().eval()
     macs, params = count_macs_params(model, data.val.images[:1])
     info = {
@@ -122,7 +127,8 @@ def save_trained(
         "input_shape": list(data.val.images.shape[1:]),
         **(extra or {}),
     }
-    save_model(model, spec, model_dir, info)
+    if is_main_process():
+        save_model(model, spec, model_dir, info)
     return info
 
 
@@ -155,8 +161,9 @@ def shrink_for_recipe(
     """
     calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
     result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
     fine_tune = dataclasses.replace(
         recipe.train,
         epochs=recipe.shrink.fine_tune_epochs,
