@@ -270,9 +270,15 @@ def output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
     model.eval()
     try:
         with torch.no_grad():
-            return tuple(model(example[:1]).shape)
+            output = model(example[:1])
     finally:
         model.train(was_training)
+    if not isinstance(output, torch.Tensor):
+        raise UnsupportedModelError(
+            f"the model's forward returns a {type(output).__name__}, not a logits tensor; "
+            "give a factory whose model returns the logits alone"
+        )
+    return tuple(output.shape)
 
 
 def removable_summary(blocks: Sequence[BlockInfo]) -> str:

@@ -31,6 +31,8 @@ def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]
     model = build_model(spec)
     try:
         shape = output_shape(model, data.val.images[:1])
+    except UnsupportedModelError:
+        raise
     except Exception as exc:
         raise UnsupportedModelError(
             f"model {spec.model} cannot run on this data's {tuple(data.val.images.shape[1:])} "

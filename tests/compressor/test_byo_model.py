@@ -38,6 +38,19 @@ def make_net(classes, channels=3, width=8, depth=2):
     net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.add_module("logits", nn.Linear(2 * width, classes))
     return net
+
+
+class DictOut(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"logits": self.net(x)}
+
+
+def dict_net(classes):
+    return DictOut(make_net(classes, channels=1))
 """
 
 
@@ -112,6 +125,7 @@ def test_run_prunes_trains_shrinks_exports_and_benchmarks_a_user_model(
             "outputs shape (1, 7)",
         ),
         ({"factory": "USER:make_net", "width": 2}, "model.width: only for zoo models"),
+        ({"factory": "USER:dict_net", "kwargs": {"classes": 10}}, "returns a dict, not a logits"),
     ],
 )
 def test_bad_factories_are_one_line_errors(
