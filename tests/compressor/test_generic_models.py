@@ -259,3 +259,17 @@ def test_store_refuses_a_factory_shipped_inside_the_model_directory(tmp_path: Pa
     save_model(build_model(spec), spec, model_dir)
     with pytest.raises(InputError, match="model directories never run code"):
         load_model(model_dir)
+
+
+@pytest.mark.parametrize("name,removable", [("resnet18", 5), ("mobilenet_v2", 10)])
+def test_torchvision_models_themselves_when_importable(name: str, removable: int) -> None:
+    """The real torchvision classes, through the same factory path a recipe uses."""
+    if archs.torchvision_or_none() is None:
+        pytest.skip("torchvision cannot be imported here (its build does not match this torch)")
+    spec = ModelSpec(model=name, factory=f"torchvision.models:{name}", kwargs={"num_classes": 10})
+    model = build_model(spec).eval()
+    blocks = discover_blocks(model, X)
+    assert sum(b.removable for b in blocks) == removable
+    ticket = copy.deepcopy(model)
+    remove_blocks_(ticket, [b.name for b in blocks if b.removable][:2], example=X)
+    assert ticket(X).shape == (4, 10)
