@@ -76,7 +76,9 @@ def _reaches(start: Any, target: Any) -> bool:
 
 
 def _output_add(output_node: Any) -> Any | None:
-    """The addition a module's output comes from, through parameter-free one-input ops."""
+    """The addition a module's output comes from, through one-input ops: parameter-free
+    ones such as ReLU, and normalisations, so a post-norm block LayerNorm(x + f(x)) (the
+    original transformer, BERT) counts as residual like a pre-norm one."""
     node = output_node
     for _ in range(64):
         if node is None:
@@ -84,15 +86,22 @@ def _output_add(output_node: Any) -> Any | None:
         if node.name().startswith("AddBackward"):
             return node
         inputs = _inputs(node)
-        if len(inputs) != 1 or _is_param(inputs[0]):
+        data = [n for n in inputs if not _is_param(n)]
+        if len(data) != 1 or (len(inputs) > 1 and "Norm" not in node.name()):
             return None
-        node = inputs[0]
+        node = data[0]
     return None
 
 
 def _identity_operand(add: Any, input_node: Any) -> bool:
-    """An operand is the input itself, or a residual addition that has the input as one."""
+    """An operand is the input itself, or a residual addition that has the input as one
+    (two residuals in one block), possibly normalised in between (post-norm)."""
     for operand in _inputs(add):
+        while operand is not input_node and "Norm" in operand.name():
+            data = [n for n in _inputs(operand) if not _is_param(n)]
+            if len(data) != 1:
+                break
+            operand = data[0]
         if operand is input_node:
             return True
         if operand.name().startswith("AddBackward") and _identity_operand(operand, input_node):
@@ -178,10 +187,24 @@ def discover_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block
     running statistics stay as they were).
     """
     seen, leaf_macs = _trace(model, example_input)
-    residual = [name for name, s in seen.items() if s.residual]
-    # Innermost residual modules only: a stage of blocks also "ends in an addition".
-    inner = [n for n in residual if not any(o.startswith(n + ".") for o in residual)]
     modules = dict(model.named_modules())
+    residual = [name for name, s in seen.items() if s.residual]
+
+    def could_go(name: str) -> bool:
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        info = seen[name]
+        return (
+            info.identity
+            and info.in_shape == info.out_shape
+            and isinstance(modules[parent], CONTAINERS)
+        )
+
+    # A stage of blocks also "ends in an addition": it is not a block when a removable block
+    # sits inside it. A residual part that could not go anyway (ConvNeXt V2's GRN adds its
+    # input back) does not hide the block around it.
+    inner = [
+        n for n in residual if not any(o.startswith(n + ".") and could_go(o) for o in residual)
+    ]
     containers: list[str] = []
     infos = []
     for index, name in enumerate(inner):

@@ -23,9 +23,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from compressor.blocks import BlockInfo
-from compressor.errors import ConfigError
+from compressor.errors import ConfigError, UnsupportedModelError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 WeightScorer = Callable[[nn.Module, Batch | None, int], dict[str, torch.Tensor]]
@@ -70,7 +71,7 @@ def snip_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, t
     params = _scored_parameters(model)
     model.train()
     loss = F.cross_entropy(model(images), labels)
-    grads = torch.autograd.grad(loss, list(params.values()))
+    grads = _grad(loss, list(params.values()))
     return {
         name: (grad * p).abs().detach()
         for (name, p), grad in zip(params.items(), grads, strict=True)
@@ -96,11 +97,11 @@ def grasp_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, 
     weights = list(params.values())
     model.train()
     loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
-    grads = [g.detach() for g in torch.autograd.grad(loss, weights)]
+    grads = [g.detach() for g in _grad(loss, weights)]
     loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
-    grads_graph = torch.autograd.grad(loss, weights, create_graph=True)
+    grads_graph = _grad(loss, weights, create_graph=True)
     grad_dot = sum((g1 * g2).sum() for g1, g2 in zip(grads_graph, grads, strict=True))
-    hessian_grad = torch.autograd.grad(grad_dot, weights)
+    hessian_grad = _grad(grad_dot, weights)
     return {
         name: (p * hg).detach() for (name, p), hg in zip(params.items(), hessian_grad, strict=True)
     }
@@ -137,7 +138,7 @@ def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str
         raise ConfigError("synflow needs the input shape; pass an example batch")
     params = _scored_parameters(model)
     output = model(torch.ones(shape, dtype=SYNFLOW_DTYPE))
-    grads = torch.autograd.grad(output.sum(), list(params.values()))
+    grads = _grad(output.sum(), list(params.values()))
     return {
         name: (grad * p).abs().float().detach()
         for (name, p), grad in zip(params.items(), grads, strict=True)
@@ -147,6 +148,15 @@ def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str
 # Random scores whole blocks directly (one uniform draw per block, see block_scores): a
 # per-weight random score summed over a block would favour big blocks.
 CRITERIA["random"] = Criterion("random", None, False, "uniform random score per block")
+
+
+def _grad(
+    output: torch.Tensor, weights: list[torch.Tensor], create_graph: bool = False
+) -> list[torch.Tensor]:
+    """Gradients, with zeros for weights the forward did not use (an auxiliary head, a
+    branch switched off): such a weight has no effect on the loss, so its saliency is 0."""
+    grads = torch.autograd.grad(output, weights, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights, strict=True)]
 
 
 def _require_batch(batch: Batch | None, name: str) -> Batch:
@@ -176,7 +186,18 @@ def block_scores(
         return _random_block_scores(blocks, seed)
     torch.manual_seed(seed)
     work = copy.deepcopy(model)
-    weight_scores = chosen.score_weights(work, batch, seed)
+    for p in work.parameters():  # frozen layers of the user's model are scored all the same
+        p.requires_grad_(True)
+    try:
+        # GraSP differentiates twice; fused attention kernels have no second derivative.
+        with sdpa_kernel(SDPBackend.MATH):
+            weight_scores = chosen.score_weights(work, batch, seed)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"criterion '{criterion}' cannot score this model: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0]}; try another criterion ('random' needs no "
+            "gradients)"
+        ) from exc
     result = {}
     for block in blocks:
         prefix = block.name + "."

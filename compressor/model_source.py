@@ -27,7 +27,8 @@ from torch import nn
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
 
 # Keyword arguments filled from the dataset when the factory declares them and the recipe
-# does not set them, so `def build(num_classes=1000)` fits a 10-class dataset unasked.
+# does not set them, so `def build(num_classes=1000)` fits a 10-class dataset unasked;
+# num_classes also goes to a factory taking **kwargs (torchvision builders, timm).
 DATA_KWARGS = ("num_classes", "in_channels")
 
 
@@ -77,7 +78,7 @@ def _import_file(path: Path) -> Any:
     sys.modules[module_name] = module  # dataclasses and torch.export look modules up here
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script-style file may call sys.exit
         del sys.modules[module_name]
         raise InputError(
             f"model.factory: importing {path} failed: {type(exc).__name__}: {_first(exc)}"
@@ -96,7 +97,7 @@ def _import_module(name: str) -> Any:
             f"model.factory: cannot import module '{name}' ({_first(exc)}); install it or run "
             "from the directory that holds it"
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script-style file may call sys.exit
         raise InputError(
             f"model.factory: importing module '{name}' failed: {type(exc).__name__}: {_first(exc)}"
         ) from exc
@@ -137,6 +138,10 @@ def factory_kwargs(
     for key in DATA_KWARGS:
         if key in params and key not in filled:
             filled[key] = data[key]
+    # torchvision's builders and timm.create_model take num_classes through **kwargs.
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if takes_any and "num_classes" not in filled:
+        filled["num_classes"] = num_classes
     return filled
 
 
@@ -153,7 +158,7 @@ def build_from_factory(target: str, kwargs: dict[str, Any]) -> nn.Module:
         pass
     try:
         model = factory(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script-style file may call sys.exit
         raise UnsupportedModelError(
             f"model.factory: '{target}' raised {type(exc).__name__}: {_first(exc)}"
         ) from exc

@@ -72,7 +72,7 @@ def _train_stage(
     """Train (or, on resume, reuse a finished stage) and store the model with its facts."""
     model_dir = out_dir / name / "model"
     if resume and (model_dir / "spec.json").is_file():
-        stored = load_model(model_dir)
+        stored = load_model(model_dir, factory=spec.factory)
         log(f"[{name}] reusing finished stage {model_dir}")
         return _Variant(name, stored.model, stored.spec, stored.info)
     log(
@@ -225,7 +225,7 @@ def _shrink_stage(
     ticket: _Variant, data: DataSplits, recipe: Recipe, out_dir: Path, resume: bool, log: Log
 ) -> _Variant:
     if resume and (out_dir / "shrunk" / "model" / "spec.json").is_file():
-        stored = load_model(out_dir / "shrunk" / "model")
+        stored = load_model(out_dir / "shrunk" / "model", factory=recipe.model.trusted_factory())
         log("[shrunk] reusing finished stage")
         return _Variant("shrunk", stored.model, stored.spec, stored.info)
     model = copy.deepcopy(ticket.model).cpu()

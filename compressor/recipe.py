@@ -52,6 +52,14 @@ class ModelSection:
         if not isinstance(self.kwargs, dict):
             raise ConfigError(f"model.kwargs: must be a mapping, got {self.kwargs!r}")
 
+    def trusted_factory(self) -> str | None:
+        """The factory a stored model may call when loaded for this recipe (store.py)."""
+        if self.factory is None:
+            return None
+        from compressor.model_source import resolve_target
+
+        return resolve_target(self.factory)
+
     def spec(self, num_classes: int, in_channels: int) -> ModelSpec:
         """The dense model's spec; a factory's file path is made absolute here."""
         if self.factory is None:

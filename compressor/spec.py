@@ -74,6 +74,7 @@ class ModelSpec:
             )
         if "model" not in data:
             raise ConfigError("model spec: missing key 'model'")
+        _check_types(data)
         return cls(
             model=data["model"],
             kwargs=dict(data.get("kwargs", {})),
@@ -93,6 +94,45 @@ class ModelSpec:
     def with_shapes(self, model: nn.Module) -> ModelSpec:
         """The same spec with the current channel sizes of `model` recorded."""
         return replace(self, shapes=layer_shapes(model))
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """A hand-edited spec.json fails here, in one line, rather than deep inside torch."""
+
+    def is_shape(value: Any) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        )
+
+    problems = []
+    if not isinstance(data["model"], str):
+        problems.append("'model' must be a string")
+    if not isinstance(data.get("kwargs", {}), dict):
+        problems.append("'kwargs' must be a mapping")
+    if not isinstance(data.get("factory") or "", str):
+        problems.append("'factory' must be a string")
+    removed = data.get("removed_blocks", [])
+    if not isinstance(removed, list) or not all(isinstance(n, str) for n in removed):
+        problems.append("'removed_blocks' must be a list of module names")
+    shapes = data.get("shapes", {})
+    if not isinstance(shapes, dict):
+        problems.append("'shapes' must be a mapping")
+        shapes = {}
+    for name, sizes in shapes.items():
+        ok = (
+            isinstance(sizes, dict)
+            and isinstance(sizes.get("attrs"), dict)
+            and isinstance(sizes.get("tensors"), dict)
+            and all(is_shape(v) for v in sizes["tensors"].values())
+            and all(isinstance(v, int) or is_shape(v) for v in sizes["attrs"].values())
+        )
+        if not ok:
+            problems.append(
+                f"shapes of '{name}' must be {{attrs: {{name: int}}, tensors: {{name: [sizes]}}}}"
+            )
+            break
+    if problems:
+        raise ConfigError(f"model spec: {'; '.join(problems)}")
 
 
 def remove_blocks_(

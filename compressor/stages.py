@@ -85,7 +85,7 @@ def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
 
 
 def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
-    stored = load_model(model_dir)
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     result = train(
         stored.model,
@@ -176,7 +176,7 @@ def shrink_for_recipe(
 
 
 def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
-    stored = load_model(model_dir)
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     check_same_data(stored.info, data, model_dir)
     model = copy.deepcopy(stored.model)
@@ -192,7 +192,7 @@ def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dic
 def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
     from compressor.deliver import export_precisions, export_variant
 
-    stored = load_model(model_dir)
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     check_same_data(stored.info, data, model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,13 @@ def save_model(
     return directory
 
 
-def load_model(directory: str | Path) -> StoredModel:
-    """Rebuild a stored model; any missing, corrupt or mismatching file is an InputError."""
+def load_model(directory: str | Path, *, factory: str | None = None) -> StoredModel:
+    """Rebuild a stored model; any missing, corrupt or mismatching file is an InputError.
+
+    A spec that names a factory is only followed when the caller names the same factory
+    (`factory`, from the user's own recipe): a model directory is data, and a spec.json
+    edited to name `os:system` or a file shipped beside it must not run anything.
+    """
     from safetensors.torch import load
 
     directory = Path(directory)
@@ -70,7 +75,7 @@ def load_model(directory: str | Path) -> StoredModel:
         document = json.loads(spec_path.read_text())
         spec = ModelSpec.from_dict(document["spec"])
         expected_sha = document["weights_sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{spec_path} is not a valid model spec: {exc}") from exc
     weights = weights_path.read_bytes()
     actual_sha = hashlib.sha256(weights).hexdigest()
@@ -83,7 +88,8 @@ def load_model(directory: str | Path) -> StoredModel:
         state = load(weights)
     except Exception as exc:  # safetensors raises its own error type for corrupt headers
         raise InputError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
-    _refuse_factory_inside(spec, directory)
+    _check_factory(spec, factory, spec_path)
+    _check_shapes(spec, state, weights_path)
     model = build_model(spec)
     try:
         model.load_state_dict(state, strict=True)
@@ -94,18 +100,31 @@ def load_model(directory: str | Path) -> StoredModel:
     return StoredModel(model, spec, dict(document.get("info", {})), directory)
 
 
-def _refuse_factory_inside(spec: ModelSpec, directory: Path) -> None:
-    """A model directory is data: a spec naming a factory file shipped inside it would make
-    loading someone's model run their code, so that is refused."""
-    if spec.factory is None:
+def _check_shapes(spec: ModelSpec, state: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """Every tensor shape the spec sets must be the one the weights file holds: checked
+    before anything is allocated, so an edited spec cannot ask for terabytes."""
+    for name, sizes in spec.shapes.items():
+        for key, shape in sizes["tensors"].items():
+            full = f"{name}.{key}" if name else key
+            if full in state and list(state[full].shape) != list(shape):
+                raise InputError(
+                    f"{weights_path} holds {full} as {list(state[full].shape)} but the spec "
+                    f"says {list(shape)}: the files do not belong together"
+                )
+
+
+def _check_factory(spec: ModelSpec, trusted: str | None, spec_path: Path) -> None:
+    if spec.factory is None or spec.factory == trusted:
         return
-    where = Path(spec.factory.rsplit(":", 1)[0])
-    if where.suffix == ".py" and where.resolve().is_relative_to(directory.resolve()):
+    if trusted is None:
         raise InputError(
-            f"{directory / SPEC_FILE} names a factory inside the model directory ({where}); "
-            "model directories never run code: copy the model definition elsewhere and "
-            "review it first"
+            f"{spec_path} names the model factory '{spec.factory}', but the recipe names none; "
+            "a stored model only calls the factory your recipe names (model.factory)"
         )
+    raise InputError(
+        f"{spec_path} names the model factory '{spec.factory}', but the recipe names "
+        f"'{trusted}'; a stored model only calls the factory your recipe names"
+    )
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

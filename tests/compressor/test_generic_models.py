@@ -8,6 +8,7 @@ model with depthwise convs, squeeze-excitation, SiLU and GELU. Definitions: arch
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_shrinking_generic_models_keeps_the_head_and_round_trips(
     # removed blocks + shapes) and the weights, with identical outputs.
     stored_spec = result.spec.with_shapes(ticket)
     save_model(ticket, stored_spec, tmp_path / "m")
-    loaded = load_model(tmp_path / "m")
+    loaded = load_model(tmp_path / "m", factory=spec.factory)
     assert loaded.spec.factory == spec.factory
     assert loaded.spec.removed_blocks == result.removed
     ticket.eval()
@@ -250,15 +251,19 @@ def test_factory_that_raises_or_returns_junk(tmp_path: Path) -> None:
         build_model(ModelSpec(model="u", factory=f"{bad_import}:build"))
 
 
-def test_store_refuses_a_factory_shipped_inside_the_model_directory(tmp_path: Path) -> None:
-    model_dir = tmp_path / "m"
-    model_dir.mkdir()
-    code = model_dir / "evil.py"
-    code.write_text(ARCHS.read_text())
-    spec = ModelSpec(model="x", factory=f"{code}:exotic_net", kwargs={"num_classes": 10})
-    save_model(build_model(spec), spec, model_dir)
-    with pytest.raises(InputError, match="model directories never run code"):
-        load_model(model_dir)
+def test_a_stored_model_only_calls_the_factory_the_caller_names(tmp_path: Path) -> None:
+    spec = spec_of("exotic")
+    save_model(build_model(spec), spec, tmp_path / "m")
+    assert load_model(tmp_path / "m", factory=spec.factory).spec == spec
+    document = json.loads((tmp_path / "m" / "spec.json").read_text())
+    marker = tmp_path / "pwned"
+    document["spec"]["factory"] = "os:system"
+    document["spec"]["kwargs"] = {"command": f"touch {marker}"}
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(document))
+    for trusted in (None, spec.factory):
+        with pytest.raises(InputError, match="names the model factory 'os:system'"):
+            load_model(tmp_path / "m", factory=trusted)
+    assert not marker.exists()  # nothing ran
 
 
 @pytest.mark.parametrize("name,removable", [("resnet18", 5), ("mobilenet_v2", 10)])
@@ -273,3 +278,102 @@ def test_torchvision_models_themselves_when_importable(name: str, removable: int
     ticket = copy.deepcopy(model)
     remove_blocks_(ticket, [b.name for b in blocks if b.removable][:2], example=X)
     assert ticket(X).shape == (4, 10)
+
+
+class GRN(nn.Module):
+    """ConvNeXt V2's global response normalisation: gamma * (x * Nx) + beta + x."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = x.norm(p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.GroupNorm(1, c)
+        self.pw1, self.act, self.grn = nn.Conv2d(c, 4 * c, 1), nn.GELU(), GRN(4 * c)
+        self.pw2 = nn.Conv2d(4 * c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw2(self.grn(self.act(self.pw1(self.norm(self.dw(x))))))
+
+
+class Tokens(nn.Module):
+    """Image -> patch tokens -> a stack of encoder layers -> mean -> logits."""
+
+    def __init__(self, norm_first: bool, aux_head: bool = False) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, 4, 4)
+
+        def layer() -> nn.Module:
+            return nn.TransformerEncoderLayer(
+                32, 4, 64, 0.0, batch_first=True, norm_first=norm_first
+            )
+
+        self.blocks = nn.Sequential(*(layer() for _ in range(3)))
+        self.head = nn.Linear(32, 10)
+        self.aux = nn.Linear(32, 10) if aux_head else None  # never called in forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(tokens).mean(1))
+
+
+def test_a_residual_part_inside_a_block_does_not_hide_the_block() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ConvNeXtV2Block(8), ConvNeXtV2Block(8))
+    blocks = {b.name: b for b in discover_blocks(model, X)}
+    assert blocks["1"].removable and blocks["2"].removable
+    assert not blocks["1.grn"].removable  # a residual, but not in a container
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_pre_and_post_norm_transformer_layers_are_blocks(norm_first: bool) -> None:
+    blocks = discover_blocks(Tokens(norm_first).eval(), X)
+    assert [b.name for b in blocks if b.removable] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "synflow"])
+def test_criteria_on_frozen_unused_and_attention_parameters(criterion: str) -> None:
+    """Frozen layers, a head forward never calls, fused attention (GraSP's second
+    derivative has no fused kernel): scored, not a crash."""
+    torch.manual_seed(0)
+    model = Tokens(norm_first=True, aux_head=True)
+    model.patch.requires_grad_(False)
+    removable = [b for b in discover_blocks(model, X) if b.removable]
+    scores = block_scores(model, removable, criterion, (X, LABELS), seed=0)
+    assert len(scores) == 3 and all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    assert not model.patch.weight.requires_grad  # the caller's model is untouched
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda s: s["shapes"]["head"]["tensors"].update(weight=[-1, 16]), "shapes of 'head'"),
+        (
+            lambda s: s["shapes"]["head"]["tensors"].update(weight=[10**7, 10**6]),
+            "holds head.weight",
+        ),
+        (lambda s: s["shapes"]["head"].update(attrs=None), "shapes of 'head'"),
+        (lambda s: s.update(shapes=None), "'shapes' must be a mapping"),
+        (lambda s: s.update(factory=5), "'factory' must be a string"),
+        (lambda s: s.update(removed_blocks="blocks.0"), "'removed_blocks' must be a list"),
+    ],
+)
+def test_a_hand_edited_spec_is_one_line(tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+    spec = spec_of("exotic")
+    model = build_model(spec)
+    save_model(model, spec.with_shapes(model), tmp_path / "m")
+    document = json.loads((tmp_path / "m" / "spec.json").read_text())
+    edit(document["spec"])
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(document))
+    with pytest.raises(InputError, match=message.replace("(", r"\(")) as err:
+        load_model(tmp_path / "m", factory=spec.factory)
+    assert "\n" not in str(err.value)
