@@ -205,14 +205,18 @@ def shard_slice(batch_len: int, rank_: int, world: int) -> slice:
     return slice(start, start + share + (rank_ < extra))
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(
+    model: nn.Module, device: torch.device, example: torch.Tensor | None = None
+) -> nn.Module:
     """`model` in DistributedDataParallel, without syncing buffers at every forward.
 
     Rank 0's buffers reach every rank when the wrapper is built; after that each rank keeps
     its own batch-norm statistics and `average_batchnorm_statistics_` merges them once per
-    epoch, which saves a broadcast per step and estimates over every rank's batches. Every
-    parameter must take part in every forward (DDP's default, no unused-parameter search):
-    true of the zoo's models, pruned or not, whose removed blocks are deleted.
+    epoch, which saves a broadcast per step and estimates over every rank's batches. DDP's
+    search for unused parameters costs a graph walk per step, so it is switched on only when
+    one forward on `example` leaves a parameter without a gradient (an auxiliary head a
+    user's model never calls); otherwise DDP would stop with "Expected to have finished
+    reduction".
     """
     if device.type != "cuda" and dist.get_backend() == "nccl":
         raise ConfigError(
@@ -224,7 +228,23 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     device_ids = None  # CPU: DDP wants none
     if device.type == "cuda":
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **{key: False})
+    unused = example is not None and _has_unused_parameters(model, example)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=unused, **{key: False}
+    )
+
+
+def _has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()  # no batch-norm statistics change, no dropout
+    try:
+        with torch.enable_grad():
+            output = model(example[:1])
+        grads = torch.autograd.grad(output.float().sum(), params, allow_unused=True)
+    finally:
+        model.train(was_training)
+    return any(g is None for g in grads)
 
 
 @torch.no_grad()

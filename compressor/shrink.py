@@ -254,30 +254,47 @@ def _coupled_to_channel_padding(model: nn.Module, example: torch.Tensor) -> dict
 
 
 def _parameter_free_channel_changes(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of modules without parameters whose output has other channels than input."""
+    """Where the channel count changes without parameters: modules without parameters
+    whose output has other channels than their input, and F.pad calls on the channel
+    axis written inline in a forward."""
+    from torch.overrides import TorchFunctionMode
+
     found: list[str] = []
+    inline: list[str] = []
+
+    class ChannelPads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            pads = getattr(func, "__name__", "") in ("pad", "constant_pad_nd")
+            if pads and _changes_channels(args[0] if args else None, out):
+                inline.append("an F.pad on the channel axis")
+            return out
+
     hooks = []
     for name, module in model.named_modules():
         if name and not any(True for _ in module.parameters()):
 
             def check(mod, args, out, name=name):  # noqa: ANN001
-                x = args[0] if args else None
-                if (
-                    isinstance(x, torch.Tensor)
-                    and isinstance(out, torch.Tensor)
-                    and x.dim() == out.dim() >= 2
-                    and x.shape[1] != out.shape[1]
-                    and name not in found
-                ):
+                if _changes_channels(args[0] if args else None, out) and name not in found:
                     found.append(name)
 
             hooks.append(module.register_forward_hook(check))
     try:
-        output_shape(model, example)
+        with ChannelPads():
+            output_shape(model, example)
     finally:
         for hook in hooks:
             hook.remove()
-    return found
+    return found or inline[:1]
+
+
+def _changes_channels(x: object, out: object) -> bool:
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(out, torch.Tensor)
+        and x.dim() == out.dim() >= 3
+        and x.shape[1] != out.shape[1]
+    )
 
 
 def _prunable_sizes(model: nn.Module, head: nn.Module) -> dict[str, int]:

@@ -390,3 +390,48 @@ def test_torchrun_compressor_run_end_to_end(tmp_path):
     assert output.count(f"report: {out / 'report.json'}") == 1
     checkpoint = torch.load(out / "dense" / "train" / "checkpoint.pt", weights_only=True)
     assert checkpoint["world_size"] == 2
+
+
+UNUSED_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from torch import nn
+    from compressor.data import AugmentConfig, DataConfig, load_data
+    from compressor.train import TrainConfig, train
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(8, 10)
+            self.aux = nn.Linear(8, 10)  # a head forward never calls
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    data = load_data(DataConfig(image_size=8, limit_train=128))
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.05, progress="none")
+    train(WithAux(), data, config, sys.argv[1],
+          augment=AugmentConfig(crop_padding=0, hflip=False))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_model_with_unused_parameters_trains_under_two_processes(tmp_path):
+    script = tmp_path / "unused.py"
+    script.write_text(UNUSED_SCRIPT)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path / "out"),
+    ]
+    _launch(command, tmp_path)
+    assert (tmp_path / "out" / "checkpoint.pt").is_file()

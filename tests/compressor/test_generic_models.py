@@ -377,3 +377,38 @@ def test_a_hand_edited_spec_is_one_line(tmp_path: Path, edit, message: str) -> N
     with pytest.raises(InputError, match=message.replace("(", r"\(")) as err:
         load_model(tmp_path / "m", factory=spec.factory)
     assert "\n" not in str(err.value)
+
+
+class InlinePadBlock(nn.Module):
+    """Option A written inline: the shortcut is an F.pad in forward, not a module."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.pad = (cout - cin) // 2
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        short = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.pad:
+            short = nn.functional.pad(short, (0, 0, 0, 0, self.pad, self.pad))
+        return torch.relu(out + short)
+
+
+def test_an_inline_channel_pad_is_also_left_alone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Sequential(
+            InlinePadBlock(16, 16, 1), InlinePadBlock(16, 32, 2), InlinePadBlock(32, 32, 1)
+        ),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+    result = shrink_channels_(model, X, ShrinkConfig(ratio=0.5, round_to=4))
+    assert "F.pad on the channel axis" in result.ignored["0"]
+    assert result.channels["1.0.c2"] == (16, 16) and result.channels["1.0.c1"] == (16, 8)
+    assert model(X).shape == (4, 10)
