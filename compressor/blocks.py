@@ -190,20 +190,14 @@ def discover_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block
     modules = dict(model.named_modules())
     residual = [name for name, s in seen.items() if s.residual]
 
-    def could_go(name: str) -> bool:
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
-        info = seen[name]
-        return (
-            info.identity
-            and info.in_shape == info.out_shape
-            and isinstance(modules[parent], CONTAINERS)
-        )
+    def in_container(name: str) -> bool:
+        return isinstance(modules[name.rsplit(".", 1)[0] if "." in name else ""], CONTAINERS)
 
-    # A stage of blocks also "ends in an addition": it is not a block when a removable block
-    # sits inside it. A residual part that could not go anyway (ConvNeXt V2's GRN adds its
-    # input back) does not hide the block around it.
+    # A stage of blocks also "ends in an addition": a residual module holding residual
+    # blocks of a Sequential/ModuleList is a stage, not a block. A residual part that is an
+    # attribute of a block (ConvNeXt V2's GRN adds its input back) does not hide the block.
     inner = [
-        n for n in residual if not any(o.startswith(n + ".") and could_go(o) for o in residual)
+        n for n in residual if not any(o.startswith(n + ".") and in_container(o) for o in residual)
     ]
     containers: list[str] = []
     infos = []

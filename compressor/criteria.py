@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from compressor.blocks import BlockInfo
-from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 WeightScorer = Callable[[nn.Module, Batch | None, int], dict[str, torch.Tensor]]
@@ -192,6 +192,8 @@ def block_scores(
         # GraSP differentiates twice; fused attention kernels have no second derivative.
         with sdpa_kernel(SDPBackend.MATH):
             weight_scores = chosen.score_weights(work, batch, seed)
+    except CompressorError:
+        raise
     except (RuntimeError, TypeError, ValueError) as exc:
         raise UnsupportedModelError(
             f"criterion '{criterion}' cannot score this model: {type(exc).__name__}: "
