@@ -9,7 +9,15 @@ from compressor.blocks import discover_blocks, model_macs
 from compressor.errors import ConfigError
 from compressor.zoo import create_model, list_models
 
-DEPTHS = {"resnet8": 1, "resnet14": 2, "resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+DEPTHS = {
+    "resnet8": 1,
+    "resnet14": 2,
+    "resnet20": 3,
+    "resnet32": 5,
+    "resnet44": 7,
+    "resnet56": 9,
+    "resnet110": 18,
+}
 
 
 @pytest.mark.parametrize("name,per_stage", DEPTHS.items())
