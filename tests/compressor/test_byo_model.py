@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from compressor.cli import main
+from tests.compressor.test_pipeline_cli import write_recipe
 
 # A user's model file, written by the test: the project never saw it. Stages of residual
 # blocks in an nn.Sequential, GELU, a depthwise conv, a head called `logits`.
@@ -55,27 +56,7 @@ def dict_net(classes):
 
 
 def recipe(tmp_path: Path, model: dict) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "name": "byo",
-                "model": model,
-                "data": {"name": "digits", "image_size": 8},
-                "prune": {"criterion": "snip", "blocks": 2},
-                "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "progress": "none"},
-                "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 1},
-                "export": {"int8": False, "fp16": False},
-                "bench": {
-                    "backends": ["onnxruntime"],
-                    "batch_sizes": [1],
-                    "iterations": 5,
-                    "warmup_iters": 1,
-                },
-            }
-        )
-    )
-    return path
+    return write_recipe(tmp_path, {"name": "byo", "model": model}, blocks=2, epochs=3)
 
 
 @pytest.mark.slow

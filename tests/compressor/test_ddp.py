@@ -27,6 +27,7 @@ from compressor.data import AugmentConfig, DataConfig, load_data
 from compressor.distributed import DistInfo, local_batch_size, shard_slice
 from compressor.errors import ConfigError
 from compressor.train import TrainConfig, _epoch_layout, train
+from tests.compressor.test_pipeline_cli import write_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_ENV = (
@@ -144,6 +145,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
 def _launch(args: list[str], cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -165,19 +169,7 @@ def runs(tmp_path_factory):
     start = time.perf_counter()
     outputs = {
         "single": _launch([sys.executable, str(script), "single", str(base)], base),
-        "ddp": _launch(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node=2",
-                str(script),
-                "ddp",
-                str(base),
-            ],
-            base,
-        ),
+        "ddp": _launch([*TORCHRUN_2, str(script), "ddp", str(base)], base),
         "resume_one": _launch([sys.executable, str(script), "resume_one", str(base)], base),
     }
     return base, outputs, time.perf_counter() - start
@@ -346,40 +338,9 @@ def test_synced_batchnorm_gives_back_plain_batchnorm_with_the_trained_state():
 @pytest.mark.slow
 def test_torchrun_compressor_run_end_to_end(tmp_path):
     """`torchrun --nproc_per_node=2 -m compressor run`: one run directory, one report."""
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        json.dumps(
-            {
-                "name": "ddp",
-                "model": {"name": "resnet8", "width": 0.5},
-                "data": {"name": "digits", "image_size": 8},
-                "prune": {"criterion": "snip", "blocks": 1},
-                "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "progress": "none"},
-                "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 1},
-                "export": {"int8": False, "fp16": False},
-                "bench": {
-                    "backends": ["onnxruntime"],
-                    "batch_sizes": [1],
-                    "iterations": 5,
-                    "warmup_iters": 1,
-                },
-            }
-        )
-    )
+    recipe = write_recipe(tmp_path, {"model": {"name": "resnet8", "width": 0.5}}, blocks=1)
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "compressor",
-        "run",
-        str(recipe),
-        "--out",
-        str(out),
-    ]
+    command = [*TORCHRUN_2, "-m", "compressor", "run", str(recipe), "--out", str(out)]
     output = _launch(command, tmp_path)
     report = json.loads((out / "report.json").read_text())
     assert [v["name"] for v in report["variants"]] == ["dense", "ticket", "shrunk"]
@@ -424,14 +385,6 @@ UNUSED_SCRIPT = textwrap.dedent(
 def test_a_model_with_unused_parameters_trains_under_two_processes(tmp_path):
     script = tmp_path / "unused.py"
     script.write_text(UNUSED_SCRIPT)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(script),
-        str(tmp_path / "out"),
-    ]
+    command = [*TORCHRUN_2, str(script), str(tmp_path / "out")]
     _launch(command, tmp_path)
     assert (tmp_path / "out" / "checkpoint.pt").is_file()

@@ -24,6 +24,27 @@ TINY = {
 }
 
 
+def write_recipe(tmp_path: Path, changes: dict, *, blocks: int, epochs: int = 2) -> Path:
+    """TINY with `changes`, exporting FP32 only and timing onnxruntime only: for tests that
+    run the whole pipeline on other models or launchers."""
+    recipe = {
+        **TINY,
+        "prune": {"criterion": "snip", "blocks": blocks},
+        "train": {**TINY["train"], "epochs": epochs},
+        "export": {"int8": False, "fp16": False},
+        "bench": {
+            "backends": ["onnxruntime"],
+            "batch_sizes": [1],
+            "iterations": 5,
+            "warmup_iters": 1,
+        },
+        **changes,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:  # noqa: ANN001
     from compressor.pipeline import run_pipeline
