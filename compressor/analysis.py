@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from compressor.blocks import discover_blocks
+from compressor.blocks import discover_blocks, evaluating
 from compressor.errors import ConfigError, UnsupportedModelError
 
 # Centred values below this fraction of a representation's largest magnitude are rounding
@@ -129,12 +129,10 @@ def _stage_outputs(
 
         return hook
 
-    modes = {module: module.training for module in model.modules()}
     hooks = [modules[name].register_forward_hook(record(name)) for name in names]
     device = _device(model)
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             for count, start in enumerate(range(0, len(images), batch_size), start=1):
                 model(images[start : start + batch_size].to(device))
                 for name in names:
@@ -146,8 +144,6 @@ def _stage_outputs(
     finally:
         for hook in hooks:
             hook.remove()
-        for module, training in modes.items():
-            module.train(training)
     return {name: torch.cat(parts) for name, parts in outputs.items()}
 
 
@@ -175,13 +171,7 @@ def stage_cka(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"stage_cka: batch_size must be an integer >= 1, got {batch_size!r}")
     modules_a, modules_b = dict(model_a.named_modules()), dict(model_b.named_modules())
-    # discover_blocks restores only the root's training flag; keep every module's.
-    modes = {module: module.training for module in [*modules_a.values(), *modules_b.values()]}
-    try:
-        found = _stage_names(model_a, images) + _stage_names(model_b, images)
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    found = _stage_names(model_a, images) + _stage_names(model_b, images)
     candidates = dict.fromkeys(found)
     names = [name for name in candidates if name in modules_a and name in modules_b]
     if not names:
@@ -351,22 +341,19 @@ def recompute_bn_stats(batches: Iterable[Any]) -> Callable[[nn.Module], None]:
 
     def recompute(model: nn.Module) -> None:
         norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-        modes = {module: module.training for module in model.modules()}
         momenta = [norm.momentum for norm in norms]
         device = _device(model)
-        try:
-            model.eval()
-            for norm in norms:
-                norm.reset_running_stats()
-                norm.momentum = None
-                norm.train()
-            with torch.no_grad():
-                for batch in inputs if norms else []:
-                    model(batch.to(device))
-        finally:
-            for norm, momentum in zip(norms, momenta, strict=True):
-                norm.momentum = momentum
-            for module, training in modes.items():
-                module.train(training)
+        with evaluating(model):  # batch norms alone in train mode, every flag restored
+            try:
+                for norm in norms:
+                    norm.reset_running_stats()
+                    norm.momentum = None
+                    norm.train()
+                with torch.no_grad():
+                    for batch in inputs if norms else []:
+                        model(batch.to(device))
+            finally:
+                for norm, momentum in zip(norms, momenta, strict=True):
+                    norm.momentum = momentum
 
     return recompute

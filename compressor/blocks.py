@@ -23,7 +23,8 @@ stages by their container ("layer1", "features", ...).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,6 +52,19 @@ class BlockInfo:
     macs: int  # conv and linear multiply-accumulates for one sample
     container: str = ""  # the Sequential/ModuleList holding it ("" for the model root)
     reason: str = ""  # why it is not removable ("" when it is)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for a measurement, then every module's own flag back: `model.train(was)`
+    would also flip submodules a user keeps in eval mode (frozen batch norms)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _is_param(node: Any) -> bool:
@@ -166,17 +180,14 @@ def _trace(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, _Se
         if name:  # the root is never a block
             hooks.append(module.register_forward_pre_hook(before(name)))
             hooks.append(module.register_forward_hook(after(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             # A non-leaf input: every module input then has an autograd node to compare.
             start = example_input[:1].detach().clone().requires_grad_(True)
             model(start * 1.0)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return seen, leaf_macs
 
 
@@ -269,27 +280,19 @@ def model_macs(model: nn.Module, example_input: torch.Tensor) -> int:
                 total += _conv_linear_macs(mod, out)
 
             hooks.append(leaf.register_forward_hook(count))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(example_input[:1])
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return total
 
 
 def output_shape(model: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
     """The model's output shape on one sample, in eval mode, without touching its state."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(example[:1])
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        output = model(example[:1])
     if not isinstance(output, torch.Tensor):
         raise UnsupportedModelError(
             f"the model's forward returns a {type(output).__name__}, not a logits tensor; "

@@ -236,14 +236,11 @@ def wrap_ddp(
 
 def _has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
     params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()  # no batch-norm statistics change, no dropout
-    try:
-        with torch.enable_grad():
-            output = model(example[:1])
+    from compressor.blocks import evaluating
+
+    with evaluating(model), torch.enable_grad():  # no batch-norm statistics change, no dropout
+        output = model(example[:1])
         grads = torch.autograd.grad(output.float().sum(), params, allow_unused=True)
-    finally:
-        model.train(was_training)
     return any(g is None for g in grads)
 
 

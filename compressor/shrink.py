@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.blocks import output_shape
+from compressor.blocks import evaluating, output_shape
 from compressor.configs import config_kwargs
 from compressor.errors import ConfigError, UnsupportedModelError
 
@@ -117,15 +117,12 @@ def find_classifier(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Mo
                     produced[id(out.grad_fn)] = name
 
             hooks.append(module.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             output = model(example[:1].detach().clone().requires_grad_(True) * 1.0)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     frontier, seen = [output.grad_fn], set()
     while frontier:
         node = frontier.pop(0)
@@ -144,10 +141,8 @@ def find_classifier(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Mo
 def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     import torch_pruning as tp
 
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
-    model.train(was_training)
+    with evaluating(model):
+        macs, params = tp.utils.count_ops_and_params(model, example[:1])
     return int(macs), int(params)
 
 

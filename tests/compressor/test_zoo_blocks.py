@@ -71,3 +71,16 @@ def test_unknown_model_and_bad_arguments_are_named() -> None:
 def test_a_model_without_residual_blocks_has_none() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU())
     assert discover_blocks(model, torch.randn(1, 1, 8, 8)) == []
+
+
+def test_measurements_give_back_every_module_its_own_mode() -> None:
+    """A user's frozen batch norm stays in eval mode inside a model in train mode."""
+    from compressor.blocks import output_shape
+    from compressor.shrink import count_macs_params, find_classifier
+
+    model = create_model("resnet8", num_classes=10, in_channels=1).train()
+    model.layer1[0].bn1.eval()
+    example = torch.randn(1, 1, 8, 8)
+    for measure in (discover_blocks, model_macs, output_shape, find_classifier, count_macs_params):
+        measure(model, example)
+        assert model.training and not model.layer1[0].bn1.training, measure.__name__
