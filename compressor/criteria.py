@@ -11,6 +11,10 @@ Aggregation (the paper leaves it open): "sum" adds the weight scores of a block 
 block's total contribution, the natural reading of the paper; "mean" divides by the
 number of scored weights, which removes the effect of block size (a stage-3 block has 16x
 the weights of a stage-1 block at the same depth).
+
+Block-level criteria (hrank, expectabs, kl, pls, cka; `compressor.block_criteria`) score
+whole blocks from their activations and are meant for trained weights (the paper's
+Algorithm 1, tickets after training); `aggregation` does not apply to them.
 """
 
 from __future__ import annotations
@@ -25,20 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from compressor import block_criteria
 from compressor.blocks import BlockInfo
 from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 WeightScorer = Callable[[nn.Module, Batch | None, int], dict[str, torch.Tensor]]
+BlockScorer = Callable[[nn.Module, list[BlockInfo], Batch, int], dict[str, float]]
 Aggregation = Literal["sum", "mean"]
 
 
 @dataclass(frozen=True)
 class Criterion:
     name: str
-    score_weights: WeightScorer | None  # None: scores whole blocks (random)
+    score_weights: WeightScorer | None  # None: scores whole blocks (random, block-level)
     needs_data: bool  # False for data-free criteria (SynFlow, random)
     description: str
+    score_blocks: BlockScorer | None = None  # block-level criteria; None for weight-level
+    after_training: bool = False  # meant for trained weights (Algorithm 1), not theta_0
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -150,6 +158,24 @@ def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str
 # per-weight random score summed over a block would favour big blocks.
 CRITERIA["random"] = Criterion("random", None, False, "uniform random score per block")
 
+# Algorithm 1 (tickets after training): block-level criteria on trained weights, from the
+# activations of one batch; definitions and the choices made in compressor/block_criteria.py.
+for _name, _scorer, _description in (
+    ("hrank", block_criteria.hrank_scores, "average rank of the block's output feature maps"),
+    ("expectabs", block_criteria.expectabs_scores, "mean |output - input| of the block"),
+    ("kl", block_criteria.kl_scores, "KL divergence of the softmax when the block is skipped"),
+    ("pls", block_criteria.pls_scores, "PLS + VIP: class information in the pooled output"),
+    ("cka", block_criteria.cka_scores, "1 - linear CKA between the block's input and output"),
+):
+    CRITERIA[_name] = Criterion(
+        _name,
+        None,
+        True,
+        f"{_description} (trained weights, Algorithm 1)",
+        score_blocks=_scorer,
+        after_training=True,
+    )
+
 
 def _grad(
     output: torch.Tensor, weights: list[torch.Tensor], create_graph: bool = False
@@ -175,14 +201,24 @@ def block_scores(
     aggregation: Aggregation = "sum",
     seed: int = 0,
 ) -> dict[str, float]:
-    """Score each block of `blocks` on the model's current (initial) weights.
+    """Score each block of `blocks` on the model's current weights (theta_0 at init).
 
-    The criterion runs on a deep copy, so the caller's model — theta_0 — is untouched
-    (batch norm in train mode would otherwise update its running statistics).
+    A weight-level criterion runs on a deep copy, so the caller's model — theta_0 — is
+    untouched (batch norm in train mode would otherwise update its running statistics). A
+    block-level criterion (hrank, expectabs, kl, pls, cka) runs the model itself in eval
+    mode without gradients, which changes nothing; `aggregation` does not apply to it.
     """
     if aggregation not in ("sum", "mean"):
         raise ConfigError(f"prune.aggregation: must be 'sum' or 'mean', got '{aggregation}'")
     chosen = get_criterion(criterion)
+    if chosen.score_blocks is not None:
+        torch.manual_seed(seed)
+        try:
+            return chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
+        except CompressorError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise _cannot_score(criterion, exc) from exc
     if chosen.score_weights is None:
         return _random_block_scores(blocks, seed)
     torch.manual_seed(seed)
@@ -196,11 +232,7 @@ def block_scores(
     except CompressorError:
         raise
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise UnsupportedModelError(
-            f"criterion '{criterion}' cannot score this model: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0]}; try another criterion ('random' needs no "
-            "gradients)"
-        ) from exc
+        raise _cannot_score(criterion, exc) from exc
     result = {}
     for block in blocks:
         prefix = block.name + "."
@@ -212,6 +244,13 @@ def block_scores(
         value = total / count if aggregation == "mean" else total
         result[block.name] = float(value)
     return result
+
+
+def _cannot_score(criterion: str, exc: Exception) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"criterion '{criterion}' cannot score this model: {type(exc).__name__}: "
+        f"{(str(exc).strip().splitlines() or [''])[0]}; try another criterion"
+    )
 
 
 def _random_block_scores(blocks: list[BlockInfo], seed: int) -> dict[str, float]:

@@ -32,7 +32,10 @@ from compressor.spec import ModelSpec, remove_blocks_
 class LayerPruneConfig:
     """How many blocks to remove and how to choose them. Give exactly one amount."""
 
-    criterion: str = "grasp"  # snip | grasp | synflow | random (the paper's default: grasp)
+    # At init: snip | grasp | synflow | random (the paper's default: grasp). The paper's
+    # Algorithm 1 criteria for trained weights, hrank | expectabs | kl | pls | cka, score
+    # whatever weights the model holds (compressor/block_criteria.py).
+    criterion: str = "grasp"
     aggregation: Aggregation = "sum"  # weight scores -> block score (see criteria.py)
     blocks: int | None = None  # remove this many blocks
     fraction: float | None = None  # remove this fraction of the removable blocks

@@ -84,7 +84,7 @@ def test_too_many_blocks_names_the_counts(dense_and_data) -> None:  # noqa: ANN0
         ({}, "exactly one"),
         ({"fraction": 1.5}, "prune.fraction"),
         ({"blocks": -1}, "prune.blocks"),
-        ({"blocks": 1, "criterion": "hrank"}, "unknown criterion 'hrank'"),
+        ({"blocks": 1, "criterion": "magnitude"}, "unknown criterion 'magnitude'"),
         ({"blocks": 1, "aggregation": "max"}, "prune.aggregation"),
     ],
 )

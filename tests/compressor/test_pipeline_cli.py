@@ -185,7 +185,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     "recipe,expected,code",
     [
         ({"prune": {"blocks": 30}}, "remove 30 blocks: resnet56 has only 25 removable blocks", 1),
-        ({"prune": {"criterion": "hrank", "blocks": 1}}, "unknown criterion 'hrank'", 2),
+        ({"prune": {"criterion": "magnitude", "blocks": 1}}, "unknown criterion 'magnitude'", 2),
         ({"data": {"name": "cifar10", "root": "no/such/dir"}}, "no/such/dir", 1),
         ({"trian": {"epochs": 1}}, "unknown key(s) ['trian']", 2),
         (  # refused before any training, not after it
