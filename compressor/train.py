@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from compressor.atomic import atomic_torch_save, atomic_write_text
+from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from compressor.configs import config_kwargs
 from compressor.data import (
     AugmentConfig,
@@ -53,7 +53,7 @@ from compressor.distributed import (
 )
 from compressor.errors import ConfigError, InputError, TrainingError
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -86,6 +86,12 @@ class TrainConfig:
     seed: int = 0  # seeds torch, the shuffling and the augmentation generators
     threads: int | None = None  # torch.set_num_threads (process-wide); None = leave as is
     progress: ProgressMode = "auto"  # auto = a bar on a terminal, one log line per epoch otherwise
+    # Rewinding (the paper's Algorithm 1): save the weights when training reaches these
+    # fractions of `epochs` (0 = theta_0) as rewind_eNNN.safetensors beside the checkpoint;
+    # and start the epoch count and learning-rate schedule at `start_epoch` (learning-rate
+    # rewinding: a rewound ticket retrains the remaining epochs on the original schedule).
+    rewind_points: tuple[float, ...] = ()
+    start_epoch: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.milestones, list):  # recipes give YAML lists
@@ -129,6 +135,16 @@ class TrainConfig:
                 f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than "
                 f"train.epochs ({self.epochs})"
             )
+        points = tuple(self.rewind_points)
+        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in points) or (
+            list(points) != sorted(set(points)) or any(not 0 <= p < 1 for p in points)
+        ):
+            raise ConfigError(
+                f"train.rewind_points must be increasing fractions in [0, 1), got {points}"
+            )
+        object.__setattr__(self, "rewind_points", points)
+        _check("start_epoch", self.start_epoch, lambda v: 0 <= v < self.epochs,
+               f"an int in [0, epochs={self.epochs})", int)  # fmt: skip
         ms = self.milestones
         valid = isinstance(ms, tuple) and all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms)
         if not valid or list(ms) != sorted(set(ms)):
@@ -140,7 +156,24 @@ class TrainConfig:
         return cls(**config_kwargs(cls, d, "train"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "milestones": list(self.milestones)}
+        out = {**dataclasses.asdict(self), "milestones": list(self.milestones)}
+        # Left out at their defaults, so recipes and checkpoints written before rewinding
+        # existed still compare equal on --resume.
+        for key, default in (("rewind_points", ()), ("start_epoch", 0)):
+            if out[key] == default:
+                del out[key]
+            elif key == "rewind_points":
+                out[key] = list(out[key])
+        return out
+
+    def rewind_epochs(self) -> list[int]:
+        """The epochs at which rewind snapshots are saved."""
+        return sorted({round(p * self.epochs) for p in self.rewind_points})
+
+
+def rewind_path(out_dir: str | Path, epoch: int) -> Path:
+    """Where `train` saves the weights reached after `epoch` epochs (0: before training)."""
+    return Path(out_dir) / f"rewind_e{epoch:03d}.safetensors"
 
 
 def _check(field: str, value: Any, ok: Any, expected: str, kind: type | tuple) -> None:
@@ -274,14 +307,17 @@ class _Run:
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
         )
+        factor, offset = _lr_factor(config, self.steps_per_epoch), self.steps_per_epoch
+        offset *= config.start_epoch  # learning-rate rewinding: resume the schedule there
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(config, self.steps_per_epoch)
+            self.optimizer, lambda step: factor(step + offset)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed)
         self.augment_gen = torch.Generator().manual_seed(config.seed + 1)
-        self.epoch, self.metrics = 0, []
+        self.epoch, self.metrics = config.start_epoch, []
+        self.out_dir = out_dir
         self.checkpoint_path = out_dir / CHECKPOINT_NAME
         self.metrics_path = out_dir / METRICS_NAME
 
@@ -296,6 +332,16 @@ class _Run:
             "mean": list(d.mean),
             "std": list(d.std),
         }
+
+    def save_rewind_point(self) -> None:
+        """Weights at a rewind epoch, written before the checkpoint that passes it: a crash
+        in between leaves a checkpoint at the previous epoch, which redoes this one."""
+        if self.epoch not in self.config.rewind_epochs():
+            return
+        from safetensors.torch import save
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write_bytes(rewind_path(self.out_dir, self.epoch), save(state))
 
     def save_checkpoint(self) -> None:
         rng = {
@@ -537,6 +583,8 @@ def _train_loop(run: _Run) -> TrainResult:
             file=sys.stderr,
             initial=run.epoch * run.steps_per_epoch,
         )
+    if run.info.is_main:
+        run.save_rewind_point()  # theta_0, when 0 is a rewind point and nothing ran yet
     try:
         while run.epoch < config.epochs:
             lr = run.optimizer.param_groups[0]["lr"]
@@ -556,6 +604,7 @@ def _train_loop(run: _Run) -> TrainResult:
                 }
             )
             if run.info.is_main:
+                run.save_rewind_point()
                 run.save_checkpoint()
             line = (
                 f"epoch {run.epoch}/{config.epochs} loss {train_loss:.4f} acc {train_acc:.4f}"

@@ -279,3 +279,63 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         atomic_torch_save({"epoch": 2, "bad": lambda: None}, target)  # cannot be pickled
     assert torch.load(target, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp file left
+
+
+# --- rewinding (the paper's Algorithm 1) ------------------------------------------------
+
+
+def test_rewind_points_save_the_weights_reached_at_those_epochs(dt_small_digits, tmp_path):
+    from safetensors.torch import load_file
+
+    from compressor.train import _Run, rewind_path
+
+    seen = {}
+    save = _Run.save_checkpoint
+
+    def record(run):  # the weights as each epoch ends, to compare the snapshots against
+        seen[run.epoch] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        save(run)
+
+    model = TinyCNN()
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    _Run.save_checkpoint = record
+    try:
+        train(model, dt_small_digits, _config(epochs=4, rewind_points=(0, 0.5)), tmp_path)
+    finally:
+        _Run.save_checkpoint = save
+    assert sorted(p.name for p in tmp_path.glob("rewind_*")) == [
+        "rewind_e000.safetensors", "rewind_e002.safetensors"]
+    kept = {0: theta_0, 2: seen[2]}
+    for epoch, expected in kept.items():
+        snapshot = load_file(str(rewind_path(tmp_path, epoch)))
+        assert snapshot.keys() == expected.keys()
+        assert all(torch.equal(snapshot[k], expected[k]) for k in expected)
+    assert not all(torch.equal(seen[2][k], theta_0[k]) for k in theta_0)
+
+
+def test_learning_rate_rewinding_retrains_the_rest_of_the_original_schedule(
+    dt_small_digits, tmp_path
+):
+    full = train(TinyCNN(), dt_small_digits, _config(epochs=4), tmp_path / "full")
+    rest = train(TinyCNN(), dt_small_digits, _config(epochs=4, start_epoch=2), tmp_path / "rest")
+    assert _lrs(rest.metrics) == pytest.approx(_lrs(full.metrics)[2:])
+    epochs = [json.loads(line)["epoch"] for line in Path(rest.metrics).read_text().splitlines()]
+    assert epochs == [3, 4] and rest.epochs_run == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"rewind_points": (0.5, 0.25)}, "rewind_points must be increasing fractions"),
+        ({"rewind_points": (1.0,)}, "rewind_points must be increasing fractions"),
+        ({"start_epoch": 2}, "start_epoch"),
+    ],
+)
+def test_bad_rewinding_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(**overrides)
+
+
+def test_default_rewinding_keeps_old_recipes_and_checkpoints_comparable():
+    assert "rewind_points" not in _config().to_dict() and "start_epoch" not in _config().to_dict()
+    assert _config(rewind_points=[0, 0.25]).to_dict()["rewind_points"] == [0, 0.25]
