@@ -165,11 +165,42 @@ def prune_at_init(
     labels: torch.Tensor,
     config: LayerPruneConfig,
 ) -> tuple[nn.Module, LayerPruneResult]:
-    """Score blocks of the untrained `model` (theta_0) and return the shallower ticket.
+    """Score blocks of the untrained `model` (theta_0) and return the shallower ticket
+    (the paper's Algorithm 2).
 
     `model` is not modified; the ticket is a copy with the chosen blocks deleted, so its
     kept weights equal theta_0 exactly.
     """
+    return _prune(model, model.state_dict(), spec, images, labels, config)
+
+
+def prune_after_training(
+    trained: nn.Module,
+    rewind_state: dict[str, torch.Tensor],
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: LayerPruneConfig,
+) -> tuple[nn.Module, LayerPruneResult]:
+    """Score blocks of the trained dense network and rewind the ticket (Algorithm 1).
+
+    The blocks are chosen on `trained`'s weights (hrank, expectabs, kl, pls and cka are
+    meant for these); the ticket keeps the other blocks with the weights of `rewind_state`,
+    a state dict of the dense network saved earlier in training (`train.rewind_points`;
+    theta_0 for rewinding to initialization). Retrain it with `train.start_epoch` at the
+    rewind epoch for learning-rate rewinding. `trained` is not modified.
+    """
+    return _prune(trained, rewind_state, spec, images, labels, config)
+
+
+def _prune(
+    model: nn.Module,
+    kept_state: dict[str, torch.Tensor],
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: LayerPruneConfig,
+) -> tuple[nn.Module, LayerPruneResult]:
     blocks = discover_blocks(model, images[:1])
     if not any(b.removable for b in blocks):
         raise no_removable_error(spec.model, blocks)
@@ -192,6 +223,11 @@ def prune_at_init(
     dense_macs = model_macs(model, images[:1])
     removed = select_blocks(blocks, scores, config, dense_macs=dense_macs, model_name=spec.model)
     ticket = copy.deepcopy(model)
+    try:
+        ticket.load_state_dict(kept_state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UnsupportedModelError(f"the rewind weights do not fit {spec.model}: {first}") from exc
     remove_blocks_(ticket, removed, example=images[:1])
     result = LayerPruneResult(
         spec=spec.with_removed(removed),
@@ -204,4 +240,11 @@ def prune_at_init(
     return ticket, result
 
 
-__all__ = ["CRITERIA", "LayerPruneConfig", "LayerPruneResult", "prune_at_init", "select_blocks"]
+__all__ = [
+    "CRITERIA",
+    "LayerPruneConfig",
+    "LayerPruneResult",
+    "prune_after_training",
+    "prune_at_init",
+    "select_blocks",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -91,3 +93,33 @@ def test_too_many_blocks_names_the_counts(dense_and_data) -> None:  # noqa: ANN0
 def test_bad_prune_config_names_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         LayerPruneConfig(**kwargs)
+
+
+def test_after_training_the_trained_weights_choose_and_the_rewind_weights_stay(
+    dense_and_data,
+) -> None:  # noqa: ANN001
+    """Algorithm 1: blocks chosen on the trained network, kept weights equal the rewind
+    checkpoint (here theta_0), the trained network untouched."""
+    from compressor.layer_prune import prune_after_training
+    from compressor.spec import remove_blocks_
+
+    dense, images, labels = dense_and_data
+    theta0 = {k: v.clone() for k, v in dense.state_dict().items()}
+    trained = copy.deepcopy(dense)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        trained.layer2[2].bn2.weight.zero_()  # a block whose trained branch is dead
+        trained.layer2[2].bn2.bias.zero_()
+    trained_state = {k: v.clone() for k, v in trained.state_dict().items()}
+    config = LayerPruneConfig(criterion="kl", blocks=1)
+    ticket, result = prune_after_training(trained, theta0, SPEC, images, labels, config)
+    assert result.removed == ("layer2.2",)
+    expected = copy.deepcopy(dense)
+    remove_blocks_(expected, list(result.removed))
+    assert ticket.state_dict().keys() == expected.state_dict().keys()
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in ticket.state_dict().items())
+    assert all(torch.equal(v, trained_state[k]) for k, v in trained.state_dict().items())
+    with pytest.raises(UnsupportedModelError, match="rewind weights do not fit resnet20"):
+        prune_after_training(trained, {"fc.weight": theta0["fc.weight"]}, SPEC, images, labels,
+                             config)
