@@ -42,8 +42,6 @@ Reducer = Callable[[torch.Tensor | None, torch.Tensor], Any]
 # PLS components: 2, as in Jordao et al.'s PLS+VIP pruning code (PruningNeuralNetworks,
 # VIPPruning n_comp=2); a few components carry most of the label information.
 PLS_COMPONENTS = 2
-# Feature columns turned to float64 at a time for a CKA Gram matrix: bounds the memory of
-# a high-resolution block's (batch x C*H*W) activations.
 
 
 def hrank_scores(
@@ -65,7 +63,7 @@ def hrank_scores(
     the shortcut: a block whose branch is zero scores as its predecessor, not lowest.
     Needs 4-D (N, C, H, W) block outputs.
     """
-    images, _ = _unpack(batch, "hrank")
+    images, _ = batch
 
     def reduce(_: torch.Tensor | None, output: torch.Tensor) -> float:
         if output.dim() != 4:
@@ -90,7 +88,7 @@ def expectabs_scores(
     takes away at its output (for a post-activation block relu(x + f(x)), it is f(x) where
     x + f(x) >= 0). A block whose residual branch is zero scores 0, the lowest possible.
     """
-    images, _ = _unpack(batch, "expectabs")
+    images, _ = batch
 
     def reduce(block_input: torch.Tensor | None, output: torch.Tensor) -> float:
         assert block_input is not None  # with_input=True guarantees it
@@ -111,7 +109,7 @@ def kl_scores(
     Choice: the direction KL(full || removed) asks how much of the trained network's
     prediction is lost; the divergence is in nats, in float64.
     """
-    images, _ = _unpack(batch, "kl")
+    images, _ = batch
     modules = _block_modules(model, blocks)
     with evaluating(model), torch.no_grad():
         reference = _log_probabilities(model(images))
@@ -142,7 +140,7 @@ def cka_scores(
     Choice: a representation constant over the batch has no CKA; we call its CKA 0 (score 1,
     keep) so a block is never removed on no evidence.
     """
-    images, _ = _unpack(batch, "cka")
+    images, _ = batch
     if images.shape[0] < 2:
         raise ConfigError(
             f"criterion 'cka' compares images with each other; got a batch of "
@@ -178,7 +176,7 @@ def pls_scores(
     A block whose branch is zero outputs its input, so its features duplicate its
     predecessor's and score the same: PLS measures discriminative power, not change.
     """
-    images, labels = _unpack(batch, "pls")
+    images, labels = batch
     classes = torch.unique(labels)
     if len(classes) < 2:
         raise ConfigError(
@@ -219,12 +217,6 @@ def vip_scores(features: np.ndarray, labels: torch.Tensor | np.ndarray) -> np.nd
         return np.ones(n_features)
     weights = (w / np.linalg.norm(w, axis=0)) ** 2
     return np.sqrt(n_features * (weights @ explained) / explained.sum())
-
-
-def _unpack(batch: Batch | None, name: str) -> Batch:
-    if batch is None:
-        raise ConfigError(f"criterion '{name}' needs a batch of images and labels")
-    return batch
 
 
 def _block_modules(model: nn.Module, blocks: list[BlockInfo]) -> dict[str, nn.Module]:

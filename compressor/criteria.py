@@ -211,21 +211,15 @@ def block_scores(
     if aggregation not in ("sum", "mean"):
         raise ConfigError(f"prune.aggregation: must be 'sum' or 'mean', got '{aggregation}'")
     chosen = get_criterion(criterion)
-    if chosen.score_blocks is not None:
-        torch.manual_seed(seed)
-        try:
-            return chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
-        except CompressorError:
-            raise
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise _cannot_score(criterion, exc) from exc
-    if chosen.score_weights is None:
+    if chosen.score_weights is None and chosen.score_blocks is None:
         return _random_block_scores(blocks, seed)
     torch.manual_seed(seed)
-    work = copy.deepcopy(model)
-    for p in work.parameters():  # frozen layers of the user's model are scored all the same
-        p.requires_grad_(True)
     try:
+        if chosen.score_blocks is not None:
+            return chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
+        work = copy.deepcopy(model)
+        for p in work.parameters():  # frozen layers of the user's model are scored all the same
+            p.requires_grad_(True)
         # GraSP differentiates twice; fused attention kernels have no second derivative.
         with sdpa_kernel(SDPBackend.MATH):
             weight_scores = chosen.score_weights(work, batch, seed)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from compressor.blocks import evaluating
 from compressor.errors import ConfigError
 
 __all__ = [
@@ -236,8 +237,6 @@ def wrap_ddp(
 
 def _has_unused_parameters(model: nn.Module, example: torch.Tensor) -> bool:
     params = [p for p in model.parameters() if p.requires_grad]
-    from compressor.blocks import evaluating
-
     with evaluating(model), torch.enable_grad():  # no batch-norm statistics change, no dropout
         output = model(example[:1])
         grads = torch.autograd.grad(output.float().sum(), params, allow_unused=True)

@@ -560,8 +560,9 @@ def train(
     barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes one
     with synced_batchnorm(model, run.sync_bn):
         try:
-            example = run.data.train.images[:1].to(run.device)
-            run.net = wrap_ddp(run.model, run.device, example) if info.distributed else run.model
+            run.net = run.model
+            if info.distributed:  # one example finds parameters forward never uses
+                run.net = wrap_ddp(run.model, run.device, run.data.train.images[:1].to(run.device))
             result = _train_loop(run)
         finally:
             run.net = run.model  # drop the wrapper and its gradient hooks
