@@ -35,6 +35,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lottery(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from compressor.data import DataConfig
+    from compressor.experiment import plan, run_experiment
+    from compressor.lottery_recipes import lottery_recipe
+
+    if args.recipe is None:
+        recipe = lottery_recipe(args.cifar10)
+    else:
+        recipe = _recipe(args)
+        if args.cifar10 is not None:
+            recipe = dataclasses.replace(recipe, data=DataConfig(name="cifar10", root=args.cifar10))
+    if args.plan:
+        cells = plan(recipe.experiment)
+        kinds: dict[str, int] = {}
+        for cell in cells:
+            kinds[cell.kind] = kinds.get(cell.kind, 0) + 1
+        epochs = recipe.train.epochs
+        total = sum(
+            epochs - round((c.rewind or 0.0) * epochs) if c.kind == "after" else epochs
+            for c in cells
+        )
+        print(
+            f"{len(cells)} networks to train ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+            f"{total} epochs in all; runtime = {total} x one dense epoch's time, at most"
+        )
+        return 0
+    summary = run_experiment(recipe, args.out, resume=args.resume)
+    print(summary.read_text())
+    print(f"summary: {summary} (summary.json, delta_vs_p.png, savings_vs_p.png beside it)")
+    return 0
+
+
 def cmd_blocks(args: argparse.Namespace) -> int:
     from compressor.stages import list_blocks
 
@@ -133,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_run,
         out="runs/default",
     ).add_argument("--resume", action="store_true", help=resume_help)
+    lottery = add(
+        "lottery",
+        "the layer-lottery experiment: criteria x blocks removed x seeds, baselines, "
+        "robustness, LMC and CKA, in one resumable grid (default: ResNet-32 on the digits)",
+        cmd_lottery,
+        out="runs/lottery",
+    )
+    lottery.add_argument("--resume", action="store_true", help="continue or grow the grid in --out")
+    lottery.add_argument(
+        "--cifar10",
+        metavar="DIR",
+        default=None,
+        help="the CIFAR-10 python batches folder: the paper-scale recipe (without a recipe) "
+        "or the recipe's data replaced by it",
+    )
+    lottery.add_argument(
+        "--plan", action="store_true", help="print the cells and epochs to train, then stop"
+    )
     add("blocks", "list the model's residual blocks and which can be removed", cmd_blocks)
     add(
         "prune",

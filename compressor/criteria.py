@@ -213,24 +213,19 @@ def block_scores(
     chosen = get_criterion(criterion)
     if chosen.score_weights is None and chosen.score_blocks is None:
         return _random_block_scores(blocks, seed)
-    torch.manual_seed(seed)
-    try:
-        if chosen.score_blocks is not None:
+    if chosen.score_blocks is not None:
+        torch.manual_seed(seed)
+        try:
             return chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
-        work = copy.deepcopy(model)
-        for p in work.parameters():  # frozen layers of the user's model are scored all the same
-            p.requires_grad_(True)
-        # GraSP differentiates twice; fused attention kernels have no second derivative.
-        with sdpa_kernel(SDPBackend.MATH):
-            weight_scores = chosen.score_weights(work, batch, seed)
-    except CompressorError:
-        raise
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise _cannot_score(criterion, exc) from exc
+        except CompressorError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise _cannot_score(criterion, exc) from exc
+    scores = weight_scores(model, criterion, batch, seed=seed)
     result = {}
     for block in blocks:
         prefix = block.name + "."
-        parts = [s for name, s in weight_scores.items() if name.startswith(prefix)]
+        parts = [s for name, s in scores.items() if name.startswith(prefix)]
         if not parts:
             raise ConfigError(f"block '{block.name}' has no scored weights")
         total = torch.stack([s.double().sum() for s in parts]).sum()
@@ -238,6 +233,32 @@ def block_scores(
         value = total / count if aggregation == "mean" else total
         result[block.name] = float(value)
     return result
+
+
+def weight_scores(
+    model: nn.Module, criterion: str, batch: Batch | None, *, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Per-weight scores {parameter name: tensor} of a weight-level criterion (snip, grasp,
+    synflow), on a deep copy so the caller's model is untouched. Block scores and filter
+    pruning at init (compressor/filter_prune.py) both aggregate these."""
+    chosen = get_criterion(criterion)
+    if chosen.score_weights is None:
+        raise ConfigError(
+            f"criterion '{criterion}' scores whole blocks, not weights; use one of "
+            f"{', '.join(n for n, c in CRITERIA.items() if c.score_weights is not None)}"
+        )
+    torch.manual_seed(seed)
+    try:
+        work = copy.deepcopy(model)
+        for p in work.parameters():  # frozen layers of the user's model are scored all the same
+            p.requires_grad_(True)
+        # GraSP differentiates twice; fused attention kernels have no second derivative.
+        with sdpa_kernel(SDPBackend.MATH):
+            return chosen.score_weights(work, batch, seed)
+    except CompressorError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise _cannot_score(criterion, exc) from exc
 
 
 def _cannot_score(criterion: str, exc: Exception) -> UnsupportedModelError:

@@ -15,6 +15,7 @@ from typing import Any
 from compressor.configs import config_kwargs
 from compressor.data import DataConfig
 from compressor.errors import ConfigError, InputError
+from compressor.experiment import ExperimentConfig
 from compressor.layer_prune import LayerPruneConfig
 from compressor.shrink import ShrinkConfig
 from compressor.spec import ModelSpec
@@ -156,12 +157,17 @@ class Recipe:
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     export: ExportSection = field(default_factory=ExportSection)
     bench: BenchSection = field(default_factory=BenchSection)
+    # The grid of `compressor lottery` (compressor/experiment.py); `compressor run` ignores it.
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": RECIPE_VERSION, "name": self.name, "seed": self.seed}
         for section in ("model", "data", "prune", "train", "shrink", "export", "bench"):
             value = getattr(self, section)
             out[section] = value.to_dict() if hasattr(value, "to_dict") else _plain(value)
+        # Left out at its default, so runs recorded before it existed still resume.
+        if self.experiment != ExperimentConfig():
+            out["experiment"] = self.experiment.to_dict()
         return out
 
 
@@ -196,6 +202,7 @@ _SECTIONS = {
     "shrink": ShrinkConfig,
     "export": ExportSection,
     "bench": BenchSection,
+    "experiment": ExperimentConfig,
 }
 
 

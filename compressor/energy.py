@@ -1,0 +1,144 @@
+"""Energy and CO2 of a training run: measured where the machine can, declared otherwise.
+
+Sources, in the order "auto" tries them:
+- codecarbon (when installed): its tracker's energy for the window (RAPL/NVML/its own
+  tables) and its emissions, hence its carbon intensity;
+- NVML on a GPU server or tegrastats on a Jetson (deploy/power.py): the board's measured power;
+- declared: `power_watts` the user states for the device, times the time. This is an
+  estimate and every result says so.
+
+The average power of the measured window is applied to the training seconds the trainer
+reports (`energy_kwh = avg_power_w * train_seconds`), so a run resumed in several processes
+still gets the energy of all its epochs, and evaluation between epochs is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from compressor.errors import ConfigError, InputError
+
+SOURCES = ("auto", "codecarbon", "nvml", "tegrastats", "declared")
+# World-average grid intensity, g CO2 per kWh, the default codecarbon itself falls back to.
+WORLD_G_CO2_PER_KWH = 475.0
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    avg_power_w: float
+    energy_kwh: float
+    co2_g: float
+    g_co2_per_kwh: float
+    method: str  # "codecarbon", "nvml:gpu0", "tegrastats:VDD_IN" or "declared 30 W"
+    estimate: bool  # True when power was declared, not measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_energy_settings(source: str, power_watts: float | None, g_co2_per_kwh: float) -> None:
+    if source not in SOURCES:
+        raise ConfigError(f"experiment.energy_source must be one of {SOURCES}, got {source!r}")
+    if power_watts is not None and (
+        isinstance(power_watts, bool)
+        or not isinstance(power_watts, int | float)
+        or power_watts <= 0
+    ):
+        raise ConfigError(f"experiment.power_watts must be a number > 0, got {power_watts!r}")
+    if source == "declared" and power_watts is None:
+        raise ConfigError("experiment.energy_source 'declared' needs experiment.power_watts")
+    if (
+        isinstance(g_co2_per_kwh, bool)
+        or not isinstance(g_co2_per_kwh, int | float)
+        or g_co2_per_kwh < 0
+    ):
+        raise ConfigError(f"experiment.g_co2_per_kwh must be a number >= 0, got {g_co2_per_kwh!r}")
+
+
+class EnergyMeter:
+    """`with EnergyMeter(...) as meter: train(...)`, then `meter.reading(train_seconds)`.
+
+    A source that is asked for by name and cannot run is an error before training starts;
+    "auto" falls back quietly to the next source and, last, to the declared power (None
+    when no power is declared: the result then has no energy, and says why).
+    """
+
+    def __init__(
+        self,
+        source: str = "auto",
+        power_watts: float | None = None,
+        g_co2_per_kwh: float = WORLD_G_CO2_PER_KWH,
+    ) -> None:
+        check_energy_settings(source, power_watts, g_co2_per_kwh)
+        self.source, self.power_watts, self.g_co2_per_kwh = source, power_watts, g_co2_per_kwh
+        self._tracker: Any = None
+        self._sampler: Any = None
+        self._started = 0.0
+        self._measured: tuple[float, float, str] | None = None  # (avg W, g/kWh, method)
+
+    def __enter__(self) -> EnergyMeter:
+        self._started = time.monotonic()
+        if self.source in ("auto", "codecarbon"):
+            self._tracker = self._codecarbon()
+            if self._tracker is not None:
+                return self
+        if self.source in ("auto", "nvml", "tegrastats"):
+            from deploy.errors import DeployError
+            from deploy.power import open_power_sampler
+
+            try:
+                self._sampler = open_power_sampler(self.source, interval_s=0.1)
+                if self._sampler is not None:
+                    self._sampler.start()
+            except DeployError as exc:
+                if self.source != "auto":
+                    raise InputError(f"experiment.energy_source {self.source!r}: {exc}") from exc
+                self._sampler = None
+        return self
+
+    def _codecarbon(self) -> Any:
+        try:
+            from codecarbon import OfflineEmissionsTracker
+        except ImportError as exc:
+            if self.source == "codecarbon":
+                raise InputError(
+                    "experiment.energy_source 'codecarbon': codecarbon is not installed; "
+                    "pip install codecarbon, or use 'auto'"
+                ) from exc
+            return None
+        tracker = OfflineEmissionsTracker(
+            country_iso_code="USA", save_to_file=False, log_level="error", measure_power_secs=1
+        )
+        tracker.start()
+        return tracker
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = max(time.monotonic() - self._started, 1e-9)
+        if self._tracker is not None:
+            emissions_kg = float(self._tracker.stop() or 0.0)
+            data = self._tracker.final_emissions_data
+            kwh = float(getattr(data, "energy_consumed", 0.0) or 0.0)
+            if kwh > 0:
+                self._measured = (kwh * 3.6e6 / seconds, emissions_kg * 1000 / kwh, "codecarbon")
+        elif self._sampler is not None:
+            from deploy.power import energy_from_trace
+
+            trace = self._sampler.stop()
+            if trace.watts or trace.counter_energy_j:
+                energy = energy_from_trace(trace, inferences=1)
+                self._measured = (energy.avg_power_w, self.g_co2_per_kwh, energy.source)
+
+    def reading(self, train_seconds: float) -> EnergyReading | None:
+        """Energy of `train_seconds` of training at the window's power; None: nothing known."""
+        if self._measured is not None:
+            watts, intensity, method = self._measured
+            estimate = False
+        elif self.power_watts is not None:
+            watts, intensity = float(self.power_watts), self.g_co2_per_kwh
+            method, estimate = f"declared {self.power_watts:g} W", True
+        else:
+            return None
+        kwh = watts * train_seconds / 3.6e6
+        return EnergyReading(watts, kwh, kwh * intensity, intensity, method, estimate)
