@@ -2,7 +2,8 @@
 
 Sources, in the order "auto" tries them:
 - codecarbon (when installed): its tracker's energy for the window (RAPL/NVML/its own
-  tables) and its emissions, hence its carbon intensity;
+  tables); CO2 uses the configured intensity, not codecarbon's country table, so every
+  source converts energy to CO2 the same way;
 - NVML on a GPU server or tegrastats on a Jetson (deploy/power.py): the board's measured power;
 - declared: `power_watts` the user states for the device, times the time. This is an
   estimate and every result says so.
@@ -117,11 +118,11 @@ class EnergyMeter:
     def __exit__(self, *exc: object) -> None:
         seconds = max(time.monotonic() - self._started, 1e-9)
         if self._tracker is not None:
-            emissions_kg = float(self._tracker.stop() or 0.0)
+            self._tracker.stop()
             data = self._tracker.final_emissions_data
             kwh = float(getattr(data, "energy_consumed", 0.0) or 0.0)
-            if kwh > 0:
-                self._measured = (kwh * 3.6e6 / seconds, emissions_kg * 1000 / kwh, "codecarbon")
+            if kwh > 0:  # its energy; the intensity stays the configured one, as elsewhere
+                self._measured = (kwh * 3.6e6 / seconds, self.g_co2_per_kwh, "codecarbon")
         elif self._sampler is not None:
             from deploy.power import energy_from_trace
 

@@ -14,7 +14,9 @@ grid — more seeds, more p — reuses every cell already there). Cells, by kind
   ticket's blocks hold, as channels with Torch-Pruning (the paper's Table 3).
 - after-{criterion}-p{p}-r{pct}-s{seed}: Algorithm 1, blocks scored on the trained dense
   network, the rest rewound to pct% of training and retrained the remaining epochs on the
-  original learning-rate schedule.
+  original learning-rate schedule. Weights and schedule both go back to epoch i: Frankle
+  et al.'s rewinding, which the paper calls learning-rate rewinding after Renda et al.
+  (whose "learning-rate rewinding" keeps the trained weights; not offered here).
 - lmc-{cell}: a twin of a cell from the same starting weights with another data order, for
   the linear-mode-connectivity error barrier (Frankle et al. 2020).
 
@@ -41,16 +43,20 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.configs import config_kwargs
 from compressor.corruptions import CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
-from compressor.criteria import get_criterion
+from compressor.criteria import CRITERIA
 from compressor.data import DataSplits, Split, load_data
 from compressor.energy import WORLD_G_CO2_PER_KWH, EnergyMeter, check_energy_settings
 from compressor.errors import ConfigError, InputError
 from compressor.spec import ModelSpec
+from compressor.train import RUNTIME_ONLY_FIELDS
 
 Log = Callable[[str], None]
 LMC_SEED_OFFSET = 1000  # the twin's data-order seed: seed + this
 SCRATCH_SEED_OFFSET = 7919  # the re-initialised ticket's weight seed: seed + this
 CKA_MAX_IMAGES = 2000
+# Dense networks keep snapshots at the paper's rewind points (and any other the grid names),
+# so a grid may later grow by rewind points without retraining them.
+PAPER_REWIND = (0.0, 0.25, 0.5, 0.75)
 # Grid fields that may change on --resume (cells are keyed by them); the rest may not.
 GRID_FIELDS = (
     "seeds",
@@ -80,22 +86,23 @@ def _ints(value: Any, field_name: str, minimum: int) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _names(value: Any, field_name: str, *, after: bool | None) -> tuple[str, ...]:
+def _names(value: Any, field_name: str, *, after: bool) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, list | tuple):
         raise ConfigError(f"experiment.{field_name} must be a list of criterion names")
     for name in value:
         if not isinstance(name, str):
             raise ConfigError(f"experiment.{field_name} must be criterion names, got {name!r}")
-        try:
-            chosen = get_criterion(name)
-        except ConfigError as exc:
-            raise ConfigError(f"experiment.{field_name}: {exc}") from exc
-        if after is not None and name != "random" and chosen.after_training != after:
-            kind = "trained weights" if chosen.after_training else "initial weights"
+        fitting = [n for n, c in CRITERIA.items() if n == "random" or c.after_training == after]
+        if name not in CRITERIA:
+            raise ConfigError(
+                f"experiment.{field_name}: unknown criterion '{name}'; choose from "
+                f"{', '.join(fitting)}"
+            )
+        if name != "random" and CRITERIA[name].after_training != after:
+            kind = "trained weights" if CRITERIA[name].after_training else "initial weights"
             raise ConfigError(
                 f"experiment.{field_name}: criterion '{name}' is meant for {kind}; "
-                f"at_init takes snip, grasp, synflow, random; after_training takes hrank, "
-                "expectabs, kl, pls, cka, random"
+                f"{field_name} takes {', '.join(fitting)}"
             )
     if len(set(value)) != len(value):
         raise ConfigError(f"experiment.{field_name} lists a criterion twice: {list(value)}")
@@ -226,6 +233,15 @@ def plan(config: ExperimentConfig) -> list[Cell]:
             for p in config.after_training_blocks
             for r in config.rewind
         ]
+    if config.lmc_seeds and (
+        config.lmc_criterion not in config.at_init
+        or not set(config.lmc_blocks) <= set(config.blocks)
+    ):
+        raise ConfigError(
+            f"experiment.lmc_criterion/lmc_blocks: the twins' tickets ({config.lmc_criterion} "
+            f"at p={list(config.lmc_blocks)}) must be cells of the grid (at_init "
+            f"{list(config.at_init)}, blocks {list(config.blocks)}); or set lmc_seeds: []"
+        )
     for s in config.lmc_seeds:
         if s not in config.seeds:
             raise ConfigError(f"experiment.lmc_seeds: seed {s} is not in experiment.seeds")
@@ -240,6 +256,12 @@ def plan(config: ExperimentConfig) -> list[Cell]:
             )
             for p in config.lmc_blocks
         ]
+    keys = [cell.key for cell in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(
+            f"experiment.rewind: {list(config.rewind)} give the same cell names at whole "
+            "percent; use rewind points at least 1% apart"
+        )
     return cells
 
 
@@ -283,14 +305,15 @@ def run_experiment(
     out_dir = Path(out_dir)
     cells = plan(recipe.experiment)  # a bad grid fails before anything is written
     _check_out_dir(out_dir, recipe, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     data = load_data(recipe.data)
     log(
         f"[data] {data.name}: {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test images; {len(cells)} cells"
     )
     ctx = _Context(recipe, data, out_dir, log)
+    _preflight(ctx, cells)  # nothing is written before the grid is known to fit
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
     for number, cell in enumerate(cells, 1):
         result = cell_result(out_dir, cell.key)
@@ -334,9 +357,18 @@ def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
     changed = sorted(
         k
         for k in before.keys() | now.keys()
-        if k not in ("experiment", "export", "bench", "shrink") and before.get(k) != now.get(k)
+        if k not in ("experiment", "export", "bench", "shrink", "train")
+        and before.get(k) != now.get(k)
     )
-    old_grid, new_grid = before.get("experiment", {}), now.get("experiment", {})
+    defaults = ExperimentConfig().to_dict()  # a recipe at the default grid leaves it out
+    old_grid = {**defaults, **before.get("experiment", {})}
+    new_grid = {**defaults, **now.get("experiment", {})}
+    old_train, new_train = before.get("train", {}), now.get("train", {})
+    changed += sorted(  # device, threads, progress may change (the trainer allows it)
+        f"train.{k}"
+        for k in old_train.keys() | new_train.keys()
+        if k not in RUNTIME_ONLY_FIELDS and old_train.get(k) != new_train.get(k)
+    )
     changed += sorted(
         f"experiment.{k}"
         for k in old_grid.keys() | new_grid.keys()
@@ -347,6 +379,53 @@ def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
             f"--resume: {changed} differ from the recipe {out_dir} was started with; only the "
             f"grid ({', '.join(GRID_FIELDS)}) may change; choose another --out"
         )
+
+
+def _preflight(ctx: _Context, cells: list[Cell]) -> None:
+    """What would otherwise fail in the middle of the grid fails now, before any training."""
+    from compressor.blocks import discover_blocks, select_patterns
+    from compressor.train import rewind_path
+
+    config, epochs = ctx.config, ctx.recipe.train.epochs
+    for fraction in config.rewind if config.after_training else ():
+        if round(fraction * epochs) >= epochs:
+            raise ConfigError(
+                f"experiment.rewind {fraction}: epoch {round(fraction * epochs)} of "
+                f"{epochs} leaves nothing to retrain; use a smaller fraction"
+            )
+    most = max((cell.blocks for cell in cells), default=0)
+    if most:
+        model, spec = _theta0(ctx, config.seeds[0])
+        found = discover_blocks(model, ctx.data.val.images[:1])
+        prune = ctx.recipe.prune
+        removable = sum(b.removable for b in select_patterns(found, prune.include, prune.exclude))
+        if most > removable:
+            raise ConfigError(
+                f"experiment: a cell removes {most} blocks but {spec.model} has {removable} "
+                "removable blocks; lower experiment.blocks (and the *_blocks lists)"
+            )
+    for cell in cells:
+        if cell.kind != "after" or cell_result(ctx.out_dir, cell.key) is not None:
+            continue
+        dense_dir = ctx.cell_dir(f"dense-s{cell.seed}")
+        epoch = round((cell.rewind or 0.0) * epochs)
+        if (dense_dir / "result.json").is_file() and not rewind_path(
+            dense_dir / "train", epoch
+        ).is_file():
+            saved = sorted(int(p.stem[8:]) for p in (dense_dir / "train").glob("rewind_e*"))
+            raise ConfigError(
+                f"experiment.rewind {cell.rewind}: the dense network of seed {cell.seed} was "
+                f"trained without a snapshot at epoch {epoch} (it has epochs {saved}); "
+                "rewind to those, or use another --out"
+            )
+    if config.cifar10c_root is not None and (
+        ctx.data.name != "cifar10" or ctx.data.image_size != 32
+    ):
+        raise ConfigError(
+            f"experiment.cifar10c_root: CIFAR-10-C files go with CIFAR-10 at 32x32, but the "
+            f"data is {ctx.data.name} at {ctx.data.image_size}x{ctx.data.image_size}"
+        )
+    _corrupted_sets(ctx)  # unreadable CIFAR-10-C files fail here
 
 
 # --- building each cell's network ------------------------------------------------------------
@@ -383,6 +462,26 @@ def _layer_ticket(
     return ticket, result, dense
 
 
+def _ticket(
+    ctx: _Context, criterion: str, blocks: int, seed: int
+) -> tuple[nn.Module, ModelSpec, tuple[str, ...]]:
+    """(ticket at theta_0, its spec, removed blocks) of Algorithm 2 for the cells built on it.
+
+    Once the init cell has finished, its recorded choice is used: the scratch, filter and
+    LMC cells then build on the very ticket that was trained, even when they run on another
+    machine whose scoring could break a near-tie differently."""
+    from compressor.spec import remove_blocks_
+
+    done = cell_result(ctx.out_dir, Cell("init", seed, criterion, blocks).key)
+    if done is None:
+        ticket, result, _ = _layer_ticket(ctx, criterion, blocks, seed)
+        return ticket, result.spec, result.removed
+    ticket, spec = _theta0(ctx, seed)
+    removed = tuple(done["removed_blocks"])
+    remove_blocks_(ticket, list(removed), example=ctx.data.val.images[:1])
+    return ticket, spec.with_removed(removed), removed
+
+
 def _dense_trained(ctx: _Context, seed: int) -> nn.Module:
     from compressor.store import load_model
 
@@ -411,18 +510,19 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
     if cell.kind == "dense":
         model, spec = _theta0(ctx, cell.seed)
         if ctx.config.after_training:
-            train_config = dataclasses.replace(train_config, rewind_points=ctx.config.rewind)
+            points = tuple(sorted(set(PAPER_REWIND) | set(ctx.config.rewind)))
+            train_config = dataclasses.replace(train_config, rewind_points=points)
     elif cell.kind == "init":
         model, result, _ = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
         spec, facts["block_scores"] = result.spec, result.scores
     elif cell.kind == "scratch":
-        _, result, _ = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
+        _, spec, _ = _ticket(ctx, cell.criterion, cell.blocks, cell.seed)
         torch.manual_seed(cell.seed + SCRATCH_SEED_OFFSET)
-        model, spec = build_model(result.spec), result.spec
+        model = build_model(spec)
     elif cell.kind == "filter":
-        _, result, dense = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
-        model, spec = dense, _theta0(ctx, cell.seed)[1]
-        target = block_filters(dense, result.removed)
+        _, _, removed = _ticket(ctx, cell.criterion, cell.blocks, cell.seed)
+        model, spec = _theta0(ctx, cell.seed)
+        target = block_filters(model, removed)
         train = ctx.data.train
         batch = scoring_batch(
             train.images, train.labels, ctx.recipe.prune.samples_per_class, cell.seed
@@ -432,7 +532,7 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
         )
         spec = spec.with_shapes(model)
         facts["filters"] = pruned.to_dict()
-        facts["layer_ticket_removed"] = list(result.removed)
+        facts["layer_ticket_removed"] = list(removed)
     elif cell.kind == "after":
         from safetensors.torch import load_file
 
@@ -463,8 +563,7 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
         if cell.criterion is None:  # the twin of a dense network
             model, spec = _theta0(ctx, cell.seed)
         else:  # the twin of a ticket at init
-            model, result, _ = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
-            spec = result.spec
+            model, spec, _ = _ticket(ctx, cell.criterion, cell.blocks, cell.seed)
         train_config = dataclasses.replace(train_config, seed=cell.seed + LMC_SEED_OFFSET)
     else:
         raise ConfigError(f"unknown cell kind {cell.kind!r}")
@@ -569,10 +668,16 @@ def _robustness(ctx: _Context, model: nn.Module, device: torch.device) -> dict[s
     return {"source": source, "images": n, "mean": mean_corruption_accuracy(rows), "rows": rows}
 
 
-def _cka(ctx: _Context, dense: nn.Module, model: nn.Module) -> dict[str, float]:
+def _cka(ctx: _Context, dense: nn.Module, model: nn.Module) -> dict[str, float] | None:
+    """Per-stage CKA; None when it is undefined (a stage whose output is constant)."""
     from compressor.analysis import stage_cka
+    from compressor.errors import CompressorError
 
-    return stage_cka(dense, model.cpu(), ctx.data.test.images[:CKA_MAX_IMAGES])
+    try:
+        return stage_cka(dense, model.cpu(), ctx.data.test.images[:CKA_MAX_IMAGES])
+    except CompressorError as exc:
+        ctx.log(f"[cka] not computed: {exc}")
+        return None
 
 
 def _lmc(ctx: _Context, cell: Cell, model: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -588,7 +693,7 @@ def _lmc(ctx: _Context, cell: Cell, model: nn.Module, device: torch.device) -> d
     result = error_barrier(
         twin.cpu(),
         model.cpu(),
-        lambda m: evaluate(m, ctx.data.test)[0],
+        lambda m: evaluate(m, ctx.data.test, device=device)[0],
         recompute_bn=recompute_bn_stats(batches),
     )
     return {"twin_of": cell.twin_of, "twin_train_seed": cell.seed + LMC_SEED_OFFSET, **result}

@@ -168,6 +168,8 @@ def prune_filters_at_init(
         )
     try:
         for g_index, channels in picked.items():
+            if not channels:
+                continue
             root = groups[g_index][0].dep.target.module
             dg.get_pruning_group(root, tp.prune_conv_out_channels, sorted(channels)).prune()
         shape_after = output_shape(model, example[:1])

@@ -188,7 +188,7 @@ def prune_after_training(
     meant for these); the ticket keeps the other blocks with the weights of `rewind_state`,
     a state dict of the dense network saved earlier in training (`train.rewind_points`;
     theta_0 for rewinding to initialization). Retrain it with `train.start_epoch` at the
-    rewind epoch for learning-rate rewinding. `trained` is not modified.
+    rewind epoch, so the schedule rewinds with the weights. `trained` is not modified.
     """
     return _prune(trained, rewind_state, spec, images, labels, config)
 

@@ -40,7 +40,8 @@ DIGITS: dict[str, Any] = {
         "weight_decay": 0.0005,
         "progress": "none",
     },
-    # Declared, not measured: about one core's share of a 64-core server CPU's 225-280 W.
+    # Declared, not measured: a round 10 W for two vCPUs of a server (no power counter
+    # is readable on the VM this was measured on).
     # The CO2 savings in percent do not depend on it.
     "experiment": {**_GRID, "rewind": [0.5], "power_watts": 10.0},
 }

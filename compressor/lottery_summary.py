@@ -84,6 +84,17 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
         else None,
     }
     margin = base["accuracy_std"] if xi == "std" else float(xi)
+    by_seed = {r["seed"]: r for r in dense}
+
+    def cost(result: dict[str, Any], key: str) -> float | None:
+        """Training seconds or CO2 of a cell; Algorithm 1's includes its dense training."""
+        value = result["train_seconds"] if key == "train_seconds" else _energy(result, key)
+        if value is not None and result["kind"] == "after":
+            before = by_seed.get(result["seed"])
+            extra = None if before is None else cost(before, key)
+            value = None if extra is None else value + extra
+        return value
+
     rows = []
     order = {"dense": 0, "init": 1, "scratch": 2, "filter": 3, "after": 4, "lmc": 5}
     group_key = lambda r: (order[r["kind"]], r["criterion"] or "", r["blocks"], r["rewind"] or 0.0)  # noqa: E731
@@ -107,14 +118,15 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
             "macs": _mean([r["macs"] for r in members]),
             "params": _mean([r["params"] for r in members]),
             "memory": _mean([r["step_memory_bytes"]["total"] for r in members]),
-            "train_seconds": _mean([r["train_seconds"] for r in members]),
+            "train_seconds": _mean([cost(r, "train_seconds") for r in members]),
             "epochs": _mean([r["epochs_trained"] for r in members]),
         }
         for name in ("macs", "params", "memory", "train_seconds"):
             row[f"{name}_saved"] = 1 - row[name] / base[name]
         row["speedup"] = base["train_seconds"] / row["train_seconds"]
-        if base["co2_g"] is not None and all(r.get("energy") for r in members):
-            row["co2_g"] = _mean([_energy(r, "co2_g") for r in members])
+        co2 = [cost(r, "co2_g") for r in members]
+        if base["co2_g"] is not None and all(value is not None for value in co2):
+            row["co2_g"] = _mean(co2)
             row["co2_saved"] = 1 - row["co2_g"] / base["co2_g"] if base["co2_g"] else None
             row["energy_method"] = members[0]["energy"]["method"]
             row["energy_estimate"] = members[0]["energy"]["estimate"]
@@ -137,7 +149,16 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
         rows.append(row)
     if rows and rows[0]["kind"] == "dense" and base["corrupted"] is not None:
         rows[0]["corrupted_by_name"] = _by_corruption(dense)
-    return {"dense": base, "xi_points": margin, "xi": xi, "rows": rows}
+    devices = sorted({r.get("device") or "?" for r in results})
+    methods = sorted({r["energy"]["method"] for r in results if r.get("energy")})
+    return {
+        "dense": base,
+        "xi_points": margin,
+        "xi": xi,
+        "rows": rows,
+        "devices": devices,
+        "energy_methods": methods,
+    }
 
 
 def _by_corruption(members: list[dict[str, Any]]) -> dict[str, float]:
@@ -241,8 +262,8 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             "",
             "## Tickets after training with rewinding (Algorithm 1)",
             "",
-            "Train s is the retraining from the rewind point alone; these tickets also need "
-            "the dense training they were chosen on.",
+            "Train s and CO2 include the dense training the blocks were chosen on (then the "
+            "retraining from the rewind point): Algorithm 1 costs more than dense training.",
             "",
             *_main_table(after, summary),
         ]
@@ -302,6 +323,12 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             )
     energy = next((r for r in rows if "energy_method" in r), None)
     lines += [""]
+    if len(summary["devices"]) > 1 or len(summary["energy_methods"]) > 1:
+        lines += [
+            f"**Warning:** the cells ran on {summary['devices']} with energy from "
+            f"{summary['energy_methods']}; time and CO2 ratios across them mean little.",
+            "",
+        ]
     if energy is not None:
         kind = "an estimate (declared power x time)" if energy["energy_estimate"] else "measured"
         lines.append(f"Energy and CO2: {energy['energy_method']}, {kind}.")

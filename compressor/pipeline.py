@@ -212,7 +212,7 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     changed = sorted(
         k
         for k in before.keys() | now.keys()
-        if before.get(k) != now.get(k) and k not in ("export", "bench")
+        if before.get(k) != now.get(k) and k not in ("export", "bench", "experiment")
     )
     if changed:
         raise ConfigError(

@@ -88,8 +88,9 @@ class TrainConfig:
     progress: ProgressMode = "auto"  # auto = a bar on a terminal, one log line per epoch otherwise
     # Rewinding (the paper's Algorithm 1): save the weights when training reaches these
     # fractions of `epochs` (0 = theta_0) as rewind_eNNN.safetensors beside the checkpoint;
-    # and start the epoch count and learning-rate schedule at `start_epoch` (learning-rate
-    # rewinding: a rewound ticket retrains the remaining epochs on the original schedule).
+    # and start the epoch count and learning-rate schedule at `start_epoch` (a ticket whose
+    # weights were rewound to that epoch retrains the remaining epochs on the original
+    # schedule; the paper calls this learning-rate rewinding).
     rewind_points: tuple[float, ...] = ()
     start_epoch: int = 0
 
@@ -308,7 +309,7 @@ class _Run:
             nesterov=config.nesterov,
         )
         factor, offset = _lr_factor(config, self.steps_per_epoch), self.steps_per_epoch
-        offset *= config.start_epoch  # learning-rate rewinding: resume the schedule there
+        offset *= config.start_epoch  # the schedule rewinds with the weights: resume it there
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: factor(step + offset)
         )
