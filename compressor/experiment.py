@@ -357,7 +357,7 @@ def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
     changed = sorted(
         k
         for k in before.keys() | now.keys()
-        if k not in ("experiment", "export", "bench", "shrink", "train")
+        if k not in ("name", "experiment", "export", "bench", "shrink", "train")
         and before.get(k) != now.get(k)
     )
     defaults = ExperimentConfig().to_dict()  # a recipe at the default grid leaves it out

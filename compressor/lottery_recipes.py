@@ -26,7 +26,7 @@ _GRID = {
 
 DIGITS: dict[str, Any] = {
     "version": 1,
-    "name": "lottery-digits",
+    "name": "lottery",
     "seed": 0,
     "model": {"name": "resnet32", "width": 1.0},
     "data": {"name": "digits", "image_size": 16},

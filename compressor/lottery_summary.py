@@ -349,22 +349,25 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     rows = [r for r in summary["rows"] if r["kind"] in ("init", "scratch", "after", "filter")]
     if not rows:
         return []
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    figure, axis = plt.subplots(figsize=(9, 4))
+    markers = "osD^v<>p*hX"
+    for number, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         line = sorted((r for r in rows if r["method"] == method), key=lambda r: r["blocks"])
         axis.errorbar(
             [r["blocks"] for r in line],
             [r["delta"] for r in line],
             yerr=[r["accuracy_std"] for r in line],
-            marker="o",
+            marker=markers[number % len(markers)],
+            color=plt.get_cmap("tab20")(number % 20),
             capsize=3,
             label=method,
         )
+    axis.set_xticks(sorted({r["blocks"] for r in rows}))
     axis.axhline(0, color="black", linewidth=0.8)
     axis.axhline(-summary["xi_points"], color="grey", linestyle="--", linewidth=0.8, label="-xi")
     axis.set_xlabel("blocks removed (p)")
-    axis.set_ylabel("top-1 − dense (points)")
-    axis.legend(fontsize=7)
+    axis.set_ylabel("top-1 − dense (points), ± std over seeds")
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     delta_path = out_dir / "delta_vs_p.png"
     figure.savefig(delta_path, dpi=120)
@@ -386,13 +389,14 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         ),
         key=lambda r: r["blocks"],
     )
+    estimate = any(r.get("energy_estimate") for r in line)
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for key, label in (
         ("macs_saved", "MACs"),
         ("params_saved", "params"),
         ("memory_saved", "training-step memory"),
         ("train_seconds_saved", "training time"),
-        ("co2_saved", "CO2"),
+        ("co2_saved", "CO2 (declared power: same as time)" if estimate else "CO2"),
     ):
         if all(r.get(key) is not None for r in line):
             axis.plot(
@@ -400,6 +404,7 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             )
     axis.set_xlabel("blocks removed (p)")
     axis.set_ylabel("saved vs dense (%)")
+    axis.set_xticks([r["blocks"] for r in line])
     axis.set_title(f"{line[0]['method'] if line else ''}: savings")
     axis.legend(fontsize=7)
     figure.tight_layout()
