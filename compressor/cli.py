@@ -53,11 +53,7 @@ def cmd_lottery(args: argparse.Namespace) -> int:
         kinds: dict[str, int] = {}
         for cell in cells:
             kinds[cell.kind] = kinds.get(cell.kind, 0) + 1
-        epochs = recipe.train.epochs
-        total = sum(
-            epochs - round((c.rewind or 0.0) * epochs) if c.kind == "after" else epochs
-            for c in cells
-        )
+        total = sum(cell.epochs_to_train(recipe.train.epochs) for cell in cells)
         print(
             f"{len(cells)} networks to train ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
             f"{total} epochs in all; runtime = {total} x one dense epoch's time, at most"

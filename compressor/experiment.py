@@ -217,6 +217,13 @@ class Cell:
             middle += f"-r{round(100 * (self.rewind or 0.0))}"
         return f"{self.kind}-{middle}-s{self.seed}"
 
+    def rewind_epoch(self, epochs: int) -> int:
+        """The epoch an Algorithm 1 cell rewinds to (0 for every other kind)."""
+        return round((self.rewind or 0.0) * epochs) if self.kind == "after" else 0
+
+    def epochs_to_train(self, epochs: int) -> int:
+        return epochs - self.rewind_epoch(epochs)
+
 
 def plan(config: ExperimentConfig) -> list[Cell]:
     """Every cell, in the order they run: the dense networks first (the others need them)."""
@@ -408,7 +415,7 @@ def _preflight(ctx: _Context, cells: list[Cell]) -> None:
         if cell.kind != "after" or cell_result(ctx.out_dir, cell.key) is not None:
             continue
         dense_dir = ctx.cell_dir(f"dense-s{cell.seed}")
-        epoch = round((cell.rewind or 0.0) * epochs)
+        epoch = cell.rewind_epoch(epochs)
         if (dense_dir / "result.json").is_file() and not rewind_path(
             dense_dir / "train", epoch
         ).is_file():
@@ -448,10 +455,8 @@ def _prune_config(ctx: _Context, criterion: str, blocks: int, seed: int) -> Any:
     )
 
 
-def _layer_ticket(
-    ctx: _Context, criterion: str, blocks: int, seed: int
-) -> tuple[nn.Module, Any, nn.Module]:
-    """(ticket with theta_0 weights, LayerPruneResult, the dense theta_0) of Algorithm 2."""
+def _layer_ticket(ctx: _Context, criterion: str, blocks: int, seed: int) -> tuple[nn.Module, Any]:
+    """(ticket with theta_0 weights, LayerPruneResult) of Algorithm 2."""
     from compressor.layer_prune import prune_at_init
 
     dense, spec = _theta0(ctx, seed)
@@ -459,7 +464,7 @@ def _layer_ticket(
     ticket, result = prune_at_init(
         dense, spec, train.images, train.labels, _prune_config(ctx, criterion, blocks, seed)
     )
-    return ticket, result, dense
+    return ticket, result
 
 
 def _ticket(
@@ -474,7 +479,7 @@ def _ticket(
 
     done = cell_result(ctx.out_dir, Cell("init", seed, criterion, blocks).key)
     if done is None:
-        ticket, result, _ = _layer_ticket(ctx, criterion, blocks, seed)
+        ticket, result = _layer_ticket(ctx, criterion, blocks, seed)
         return ticket, result.spec, result.removed
     ticket, spec = _theta0(ctx, seed)
     removed = tuple(done["removed_blocks"])
@@ -513,7 +518,7 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
             points = tuple(sorted(set(PAPER_REWIND) | set(ctx.config.rewind)))
             train_config = dataclasses.replace(train_config, rewind_points=points)
     elif cell.kind == "init":
-        model, result, _ = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
+        model, result = _layer_ticket(ctx, cell.criterion, cell.blocks, cell.seed)
         spec, facts["block_scores"] = result.spec, result.scores
     elif cell.kind == "scratch":
         _, spec, _ = _ticket(ctx, cell.criterion, cell.blocks, cell.seed)
@@ -539,7 +544,7 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
         from compressor.train import rewind_path
 
         dense_dir = ctx.cell_dir(f"dense-s{cell.seed}")
-        epoch = round((cell.rewind or 0.0) * ctx.recipe.train.epochs)
+        epoch = cell.rewind_epoch(ctx.recipe.train.epochs)
         path = rewind_path(dense_dir / "train", epoch)
         if not path.is_file():
             raise InputError(

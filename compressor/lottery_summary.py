@@ -171,17 +171,21 @@ def _by_corruption(members: list[dict[str, Any]]) -> dict[str, float]:
     return {name: _mean(values) for name, values in table.items()}
 
 
+def _header(*columns: str) -> list[str]:
+    """A markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
 def _main_table(rows: Iterable[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    lines = [
-        "| method | p | seeds | top-1 % (mean ± std) | Δ vs dense | wins | MACs saved % "
-        "| params saved % | memory saved % | train s (speed-up) | CO2 g (saved %) "
-        "| corrupted % (Δ) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "method", "p", "seeds", "top-1 % (mean ± std)", "Δ vs dense", "wins", "MACs saved %",
+        "params saved %", "memory saved %", "train s (speed-up)", "CO2 g (saved %)",
+        "corrupted % (Δ)",
+    )  # fmt: skip
     for row in rows:
         dense = row["kind"] == "dense"
         base = summary["dense"]
@@ -231,9 +235,15 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             "",
             "## Layers vs filters at a matched filter count (the paper's Table 3)",
             "",
-            "| criterion | p | layer removal Δ | filter removal Δ | filters (target → removed) "
-            "| layer MACs saved % | filter MACs saved % |",
-            "|---|---|---|---|---|---|---|",
+            *_header(
+                "criterion",
+                "p",
+                "layer removal Δ",
+                "filter removal Δ",
+                "filters (target → removed)",
+                "layer MACs saved %",
+                "filter MACs saved %",
+            ),  # fmt: skip
         ]
         for f in filters:
             layer = next(
@@ -273,8 +283,12 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             "",
             "## Linear mode connectivity (two copies from the same weights, other data order)",
             "",
-            "| network | seeds | error barrier, points (mean ± std) | max error − mean of ends |",
-            "|---|---|---|---|",
+            *_header(
+                "network",
+                "seeds",
+                "error barrier, points (mean ± std)",
+                "max error − mean of ends",
+            ),  # fmt: skip
         ]
         for r in lmc:
             lines.append(
@@ -290,8 +304,7 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             "",
             "## Linear CKA with the dense network of the same seed, per stage",
             "",
-            "| network | " + " | ".join(stages) + " |",
-            "|---|" + "---|" * len(stages),
+            *_header("network", *stages),
         ]
         if cka_reference:
             lines.append(
@@ -312,8 +325,7 @@ def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, flo
             "",
             "## Accuracy under corruptions, % (mean over severities and seeds)",
             "",
-            "| network | p | " + " | ".join(names) + " |",
-            "|---|---|" + "---|" * len(names),
+            *_header("network", "p", *names),
         ]
         for r in robust:
             lines.append(
