@@ -3,14 +3,14 @@
 `benchmark_side_by_side` is what the pipeline uses to compare variants (dense, ticket,
 shrunk): it interleaves the models iteration by iteration, rotating the order each round, so
 thermal drift, frequency scaling and background load hit every variant equally instead of
-whichever happened to run last.
+whichever happened to run last. The timed phase is split into `repeats` runs
+(`deploy.timed_runs`), so every record also says how far its median moves from run to run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -20,16 +20,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploy.errors import DeployConfigError, DeployInputError
+from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.runners.base import Runner, TensorSpec
-from deploy.stats import latency_stats
+from deploy.stats import latency_stats, run_to_run_cv
+from deploy.timed_runs import timed_runs
 
 if TYPE_CHECKING:
+    from deploy.machine_state import MachineMonitor
     from deploy.power import Energy, PowerSampler
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
-    """How to time a model. Timing stops once both `iterations` and `min_seconds` are met."""
+    """How to time a model. Timing stops once both `iterations` and `min_seconds` are met.
+
+    The timed phase is `repeats` runs, each with its share of `iterations`, `min_seconds` and
+    `max_seconds` (at least one iteration each); medians and percentiles are over all of them.
+    """
 
     batch_sizes: tuple[int, ...] = (1,)
     warmup_iters: int = 20  # untimed runs per model and batch: allocator, caches, clocks
@@ -37,6 +44,9 @@ class BenchConfig:
     min_seconds: float = 0.0  # ...and keep timing until each model has this much timed time
     max_seconds: float = 300.0  # safety cap on the timed phase of one batch size (wall clock)
     seed: int = 0  # for the random inputs, so reruns feed the same data
+    # Independent timed runs per model and batch; their medians' spread is the run-to-run CV.
+    # Three is the fewest that shows a drifting median without tripling short benchmarks.
+    repeats: int = 3
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
     # With a power sampler, each model then runs alone for this long while power is sampled
     # (interleaving would mix the models' power draw); energy per inference comes from it.
@@ -68,6 +78,8 @@ class BenchConfig:
             )
         if not _is_int(self.seed):
             raise DeployConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.repeats) or self.repeats < 1:
+            raise DeployConfigError(f"repeats must be an integer >= 1, got {self.repeats!r}")
         shapes = {}
         for name, shape in dict(self.shapes).items():
             dims = tuple(shape)
@@ -92,9 +104,9 @@ class LatencyRecord:
     device: str
     precision: str
     batch: int
-    threads: int | None  # None: the backend's default thread count
+    threads: int | None  # intra-op threads; CPU runners always set it, None for GPU backends
     warmup_iters: int
-    iterations: int  # timed iterations actually run (fewer than asked only if max_seconds hit)
+    iterations: int  # timed iterations run, over all runs (fewer than asked if max_seconds hit)
     mean_ms: float
     p50_ms: float
     p90_ms: float
@@ -113,6 +125,11 @@ class LatencyRecord:
     energy_mj: float | None = None  # energy per inference call (one whole batch), millijoules
     avg_power_w: float | None = None  # mean power while the energy was measured
     power_source: str | None = None  # what measured it, e.g. "nvml" or "tegrastats:VDD_IN"
+    # Run-to-run variation: the timed phase split into `runs` independent runs, the median
+    # of each, and std/mean of those medians (None with one run, and in older files).
+    runs: int | None = None
+    run_medians_ms: tuple[float, ...] | None = None
+    run_cv: float | None = None
     # Backend-specific figures and settings, JSON-safe (trtexec's enqueue and transfer times,
     # whether a CUDA graph was used, the engine's sidecar hash, ...).
     details: dict[str, Any] = field(default_factory=dict)
@@ -152,15 +169,26 @@ class LatencyRecord:
                 raise DeployInputError(
                     f"record field '{name}' must be a number, got {data[name]!r}"
                 )
-        for name in ("accuracy", "gpu_compute_ms", "energy_mj", "avg_power_w"):
+        for name in ("accuracy", "gpu_compute_ms", "energy_mj", "avg_power_w", "run_cv"):
             if data.get(name) is not None and not _is_number(data[name]):
                 raise DeployInputError(
                     f"record field '{name}' must be a number or null, got {data[name]!r}"
                 )
-        if data.get("accuracy_samples") is not None and not _is_int(data["accuracy_samples"]):
+        for name in ("accuracy_samples", "runs"):
+            if data.get(name) is not None and not _is_int(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be an integer or null, got {data[name]!r}"
+                )
+        medians = data.get("run_medians_ms")
+        if medians is not None and (
+            not isinstance(medians, Sequence)
+            or isinstance(medians, str)
+            or not all(_is_number(m) for m in medians)
+            or (data.get("runs") is not None and len(medians) != data["runs"])
+        ):
             raise DeployInputError(
-                "record field 'accuracy_samples' must be an integer or null, "
-                f"got {data['accuracy_samples']!r}"
+                "record field 'run_medians_ms' must be a list of numbers, one per run, or "
+                f"null, got {medians!r}"
             )
         if data.get("power_source") is not None and not isinstance(data["power_source"], str):
             raise DeployInputError(
@@ -173,6 +201,8 @@ class LatencyRecord:
             )
         values = dict(data)
         values["details"] = dict(values.get("details", {}))
+        if medians is not None:
+            values["run_medians_ms"] = tuple(float(m) for m in medians)
         return cls(**values)
 
 
@@ -185,6 +215,9 @@ _OPTIONAL_FIELDS = frozenset(
         "energy_mj",
         "avg_power_w",
         "power_source",
+        "runs",
+        "run_medians_ms",
+        "run_cv",
         "details",
     )
 )
@@ -208,11 +241,41 @@ def make_inputs(
             f"--shapes names {unknown} are not inputs of the model; its inputs are "
             f"{[spec.name for spec in input_specs]}"
         )
+    concrete = {spec.name: _concrete_shape(spec, batch, shapes) for spec in input_specs}
+    _check_inputs_fit_in_memory(input_specs, concrete, batch)
     rng = np.random.default_rng(seed)
-    return {
-        spec.name: _random_array(spec, _concrete_shape(spec, batch, shapes), rng)
-        for spec in input_specs
-    }
+    return {spec.name: _random_array(spec, concrete[spec.name], rng) for spec in input_specs}
+
+
+def _check_inputs_fit_in_memory(
+    specs: Sequence[TensorSpec], shapes: Mapping[str, tuple[int, ...]], batch: int
+) -> None:
+    """Refuse a batch whose random inputs cannot fit in the memory available now, before numpy
+    asks for it: Linux would overcommit and OOM-kill the process half way, with no message.
+    Checked per model, so with several models the earlier ones' inputs are already counted
+    (they are in use, so MemAvailable has dropped by them)."""
+    sizes = {spec.name: tensor_bytes(shapes[spec.name], _itemsize(spec)) for spec in specs}
+    total = sum(sizes.values())
+    # Each input is drawn as float64 (8 bytes per value) before the cast: the peak is higher.
+    peak = total + max((tensor_bytes(shape, 8) for shape in shapes.values()), default=0)
+    available = available_memory_bytes()
+    if available is None or peak <= available:
+        return
+    name = max(sizes, key=lambda key: sizes[key])
+    spec = next(spec for spec in specs if spec.name == name)
+    raise DeployConfigError(
+        f"batch {batch} does not fit in memory: the random inputs alone need "
+        f"{format_bytes(total)} (input '{name}' is {'x'.join(map(str, shapes[name]))} "
+        f"{spec.dtype}), {format_bytes(peak)} while they are made, and "
+        f"{format_bytes(available)} is available; lower --batch"
+    )
+
+
+def _itemsize(spec: TensorSpec) -> int:
+    try:
+        return np.dtype(spec.dtype).itemsize
+    except TypeError:  # bfloat16 and other types numpy lacks: _random_array refuses them
+        return 4
 
 
 def _concrete_shape(
@@ -279,10 +342,15 @@ def _random_array(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Gener
 
 
 def benchmark(
-    runner: Runner, config: BenchConfig, model_name: str, *, power: PowerSampler | None = None
+    runner: Runner,
+    config: BenchConfig,
+    model_name: str,
+    *,
+    power: PowerSampler | None = None,
+    monitor: MachineMonitor | None = None,
 ) -> list[LatencyRecord]:
     """Time one runner at every batch size in `config`; one record per batch size."""
-    return benchmark_side_by_side({model_name: runner}, config, power=power)
+    return benchmark_side_by_side({model_name: runner}, config, power=power, monitor=monitor)
 
 
 def benchmark_side_by_side(
@@ -290,13 +358,16 @@ def benchmark_side_by_side(
     config: BenchConfig,
     *,
     power: PowerSampler | None = None,
+    monitor: MachineMonitor | None = None,
 ) -> list[LatencyRecord]:
     """Time several models interleaved; one record per model x batch, models in given order.
 
     Runners not yet entered are entered here and closed afterwards; runners the caller already
     entered are used as they are. With `power` (see `deploy.power.open_power_sampler`), each
     model also gets an energy phase of `config.power_seconds` on its own, after its latency is
-    timed, and its records carry energy per inference and mean power.
+    timed, and its records carry energy per inference and mean power. With `monitor` (a
+    `deploy.machine_state.MachineMonitor`), the machine is sampled around and between the
+    timed runs; `deploy.stability.timing_warnings` reads the samples.
     """
     if not runners:
         raise DeployConfigError("benchmark: no models to time")
@@ -316,7 +387,7 @@ def benchmark_side_by_side(
                     runners[name].infer(feeds[name])
                 runners[name].synchronize()
                 runners[name].take_gpu_times_ms()  # warm-up times are not reported
-            timings = _timed_rounds(runners, feeds, config)
+            timings = timed_runs(runners, feeds, config, monitor)
             gpu_ms = {name: runners[name].take_gpu_times_ms() for name in names}
             energy = {
                 name: _energy_phase(runners[name], feeds[name], config, power)
@@ -361,49 +432,11 @@ def _energy_phase(
     return energy_from_trace(trace, inferences)
 
 
-def _timed_rounds(
-    runners: Mapping[str, Runner], feeds: Mapping[str, dict[str, np.ndarray]], config: BenchConfig
-) -> dict[str, list[int]]:
-    """Run rounds (each model once, order rotated per round) until the stopping rule holds.
-
-    Returns nanoseconds per iteration per model. The garbage collector is paused so a
-    collection does not land inside one model's timed iteration.
-    """
-    names = list(runners)
-    timings: dict[str, list[int]] = {name: [] for name in names}
-    totals = dict.fromkeys(names, 0)
-    min_ns = int(config.min_seconds * 1e9)
-    cap_ns = int(config.max_seconds * 1e9)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        started = time.perf_counter_ns()
-        round_index = 0
-        while True:
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                runner, feed = runners[name], feeds[name]
-                start = time.perf_counter_ns()
-                runner.infer(feed)
-                runner.synchronize()
-                elapsed = time.perf_counter_ns() - start
-                timings[name].append(elapsed)
-                totals[name] += elapsed
-            round_index += 1
-            if round_index >= config.iterations and min(totals.values()) >= min_ns:
-                break
-            if time.perf_counter_ns() - started >= cap_ns:
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return timings
-
-
 def _record(
-    name: str, runner: Runner, batch: int, config: BenchConfig, ns: list[int]
+    name: str, runner: Runner, batch: int, config: BenchConfig, runs: list[list[int]]
 ) -> LatencyRecord:
-    stats = latency_stats([t / 1e9 for t in ns], batch)
+    stats = latency_stats([t / 1e9 for run in runs for t in run], batch)
+    medians = tuple(float(np.median(run)) / 1e6 for run in runs)
     return LatencyRecord(
         model=name,
         backend=runner.backend,
@@ -413,6 +446,9 @@ def _record(
         threads=runner.threads,
         warmup_iters=config.warmup_iters,
         **dataclasses.asdict(stats),  # every statistic under the same name
+        runs=len(runs),
+        run_medians_ms=medians,
+        run_cv=run_to_run_cv(medians),
         details=runner.record_details(),
     )
 

@@ -4,6 +4,7 @@
                  [--batch 1,8,32] [--data eval.npz] [--power auto] [--output PATH] ...
     deploy build MODEL.onnx [--precision P] [--batch 1,8,32] [--output ENGINE]
     deploy report RESULTS... [--out DIR] [--baseline dense]
+    deploy compare BASELINE.json NEW.json [--allow-cross-device]
     deploy info
 
 Every error `deploy` raises on purpose becomes one line on stderr, "deploy: error: ...", with
@@ -14,13 +15,15 @@ corrupt files), so scripts on a device can tell them apart and users see no trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
-from deploy.errors import DeployConfigError, DeployError, DeployInputError
+from deploy.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
+from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
 from deploy.evaluate import load_labelled, top1_accuracy
 from deploy.files import file_sha256
 from deploy.fingerprint import (
@@ -29,10 +32,13 @@ from deploy.fingerprint import (
     require_locked_clocks,
     summary_line,
 )
+from deploy.machine_state import MachineMonitor
+from deploy.model_files import refuse_pickle
 from deploy.onnx_info import PRECISIONS, inspect_onnx
 from deploy.power import open_power_sampler
 from deploy.results import default_results_path, format_table, read_results, write_results
 from deploy.runners import Runner, make_runner
+from deploy.stability import StabilityLimits, timing_warnings
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
 
@@ -90,9 +96,41 @@ def _build_parser() -> argparse.ArgumentParser:
         "(checked), tensorrt/trtexec build for it (default: the file's precision)",
     )
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
-    bench.add_argument("--threads", default=None, help="intra-op threads (default: backend's)")
+    bench.add_argument(
+        "--threads",
+        default=None,
+        help="intra-op threads of CPU backends (default: one per CPU this process may use)",
+    )
+    bench.add_argument(
+        "--cpus",
+        default=None,
+        help="pin the benchmark to these CPUs, e.g. 0-3 or 0,2 (Linux); --threads then "
+        "defaults to their number",
+    )
     bench.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
     bench.add_argument("--iterations", default="100", help="timed iterations, at least")
+    bench.add_argument(
+        "--repeats",
+        default="3",
+        help="independent timed runs the iterations are split into; the spread of their "
+        "medians is the run-to-run CV (default 3)",
+    )
+    bench.add_argument(
+        "--max-cv", default="0.10", help="warn above this per-iteration CV (default 0.10)"
+    )
+    bench.add_argument(
+        "--max-run-cv", default="0.05", help="warn above this run-to-run CV (default 0.05)"
+    )
+    bench.add_argument(
+        "--max-load",
+        default="0.5",
+        help="warn above this load average per CPU besides the benchmark's own (default 0.5)",
+    )
+    bench.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when there are measurement warnings (results are still written)",
+    )
     bench.add_argument("--min-seconds", default="0", help="time at least this long per batch")
     bench.add_argument("--max-seconds", default="300", help="stop timing a batch after this")
     bench.add_argument("--seed", default="0", help="seed of the random inputs (default 0)")
@@ -191,6 +229,26 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch", default=None, help="only this batch size")
     report.set_defaults(handler=_report_command)
 
+    compare = commands.add_parser(
+        "compare",
+        help="speed-ups of one result file over another, measured on the same device",
+        description=(
+            "Print, per model x backend x device x precision x batch in both files, the "
+            "speed-up of NEW over BASELINE (baseline p50 / new p50) with medians, p90/p99 and "
+            "both run-to-run CVs. Files from different device fingerprints are refused unless "
+            "--allow-cross-device is given."
+        ),
+    )
+    compare.add_argument("baseline", type=Path, help="result file to compare against")
+    compare.add_argument("new", type=Path, help="result file whose speed-up is shown")
+    compare.add_argument(
+        "--allow-cross-device",
+        action="store_true",
+        help="compute speed-ups between different fingerprints (labelled as cross-device)",
+    )
+    compare.add_argument("--batch", default=None, help="only this batch size")
+    compare.set_defaults(handler=_compare_command)
+
     info = commands.add_parser(
         "info",
         help="describe this device (the fingerprint results carry) and clock warnings",
@@ -206,7 +264,12 @@ def _bench(args: argparse.Namespace) -> int:
             f"--backend '{backend}' is unknown; choose from {', '.join(CLI_BACKENDS)}"
         )
     precision = _precision_option(args.precision)
-    threads = None if args.threads is None else _int_option("--threads", args.threads, minimum=1)
+    threads = _threads_option(args.threads)
+    limits = StabilityLimits(
+        max_cv=_fraction_option("--max-cv", args.max_cv),
+        max_run_cv=_fraction_option("--max-run-cv", args.max_run_cv),
+        max_load=_fraction_option("--max-load", args.max_load),
+    )
     config = BenchConfig(
         batch_sizes=parse_batch_sizes(args.batch),
         warmup_iters=_int_option("--warmup", args.warmup, minimum=0),
@@ -214,6 +277,7 @@ def _bench(args: argparse.Namespace) -> int:
         min_seconds=_float_option("--min-seconds", args.min_seconds),
         max_seconds=_float_option("--max-seconds", args.max_seconds),
         seed=_int_option("--seed", args.seed, minimum=0),
+        repeats=_int_option("--repeats", args.repeats, minimum=1),
         shapes=parse_shapes(args.shapes) if args.shapes else {},
         power_seconds=_float_option("--power-seconds", args.power_seconds, positive=True),
     )
@@ -228,25 +292,34 @@ def _bench(args: argparse.Namespace) -> int:
     name = args.name or args.model.stem
     output = args.output or default_results_path()
     _check_output(output, args.model)
-    fingerprint = device_fingerprint(threads=threads)
+    pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
+    if threads is None and backend in ("onnxruntime", "torch"):  # CPU backends: explicit
+        threads = default_threads()
+    fingerprint = device_fingerprint(threads=threads, pinned_cpus=pinned)
     _clock_check(fingerprint, args.require_locked_clocks)
+    monitor = MachineMonitor()
     if backend == "trtexec":
+        monitor.sample("start")
         records = _bench_trtexec(args, config, precision, name)
+        monitor.sample("end")
     else:
         runner = _cli_runner(args, config, precision, threads)
         power = open_power_sampler(args.power)
         with runner:
-            records = benchmark(runner, config, name, power=power)
+            records = benchmark(runner, config, name, power=power, monitor=monitor)
             if data is not None:
                 accuracy = top1_accuracy(runner, data, batch_size=max(config.batch_sizes))
                 records = [
                     replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
                     for r in records
                 ]
-    path = write_results(output, records, fingerprint)
+    warnings = timing_warnings(records, monitor.samples, limits)
+    path = write_results(output, records, fingerprint, warnings)
     print(summary_line(fingerprint))
     print(format_table(records))
     print(f"results written to {path}")
+    for line in warnings:
+        print(f"deploy: warning: {line}", file=sys.stderr)
     measured = records[0].accuracy if records else None
     if expected is not None and measured is not None:
         target, tolerance = expected
@@ -256,6 +329,11 @@ def _bench(args: argparse.Namespace) -> int:
                 f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
                 f"{args.model.name} on {backend} computes something else; it is broken, not slow"
             )
+    if args.strict and warnings:
+        raise MeasurementError(
+            f"--strict: {len(warnings)} measurement warning(s) above; the results are kept in "
+            f"{path} (with the warnings) but should not be trusted as they stand"
+        )
     return 0
 
 
@@ -327,6 +405,8 @@ def _check_onnx_path(model: Path) -> None:
     """onnxruntime takes ONNX files; say which backend other model files need."""
     if model.is_dir():
         raise DeployInputError(f"{model} is a directory; pass an ONNX file")
+    if model.is_file():  # a pickle renamed .pt2 is no torch.export file: say what it is
+        refuse_pickle(model)
     hint = {
         ".engine": "a TensorRT engine: use --backend tensorrt (or trtexec)",
         ".plan": "a TensorRT engine: use --backend tensorrt (or trtexec)",
@@ -480,6 +560,22 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_command(args: argparse.Namespace) -> int:
+    from deploy.compare import compare_results, render_comparison
+
+    batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
+    baseline, new = read_results(args.baseline), read_results(args.new)
+    names = (str(args.baseline), str(args.new))
+    comparison = compare_results(
+        baseline, new, allow_cross_device=args.allow_cross_device, names=names, batch=batch
+    )
+    for name, result in zip(names, (baseline, new), strict=True):
+        for line in result.warnings:
+            print(f"deploy: warning: {name}: {line}", file=sys.stderr)
+    print(render_comparison(comparison, names))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     fingerprint = device_fingerprint()
     print(summary_line(fingerprint))
@@ -546,6 +642,31 @@ def _int_option(flag: str, text: str, *, minimum: int) -> int:
         raise DeployConfigError(f"{flag}: expected an integer, got {text!r}") from None
     if value < minimum:
         raise DeployConfigError(f"{flag}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _threads_option(text: str | None) -> int | None:
+    """--threads, at most 4 per CPU: beyond that the scheduler is timed, not the model, and
+    onnxruntime's spinning workers make each iteration take minutes (it looks hung)."""
+    if text is None:
+        return None
+    value = _int_option("--threads", text, minimum=1)
+    cpus = os.cpu_count() or 1
+    if value > 4 * cpus:
+        raise DeployConfigError(
+            f"--threads {value}: this machine has {cpus} CPUs, and more than 4 threads per CPU "
+            f"({4 * cpus}) times the scheduler, not the model; use at most {4 * cpus}"
+        )
+    return value
+
+
+def _fraction_option(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DeployConfigError(f"{flag}: expected a number such as 0.1, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise DeployConfigError(f"{flag}: must be a finite number >= 0, got {text!r}")
     return value
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deploy.errors import DeployConfigError, DeployInputError
+from deploy.errors import DeployConfigError, DeployInputError, MeasurementError
+from deploy.files import atomic_file
+from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.runners.base import Runner
 
 
@@ -52,8 +55,7 @@ def save_labelled(
     arrays = {"images": data[0], "labels": data[1]}
     if class_names:
         arrays["class_names"] = np.asarray([str(n) for n in class_names], dtype=np.str_)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    with atomic_file(path) as handle:  # creates the parent directory
         np.savez(handle, **arrays)
     return path
 
@@ -69,6 +71,7 @@ def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
             "numpy.savez(path, images=..., labels=...)"
         )
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as archive:
             names = set(archive.files)
             missing = sorted({"images", "labels"} - names)
@@ -83,18 +86,63 @@ def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
             )
     except DeployInputError:
         raise
-    except ValueError as exc:  # object arrays need pickle, which is refused
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):  # a corrupt .npy header, not an object array
+            raise _unreadable(path, exc) from exc
         raise DeployInputError(
             f"evaluation file {path} holds Python objects, which are not loaded (pickle); "
             "save plain numeric arrays"
         ) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    # zlib.error: a corrupt compressed member; NotImplementedError and RuntimeError: a zip
+    # feature Python lacks (compression method, encryption), in an .npz a damaged header.
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as exc:  # fmt: skip
+        raise _unreadable(path, exc) from exc
+    except MemoryError as exc:
         raise DeployInputError(
-            f"evaluation file {path} is not a readable .npz file ({exc}); write it with "
-            "numpy.savez(path, images=..., labels=...)"
+            f"evaluation file {path} does not fit in memory ({format_bytes(path.stat().st_size)} "
+            "on disk); evaluate on fewer images"
         ) from exc
     images, labels = _checked(images, labels, path)
     return LabelledData(images=images, labels=labels, class_names=class_names)
+
+
+def _unreadable(path: Path, exc: BaseException) -> DeployInputError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DeployInputError(
+        f"evaluation file {path} is not a readable .npz file ({reason}); write it with "
+        "numpy.savez(path, images=..., labels=...)"
+    )
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Read each array's .npy header, not its data, and refuse sizes the file cannot hold or
+    memory cannot take before numpy allocates them: a damaged header can declare terabytes."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    continue  # 3.0 (UTF-8 field names) has no public reader; np.load checks it
+                read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+                shape, _, dtype = read_header(member)
+            size = tensor_bytes(shape, dtype.itemsize)
+            if size > info.file_size:
+                raise DeployInputError(
+                    f"evaluation file {path}: '{info.filename[:-4]}' declares shape "
+                    f"{list(shape)} {dtype} ({format_bytes(size)}) but holds "
+                    f"{format_bytes(info.file_size)}; the file is truncated or corrupt"
+                )
+            total += size
+    available = available_memory_bytes()
+    if available is not None and total > available:
+        raise DeployInputError(
+            f"evaluation file {path} holds {format_bytes(total)} of arrays and "
+            f"{format_bytes(available)} of memory is available; evaluate on fewer images"
+        )
 
 
 def top1_accuracy(runner: Runner, data: LabelledData, batch_size: int = 32) -> Accuracy:
@@ -127,10 +175,23 @@ def class_scores(runner: Runner, data: LabelledData, batch_size: int = 32) -> np
             f"'{spec.name}' expects {['?' if d is None else d for d in expected]}; "
             "the evaluation file must match the model's preprocessing"
         )
+    if spec.dtype not in ("float16", "float32", "float64", "bfloat16"):
+        raise DeployInputError(
+            f"the model's input '{spec.name}' is {spec.dtype}, and evaluation files hold "
+            f"preprocessed float images ({data.images.dtype}); casting them would change them"
+        )
     rows = []
     for outputs in run_batches(runner, data.images, batch_size):
         logits = np.asarray(next(iter(outputs.values())), dtype=np.float32)
         logits = logits.reshape(logits.shape[0], -1)
+        if np.isnan(logits).any():
+            start = sum(len(row) for row in rows)
+            bad = int(np.isnan(logits).any(axis=1).sum())
+            raise MeasurementError(
+                f"the model's scores are NaN for {bad} of images {start}-{start + len(logits) - 1}"
+                " (their pixels are finite), so top-1 would be meaningless; the model overflows "
+                "(an FP16 graph?) or is broken"
+            )
         if logits.shape[1] < 2:
             raise DeployInputError(
                 f"the model's first output has {logits.shape[1]} value(s) per image; top-1 "
@@ -194,5 +255,19 @@ def _checked(images: np.ndarray, labels: np.ndarray, path: Path) -> tuple[np.nda
             f"evaluation file {path}: {images.shape[0]} images but {labels.shape[0]} labels"
         )
     if not np.all(np.isfinite(images)):
-        raise DeployInputError(f"evaluation file {path}: 'images' contains NaN or Inf")
-    return images, labels.astype(np.int64)
+        bad = int((~np.isfinite(images)).reshape(images.shape[0], -1).any(axis=1).sum())
+        raise DeployInputError(
+            f"evaluation file {path}: 'images' contains NaN or Inf ({bad} of "
+            f"{images.shape[0]} images); preprocessing went wrong, fix it and save again"
+        )
+    if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise DeployInputError(
+            f"evaluation file {path}: 'labels' go up to {labels.max()}, beyond any class index"
+        )
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise DeployInputError(
+            f"evaluation file {path}: 'labels' must be class indices >= 0, got "
+            f"{int(labels.min())} ({int(np.sum(labels < 0))} of {labels.size} labels negative)"
+        )
+    return images, labels

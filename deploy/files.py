@@ -13,12 +13,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_file", "atomic_write_bytes", "atomic_write_text", "file_sha256"]
+__all__ = [
+    "atomic_copy",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "file_sha256",
+    "remove_stale_temporaries",
+]
+
+# atomic_file's temporary names: ".<target name>.<mkstemp's 8 random chars>.tmp", in the
+# target's directory.
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 @contextlib.contextmanager
@@ -58,6 +70,43 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to `path` atomically (UTF-8 unless told otherwise). Returns the path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy a file atomically (fsynced before the rename), streaming: engines can be large."""
+    with open(source, "rb") as reader, atomic_file(target) as writer:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            writer.write(chunk)
+    return Path(target)
+
+
+def remove_stale_temporaries(
+    directory: str | os.PathLike[str], *, skip_dirs_with: str | None = None
+) -> list[Path]:
+    """Delete temporary files a killed writer left under `directory`; returns them.
+
+    SIGKILL or a power cut mid-write leaves ".<name>.<8 random chars>.tmp" behind (the
+    target itself is untouched); only names of exactly that shape are removed. Only the
+    process that owns the directory may call this, i.e. one holding its run lock: another
+    live writer's temporary would otherwise vanish under it. Subdirectories holding a file
+    named `skip_dirs_with` (another run's lock) are left to their own owner.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    removed = []
+    for folder, subdirs, names in os.walk(root):
+        here = Path(folder)
+        subdirs[:] = sorted(
+            d for d in subdirs if not (skip_dirs_with and (here / d / skip_dirs_with).exists())
+        )
+        for name in sorted(names):
+            path = here / name
+            if _TEMPORARY.fullmatch(name) and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deploy.cpus import format_cpu_list, usable_cpus
 from deploy.errors import MeasurementError
 from deploy.jetson import (
     COMMAND_TIMEOUT_S,
@@ -106,16 +107,22 @@ _ID_FIELDS = (
 # existed. The JetPack name is left out on purpose: it is derived from l4t_release by a table
 # that grows, and a new table entry must not change old ids. Current clock readings and
 # NVML's lock heuristic are left out too: they move between two runs of the same setup.
-_ID_FIELDS_WHEN_SET = ("l4t_release", "jetson_clocks_locked", "gpu_power_limit_w")
+# pinned_cpus (`--cpus`) is hashed because which cores matter on hybrid CPUs (performance vs
+# efficiency cores); unpinned runs leave it None and keep their ids.
+_ID_FIELDS_WHEN_SET = ("l4t_release", "jetson_clocks_locked", "gpu_power_limit_w", "pinned_cpus")
 
 
 def device_fingerprint(
     threads: int | None = None,
     *,
+    pinned_cpus: str | None = None,
     gpu_probe: Callable[[], dict[str, Any]] | None = None,
     jetson_probe: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Hardware and software facts for a result file; `threads` is what the runner used.
+
+    `pinned_cpus` is the `--cpus` list the process was pinned to ("0-3"), None when not pinned;
+    `cpu_affinity` records the CPUs the process could run on either way.
 
     Never imports torch (versions come from package metadata), so it runs on any device.
     `gpu_probe` / `jetson_probe` default to `nvml_gpu_info` / `jetson_info`; tests pass their own.
@@ -133,6 +140,8 @@ def device_fingerprint(
         "logical_cores": os.cpu_count(),
         "physical_cores": physical_cores(),
         "usable_cores": _usable_cores(),
+        "cpu_affinity": format_cpu_list(usable_cpus()),
+        "pinned_cpus": pinned_cpus,
         "threads": threads,
         "libraries": library_versions(),
         "onnxruntime_providers": _onnxruntime_providers(),
@@ -165,11 +174,13 @@ def summary_line(fingerprint: dict[str, Any]) -> str:
     threads = fingerprint.get("threads")
     accelerator = _accelerator_summary(fingerprint)
     tensorrt = f", tensorrt {libs['tensorrt']}" if libs.get("tensorrt") else ""
+    pinned = fingerprint.get("pinned_cpus")
+    pinned_text = f"pinned to CPU {pinned}, " if pinned else ""
     return (
         f"device: {accelerator + ', CPU ' if accelerator else ''}{fingerprint.get('cpu_model')} "
         f"({fingerprint.get('logical_cores')} logical / {fingerprint.get('physical_cores')} "
         f"physical cores), threads={threads if threads is not None else 'default'}, "
-        f"{fingerprint.get('os')} {fingerprint.get('machine')}, "
+        f"{pinned_text}{fingerprint.get('os')} {fingerprint.get('machine')}, "
         f"python {fingerprint.get('python')}, onnxruntime {libs.get('onnxruntime')}{tensorrt} "
         f"[fingerprint {fingerprint.get('fingerprint_id')}]"
     )

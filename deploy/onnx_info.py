@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deploy.errors import DeployInputError
 from deploy.lazy import lazy_import
+from deploy.model_files import refuse_pickle
 from deploy.runners.base import TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -45,8 +46,13 @@ def inspect_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
     """Read an ONNX file's graph (weights included, no runtime); a non-ONNX file is refused."""
     onnx = lazy_import("onnx", "reading an ONNX file")
     path = Path(path)
+    if path.is_dir():
+        raise DeployInputError(f"{path} is a directory; pass an ONNX file")
     if not path.is_file():
         raise DeployInputError(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DeployInputError(f"{path} is empty (0 bytes); export the model again")
+    refuse_pickle(path)  # before onnx reads a byte of it
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file
@@ -57,6 +63,13 @@ def inspect_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
     graph = model.graph
     if not graph.node and not graph.output:
         raise DeployInputError(f"{path} is not an ONNX model (its graph is empty)")
+    for value in (*graph.input, *graph.output):
+        texts = [value.name, *(dim.dim_param for dim in value.type.tensor_type.shape.dim)]
+        if any(isinstance(text, bytes) for text in texts):  # protobuf's answer to bad UTF-8
+            raise DeployInputError(
+                f"{path} is corrupt: input or output {value.name!r} has a name or dimension "
+                "that is not UTF-8 text; export the model again"
+            )
     initializer_names = {init.name for init in graph.initializer}
     counts: dict[str, int] = {}
     for init in graph.initializer:

@@ -12,6 +12,8 @@ benchmark to fix it is the common case, and a second column would double the tab
 
 Cells show the median latency per batch (ms), the speed-up over the baseline model in the same
 column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
+Measurement warnings the result files carry (noisy or drifting timings, a busy or throttled
+machine; see deploy.stability) are listed with the file they came from.
 matplotlib is imported lazily (in deploy.report_plots); without it (a bare Jetson) the report
 says the plots were skipped. Every file is written atomically, so an interrupted run leaves the
 previous report.
@@ -111,6 +113,8 @@ class MergedTable:
     baseline: str | None  # the baseline model, or None when there is none in the data
     devices: tuple[Device, ...]
     notes: tuple[str, ...] = ()
+    # (file, warning) for every file that contributed a cell, in file order.
+    warnings: tuple[tuple[Path, str], ...] = ()
 
     def cell(self, model: str, column: Column) -> Cell | None:
         return self.cells.get((model, column.key))
@@ -203,7 +207,7 @@ def _looks_like_results(path: Path) -> bool:
         raise DeployInputError(f"cannot read {path}: {exc}") from exc
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, a number too long, deep nesting
         # A truncated result file still starts with its schema (write_results puts it first).
         return _RESULT_SCHEMA_PREFIX in text[:200]
     schema = document.get("schema") if isinstance(document, dict) else None
@@ -283,6 +287,13 @@ def merge_results(
         )
         for pair in sorted(labels, key=lambda p: labels[p])
     )
+    used = {path for _, path, _ in chosen.values()}
+    warnings = tuple(
+        (Path(raw_path), line)
+        for raw_path, result in files
+        if Path(raw_path) in used
+        for line in result.warnings
+    )
     return MergedTable(
         models=tuple(models),
         columns=tuple(columns),
@@ -290,6 +301,7 @@ def merge_results(
         baseline=baseline,
         devices=devices,
         notes=tuple(notes),
+        warnings=warnings,
     )
 
 
@@ -423,6 +435,9 @@ def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[st
             f"- **{device.label}**: fingerprint `{device.fingerprint_id}`; {device.description}; "
             f"files: {files}"
         )
+    if table.warnings:
+        lines += ["", "## Measurement warnings", ""]
+        lines += [f"- `{path}`: {line}" for path, line in table.warnings]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(name).stem.replace('_', ' ')}]({name})" for name in plots]
@@ -455,6 +470,9 @@ def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, by
         for name, data in plots.items()
     )
     note_items = "".join(f"<li>{esc(note)}</li>" for note in notes)
+    warning_items = "".join(
+        f"<li><code>{esc(str(path))}</code>: {esc(line)}</li>" for path, line in table.warnings
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>Benchmark report</title><style>"
@@ -465,6 +483,7 @@ def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, by
         f"<h1>Benchmark report</h1><p>{esc(_intro(table))}</p>"
         f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}"
         f"</tbody></table><h2>Devices</h2><ul>{devices}</ul>"
+        + (f"<h2>Measurement warnings</h2><ul>{warning_items}</ul>" if warning_items else "")
         + (f"<h2>Plots</h2>{images}" if images else "")
         + (f"<h2>Notes</h2><ul>{note_items}</ul>" if note_items else "")
         + "</body></html>\n"

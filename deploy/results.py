@@ -1,13 +1,21 @@
 """Result files: the one format every benchmark writes and every report reads.
 
-Schema "deploy.results/2" (JSON object):
-    schema       "deploy.results/2"
+Schema "deploy.results/3" (JSON object):
+    schema       "deploy.results/3"
     created      ISO 8601 UTC time the file was written, e.g. "2026-05-09T07:35:25Z"
     fingerprint  object from `deploy.fingerprint.device_fingerprint`
     records      list of `LatencyRecord.to_dict()` objects (one per model x backend x
                  precision x batch x device). Version 2 added the optional fields
                  accuracy, accuracy_samples, gpu_compute_ms, energy_mj, avg_power_w,
-                 power_source and details; version-1 files are still read (those are None).
+                 power_source and details; version 3 added runs, run_medians_ms and run_cv
+                 (run-to-run variation). Version-1 and -2 files are still read (those are None).
+    warnings     (version 3, optional) list of strings: what `deploy.stability` found wrong
+                 with the measurement (noisy or drifting timings, a busy or throttled
+                 machine). Absent or empty: nothing was found.
+
+The version went up with each set of new record fields because a reader refuses unknown
+fields: an older `deploy` then says the file is from another version instead of naming a
+field it does not know.
 
 Reports are made from these files only, so results from a Jetson and a server merge into one
 table. Files are written atomically, so an interrupted run never leaves a half-written file
@@ -17,6 +25,7 @@ that a later report would choke on.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +37,9 @@ from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
 from deploy.files import atomic_write_text
 
-SCHEMA = "deploy.results/2"
+SCHEMA = "deploy.results/3"
 # Older schemas this version still reads.
-READABLE_SCHEMAS = (SCHEMA, "deploy.results/1")
+READABLE_SCHEMAS = (SCHEMA, "deploy.results/2", "deploy.results/1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +50,7 @@ class ResultFile:
     created: str
     fingerprint: dict[str, Any]
     records: tuple[LatencyRecord, ...]
+    warnings: tuple[str, ...] = ()  # measurement warnings; () in older files
 
 
 def default_results_path(directory: str | os.PathLike[str] | None = None) -> Path:
@@ -59,6 +69,7 @@ def write_results(
     path: str | os.PathLike[str],
     records: Sequence[LatencyRecord],
     fingerprint: dict[str, Any],
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write a result file atomically (temp file in the same dir, fsync, rename); returns it."""
     path = Path(path)
@@ -67,6 +78,7 @@ def write_results(
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "fingerprint": fingerprint,
         "records": [record.to_dict() for record in records],
+        "warnings": [str(line) for line in warnings],
     }
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     try:
@@ -91,6 +103,10 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
             f"results file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
             f"{exc.msg})"
         ) from exc
+    except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
+        raise DeployInputError(
+            f"results file {path} is not a result file: {str(exc).splitlines()[0]}"
+        ) from exc
     if not isinstance(document, dict):
         raise DeployInputError(f"results file {path}: expected a JSON object at the top level")
     schema = document.get("schema")
@@ -112,22 +128,70 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
             records.append(LatencyRecord.from_dict(entry))
         except DeployInputError as exc:
             raise DeployInputError(f"results file {path}: records[{index}]: {exc}") from exc
+    warnings = document.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise DeployInputError(
+            f"results file {path}: 'warnings' must be a list of strings, got {warnings!r}"
+        )
+    _check_values(path, document, records)
     return ResultFile(
         schema=schema,
         created=document["created"],
         fingerprint=document["fingerprint"],
         records=tuple(records),
+        warnings=tuple(warnings),
     )
+
+
+def _check_values(path: Path, document: dict[str, Any], records: list[LatencyRecord]) -> None:
+    """What the schema check lets through but a report cannot use: text that is not Unicode
+    (JSON's lone surrogate escapes such as \\ud800), fingerprint libraries that are not an
+    object, and numbers that are negative, NaN, infinite or beyond a float."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DeployInputError(
+            f"results file {path} contains a string that is not valid Unicode (a lone "
+            f"surrogate escape such as \\ud800); it was not written by deploy"
+        ) from exc
+    libraries = document["fingerprint"].get("libraries")
+    if libraries is not None and not isinstance(libraries, dict):
+        raise DeployInputError(
+            f"results file {path}: fingerprint 'libraries' must be an object, got "
+            f"{type(libraries).__name__}"
+        )
+    for index, record in enumerate(records):
+        for name, value in record.to_dict().items():
+            values = value if isinstance(value, (list, tuple)) else [value]  # per-run figures
+            for item in values:
+                if isinstance(item, bool) or not isinstance(item, (int, float)):
+                    continue
+                try:
+                    finite = math.isfinite(float(item))
+                except OverflowError:
+                    finite = False
+                if not finite or item < 0 or (name == "accuracy" and item > 1):
+                    wanted = "a fraction from 0 to 1" if name == "accuracy" else "a number >= 0"
+                    raise DeployInputError(
+                        f"results file {path}: records[{index}]: '{name}' must be {wanted}, "
+                        f"got {str(item)[:40]}"
+                    )
+        if record.batch < 1:
+            raise DeployInputError(
+                f"results file {path}: records[{index}]: 'batch' must be >= 1, got {record.batch}"
+            )
 
 
 def format_table(records: Sequence[LatencyRecord]) -> str:
     """Aligned plain-text table, one row per record, for terminals and logs.
 
-    Top-1 accuracy, GPU compute time and energy get columns when any record measured them.
+    Run-to-run CV (std/mean of the per-run medians), top-1 accuracy, GPU compute time and
+    energy get columns when any record measured them.
     """
     header = ["model", "backend", "precision", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms"]
     header.append("img/s")
     optional = [
+        ("run CV", "run_cv", "{:.1%}"),
         ("gpu ms", "gpu_compute_ms", "{:.3f}"),
         ("mJ/call", "energy_mj", "{:.2f}"),
         ("top-1", "accuracy", "{:.2%}"),

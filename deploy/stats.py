@@ -66,3 +66,20 @@ def latency_stats(seconds: Sequence[float], batch: int) -> LatencyStats:
         cv=std_ms / mean_ms,
         throughput_ips=batch / (mean_ms / 1e3),
     )
+
+
+def run_to_run_cv(medians_ms: Sequence[float]) -> float | None:
+    """std / mean of the medians of independent timed runs; None for fewer than two runs.
+
+    Per-iteration CV says how noisy single inferences are; this says how far a *median*
+    moves when the same measurement is repeated (thermal drift, frequency changes, a
+    background job starting), which is what decides whether two medians differ. Sample
+    standard deviation (ddof=1), as in `latency_stats`.
+    """
+    values = np.asarray(medians_ms, dtype=np.float64)
+    if values.size < 2:
+        return None
+    mean = float(values.mean())
+    if not np.all(np.isfinite(values)) or mean <= 0:
+        raise DeployConfigError("run_to_run_cv: medians must be finite and their mean > 0")
+    return float(values.std(ddof=1)) / mean

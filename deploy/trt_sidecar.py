@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +26,8 @@ from deploy.errors import (
 )
 from deploy.files import atomic_write_bytes, file_sha256
 from deploy.lazy import lazy_import
+from deploy.model_files import refuse_pickle
+from deploy.onnx_info import PRECISIONS
 from deploy.runners.base import TensorSpec
 from deploy.trt_version import parse_trt_version
 
@@ -121,42 +123,152 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
 
 
 def load_engine_info(engine_path: str | os.PathLike[str]) -> EngineInfo:
-    """Read `<engine>.json`; a missing sidecar is an EngineMismatchError (nothing to check)."""
+    """Read and check `<engine>.json` against the engine file, without TensorRT.
+
+    A missing sidecar is an EngineMismatchError (nothing says where the engine may run); a
+    sidecar that is not JSON or lacks a field, and an engine whose SHA-256 is not the one its
+    sidecar records (changed, truncated or swapped after the build), are refused too, so
+    TensorRT never deserializes bytes nobody vouches for.
+    """
     engine_path = Path(engine_path)
     path = sidecar_path(engine_path)
     if not path.is_file():
+        onnx_hint = (
+            "; it is an ONNX file: build an engine from it with `deploy build`"
+            if engine_path.suffix.lower() == ".onnx"
+            else ""
+        )
         raise EngineMismatchError(
             f"engine {engine_path.name} has no sidecar {path.name}, so nothing says which "
             f"TensorRT and GPU it was built for; {REBUILD_HINT} (or skip the check with "
-            "check_compatibility=False if you know it matches)"
+            f"check_compatibility=False if you know it matches){onnx_hint}"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeployInputError(f"engine sidecar {path} is not readable JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, and integers too long to convert
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DeployInputError(f"engine sidecar {path} is not readable JSON: {reason}") from exc
     if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise DeployInputError(
             f"engine sidecar {path} has schema {found!r}, "
             f"expected {SIDECAR_SCHEMA!r}; {REBUILD_HINT}"
         )
-    missing = sorted(
-        {"tensorrt_version", "gpu_name", "compute_capability", "precision", "inputs", "outputs"}
-        - set(data)
-    )
+    missing = sorted(set(_SIDECAR_FIELDS) - set(data))
     if missing:
         raise DeployInputError(f"engine sidecar {path} lacks {missing}; {REBUILD_HINT}")
+    for key, (check, wanted) in _SIDECAR_FIELDS.items():
+        if not check(data[key]):
+            raise DeployInputError(
+                f"engine sidecar {path}: '{key}' must be {wanted}, got {_short(data[key])}; "
+                f"{REBUILD_HINT}"
+            )
+    for key in ("build_options", "profile", "source_onnx"):
+        if key in data and not isinstance(data[key], dict):
+            raise DeployInputError(
+                f"engine sidecar {path}: '{key}' must be an object, got {_short(data[key])}; "
+                f"{REBUILD_HINT}"
+            )
+    _check_engine_bytes(engine_path, data["engine_sha256"], path)
     return EngineInfo(
         engine_path=engine_path,
         sidecar_path=path,
-        tensorrt_version=str(data["tensorrt_version"]),
-        gpu_name=str(data["gpu_name"]),
+        tensorrt_version=data["tensorrt_version"],
+        gpu_name=data["gpu_name"],
         compute_capability=tuple(data["compute_capability"]),  # type: ignore[arg-type]
-        precision=str(data["precision"]),
+        precision=data["precision"],
         inputs=tuple(_spec_from_json(s) for s in data["inputs"]),
         outputs=tuple(_spec_from_json(s) for s in data["outputs"]),
         sidecar=data,
     )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_spec_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(s, dict)
+        and isinstance(s.get("name"), str)
+        and isinstance(s.get("dtype"), str)
+        and isinstance(s.get("shape"), list)
+        and all(d is None or (_is_int(d) and d >= 0) for d in s["shape"])
+        for s in value
+    )
+
+
+# Sidecar fields every reader relies on: key -> (check, what it must be).
+_SIDECAR_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "engine_sha256": (
+        lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+        "a hex SHA-256 (64 lowercase hex digits)",
+    ),
+    "tensorrt_version": (lambda v: isinstance(v, str) and bool(v), "a version string"),
+    "gpu_name": (lambda v: isinstance(v, str), "a string"),
+    "compute_capability": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(d) and d >= 0 for d in v),
+        "[major, minor]",
+    ),
+    "precision": (lambda v: isinstance(v, str) and v in PRECISIONS, " or ".join(PRECISIONS)),
+    "inputs": (_is_spec_list, "a list of {name, shape, dtype} objects"),
+    "outputs": (_is_spec_list, "a list of {name, shape, dtype} objects"),
+}
+
+
+def _check_engine_bytes(engine_path: Path, recorded: str, sidecar: Path) -> None:
+    """The engine must exist, be no pickle, and hash to the SHA-256 its sidecar recorded."""
+    if not engine_path.is_file():
+        raise DeployInputError(
+            f"TensorRT engine not found: {engine_path} (its sidecar {sidecar.name} is there)"
+        )
+    refuse_pickle(engine_path, expected="a TensorRT engine")
+    actual = _engine_sha256(engine_path)
+    if actual != recorded:
+        raise EngineMismatchError(
+            f"engine {engine_path.name} is not the engine its sidecar {sidecar.name} describes: "
+            f"its SHA-256 is {actual[:12]}..., the sidecar records {recorded[:12]}... (changed, "
+            f"truncated or swapped after the build); {REBUILD_HINT}"
+        )
+
+
+# (resolved path, size, mtime_ns) -> sha256: the runner and the CLI both read an engine's
+# sidecar, and hashing a large engine twice is a wasted second.
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _engine_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        try:
+            _SHA256_CACHE[key] = file_sha256(path)
+        except OSError as exc:
+            raise DeployInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _SHA256_CACHE[key]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def verify_engine_file(
+    engine_path: str | os.PathLike[str], *, require_sidecar: bool = True
+) -> EngineInfo | None:
+    """Everything about an engine file that can be checked without TensorRT, before it is
+    imported: the file exists, is not a pickle, has a well-formed sidecar (unless not
+    required and absent) whose SHA-256 matches. Returns the sidecar's info, or None."""
+    engine_path = Path(engine_path)
+    if engine_path.is_dir():
+        raise DeployInputError(f"{engine_path} is a directory; pass a TensorRT engine file")
+    if not engine_path.is_file():
+        raise DeployInputError(f"TensorRT engine not found: {engine_path}")
+    refuse_pickle(engine_path, expected="a TensorRT engine")
+    if not require_sidecar and not sidecar_path(engine_path).is_file():
+        return None
+    return load_engine_info(engine_path)
 
 
 def check_engine_compatible(

@@ -23,7 +23,7 @@ from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MissingDependencyError
 from deploy.onnx_info import inspect_onnx
 from deploy.trt_engine import BuildOptions, plan_build
-from deploy.trt_sidecar import load_engine_info, sidecar_path
+from deploy.trt_sidecar import load_engine_info, sidecar_path, verify_engine_file
 from deploy.trt_version import TrtVersion, capabilities
 from deploy.trtexec_output import (
     TrtexecIteration,
@@ -317,16 +317,18 @@ def run_trtexec(
     """
     if "export_times" in options:
         raise DeployConfigError("run_trtexec writes and reads --exportTimes itself; leave it out")
-    path = find_trtexec(trtexec)
-    version = capabilities(trt_version).version if trt_version else trtexec_version(path)
     model = Path(model)
     source = {"onnx": model} if model.suffix == ".onnx" else {"engine": model}
+    # The model file first: a corrupt file or a pickle is named as such, trtexec or not.
     if "onnx" in source:
-        precision = precision or inspect_onnx(model).precision
-    elif precision is None:
-        precision = (
-            load_engine_info(model).precision if sidecar_path(model).is_file() else "unknown"
-        )
+        info = inspect_onnx(model)
+        precision = precision or info.precision
+    else:
+        engine = verify_engine_file(model, require_sidecar=False)  # a sidecar, if any, must match
+        if precision is None:
+            precision = engine.precision if engine is not None else "unknown"
+    path = find_trtexec(trtexec)
+    version = capabilities(trt_version).version if trt_version else trtexec_version(path)
     options.setdefault("no_data_transfers", False)
     records = []
     for batch in batch_sizes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from deploy.files import atomic_write_bytes
+from deploy.model_files import PICKLE_HINT, pickle_kind
 from export.errors import ExportError, ExportInputError, OnnxValidationError, first_line
 
 # protobuf cannot serialize a message of 2 GiB or more; such models need external data.
@@ -30,6 +31,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise OnnxValidationError(f"ONNX file not found: {path}")
+    refuse_pickle(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors differ by version
@@ -44,6 +46,17 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
             "of another format; export it again"
         )
     return model
+
+
+def refuse_pickle(path: Path, error: type[ExportError] = OnnxValidationError) -> None:
+    """A pickle offered as an ONNX file is refused before anything reads it (see
+    `deploy.model_files`: unpickling runs code); raises `error` naming the file."""
+    kind = pickle_kind(path)
+    if kind is not None:
+        raise error(
+            f"{path} is {kind}, not an ONNX file; it is not loaded, since loading a pickle can "
+            f"run any code it carries; {PICKLE_HINT}"
+        )
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:

@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, first_line
+from export.metadata import refuse_pickle
 from export.trt_ops import (
     DEFAULT_DOMAINS,
     DLA_UNSUPPORTED,
@@ -130,6 +131,7 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     path = Path(model)
     if not path.is_file():
         raise ExportInputError(f"ONNX file not found: {path}")
+    refuse_pickle(path, ExportInputError)
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # DecodeError, missing external data

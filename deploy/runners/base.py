@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployInputError
+from deploy.errors import DeployError, DeployInputError, MeasurementError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,29 @@ class Runner:
                         f"{self.backend} runner: input '{name}' axis {axis} is {got}, "
                         f"the model expects {want} (shape {spec.shape})"
                     )
-        return self._infer(feed)
+            want_dtype = _numpy_dtype(spec.dtype)
+            if want_dtype is not None and array.dtype != want_dtype:
+                raise DeployInputError(
+                    f"{self.backend} runner: input '{name}' is {array.dtype}, the model expects "
+                    f"{spec.dtype}; cast it first (array.astype(np.{spec.dtype}))"
+                )
+        try:
+            return self._infer(feed)
+        except DeployError:
+            raise
+        except Exception as exc:  # the backend's own error types; a bug of ours passes through
+            shapes = {name: list(array.shape) for name, array in feed.items()}
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if _out_of_memory(exc):
+                raise MeasurementError(
+                    f"{self.backend} ran out of memory on inputs {shapes}: {reason}; lower the "
+                    "batch size (--batch)"
+                ) from exc
+            if isinstance(exc, RuntimeError) or type(exc).__module__.startswith("onnxruntime"):
+                raise DeployError(
+                    f"{self.backend} failed to run the model on inputs {shapes}: {reason}"
+                ) from exc
+            raise
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -103,3 +126,23 @@ class Runner:
         the median of the timed iterations into `LatencyRecord.gpu_compute_ms`.
         """
         return []
+
+
+# What backends say when an allocation fails: numpy/Python MemoryError, torch's
+# OutOfMemoryError, onnxruntime's "Failed to allocate memory", C++'s std::bad_alloc.
+_OUT_OF_MEMORY = ("out of memory", "failed to allocate", "not enough memory", "bad_alloc",
+                  "bad allocation")  # fmt: skip
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
+        return True
+    return any(text in str(exc).lower() for text in _OUT_OF_MEMORY)
+
+
+@functools.lru_cache(maxsize=64)  # infer() runs in timed loops: look each name up once
+def _numpy_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:  # "bfloat16" and other names numpy does not know
+        return None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.cpus import default_threads
 from deploy.errors import DeployInputError
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
@@ -27,11 +28,14 @@ _ORT_TYPES = {
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file with onnxruntime.
 
-    `threads` sets intra-op threads (None: onnxruntime's default, all physical cores);
-    inter-op is kept at 1 because CNN graphs here are sequential. `optimize=False` runs the
-    graph as written: a QDQ model then computes on dequantized int8 values in float (exact
-    int8 products, wide sums), as TensorRT's INT8 kernels do, instead of onnxruntime's fused
-    CPU int8 kernels, whose 16-bit intermediate sums saturate on x86 CPUs without VNNI.
+    `threads` sets intra-op threads; None on the CPU provider means one per CPU this process
+    may use (`deploy.cpus.default_threads`, decided when the session is made, so after any
+    pinning), never onnxruntime's own default, which varies by version and machine and would
+    leave the record without a thread count. Inter-op is kept at 1 because CNN graphs here
+    are sequential. `optimize=False` runs the graph as written: a QDQ model then computes on
+    dequantized int8 values in float (exact int8 products, wide sums), as TensorRT's INT8
+    kernels do, instead of onnxruntime's fused CPU int8 kernels, whose 16-bit intermediate
+    sums saturate on x86 CPUs without VNNI.
     """
 
     backend = "onnxruntime"
@@ -60,10 +64,14 @@ class OnnxRuntimeRunner(Runner):
         if not self.model_path.is_file():
             raise DeployInputError(f"ONNX file not found: {self.model_path}")
         options = ort.SessionOptions()
+        if self.threads is None and self.device == "cpu":
+            self.threads = default_threads()
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: no notes on unused initializers
+        # Fatal only: errors reach the user as our one-line DeployError, quoting onnxruntime's
+        # message; its own log line on stderr would be a second, colored copy.
+        options.log_severity_level = 4
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if self.optimize

@@ -30,6 +30,7 @@ from deploy.trt_sidecar import (
     gpu_identity,
     load_engine_info,
     sidecar_path,
+    verify_engine_file,
 )
 
 
@@ -51,6 +52,9 @@ class TensorRTRunner(Runner):
         cuda_graph: bool = False,
         check_compatibility: bool = True,
     ) -> None:
+        # The file is checked first (exists, no pickle, sidecar whose SHA-256 matches), so a
+        # wrong file is named as such even where TensorRT is missing.
+        verify_engine_file(engine_path, require_sidecar=check_compatibility)
         self._trt = lazy_import("tensorrt", "the TensorRT runner")
         if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise DeployConfigError(

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deploy.cpus import default_threads
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.lazy import lazy_import
+from deploy.model_files import refuse_pickle
 from deploy.runners.base import Runner, TensorSpec
 
 if TYPE_CHECKING:  # pragma: no cover - only for type checkers
@@ -38,7 +40,10 @@ class TorchRunner(Runner):
     module, unlike an ONNX file, does not describe its inputs; pass a mapping name -> shape
     when `input_names` has several entries. `device="auto"` picks CUDA when available.
     `threads` sets torch's intra-op threads while the runner is active and restores the
-    previous value afterwards.
+    previous value afterwards; None on the CPU means one per CPU this process may use
+    (`deploy.cpus.default_threads`, decided when the runner is entered), so every CPU record
+    says how many threads it ran with. torch's inter-op pool is left alone: eager modules do
+    not use it, and torch allows setting it only once per process.
     """
 
     backend = "torch"
@@ -79,6 +84,8 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         torch = self._torch
+        if self.threads is None and self.device == "cpu":
+            self.threads = default_threads()
         if self.threads is not None:
             self._previous_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
@@ -216,6 +223,8 @@ def load_exported_program(
 
     torch = lazy_import("torch", "the torch runner")
     path = Path(path)
+    if path.is_file():  # a torch.save file or raw pickle is never loaded, --allow-pickle or not
+        refuse_pickle(path, expected="a torch.export file (.pt2)")
     if path.suffix != ".pt2":
         raise DeployInputError(
             f"the torch backend runs torch.export files (.pt2), got {path.name}; ONNX files go "

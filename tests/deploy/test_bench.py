@@ -11,6 +11,7 @@ import pytest
 from deploy.bench import BenchConfig, LatencyRecord, benchmark, benchmark_side_by_side, make_inputs
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.runners import Runner, TensorSpec, make_runner
+from deploy.timed_runs import iterations_per_run
 
 QUICK = {"warmup_iters": 2, "iterations": 15}
 
@@ -95,6 +96,7 @@ def test_fixed_batch_model_refuses_other_batch_sizes() -> None:
         ({"max_seconds": 0.0}, "max_seconds"),
         ({"min_seconds": 5.0, "max_seconds": 1.0}, "max_seconds"),
         ({"shapes": {"input": (1, 0)}}, "shapes"),
+        ({"repeats": 0}, "repeats"),
     ],
 )
 def test_bench_config_errors_name_the_field(kwargs: dict, field: str) -> None:
@@ -179,3 +181,35 @@ def test_max_seconds_caps_a_run_that_asks_for_too_many_iterations() -> None:
     (record,) = benchmark(runner, config, "slow")
     assert time.perf_counter() - started < 2.0
     assert 1 <= record.iterations < 1_000_000
+
+
+# --- repeats: run-to-run variation ---------------------------------------------------------
+
+
+def test_repeats_split_the_timed_phase_into_runs_with_their_medians(classifier: Path) -> None:
+    config = BenchConfig(batch_sizes=(1, 2), warmup_iters=1, iterations=10, repeats=3)
+    with make_runner("onnxruntime", classifier, threads=1) as runner:
+        records = benchmark(runner, config, "dense")
+    for r in records:
+        assert r.iterations == 10 and r.runs == 3  # 4 + 3 + 3 iterations
+        assert len(r.run_medians_ms) == 3
+        assert all(r.min_ms <= m <= r.max_ms for m in r.run_medians_ms)
+        medians = np.array(r.run_medians_ms)
+        assert r.run_cv == pytest.approx(medians.std(ddof=1) / medians.mean())
+        assert LatencyRecord.from_dict(r.to_dict()) == r
+
+
+def test_one_repeat_has_no_run_to_run_cv() -> None:
+    runner = LoggingRunner("a", [])
+    (record,) = benchmark(runner, BenchConfig(warmup_iters=0, iterations=4, repeats=1), "a")
+    assert (record.runs, len(record.run_medians_ms), record.run_cv) == (1, 1, None)
+
+
+def test_rotation_carries_across_runs_and_every_run_gets_an_iteration() -> None:
+    log: list[str] = []
+    runners = {name: LoggingRunner(name, log) for name in ("a", "b")}
+    records = benchmark_side_by_side(runners, BenchConfig(warmup_iters=0, iterations=1, repeats=3))
+    assert log == ["a", "b", "b", "a", "a", "b"]  # one round per run, order still rotating
+    assert [r.iterations for r in records] == [3, 3]
+    assert iterations_per_run(100, 3) == [34, 33, 33]
+    assert iterations_per_run(2, 3) == [1, 1, 1]

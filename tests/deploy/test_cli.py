@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -166,6 +167,13 @@ def _garbage(tmp_path: Path) -> str:
             1,
             "gives input 'input' a batch of 2, but the model fixes its batch to 1",
         ),
+        (lambda m, t: ["bench", str(m["dense"]), "--repeats", "0"], 2, "--repeats"),
+        (lambda m, t: ["bench", str(m["dense"]), "--max-cv", "-1"], 2, "--max-cv"),
+        (lambda m, t: ["bench", str(m["dense"]), "--max-run-cv", "x"], 2, "--max-run-cv"),
+        (lambda m, t: ["bench", str(m["dense"]), "--cpus", "3-1"], 2, "runs backwards"),
+        (lambda m, t: ["bench", str(m["dense"]), "--cpus", "a"], 2, "--cpus: expected CPU"),
+        (lambda m, t: ["bench", str(m["dense"]), "--cpus", "99999"], 2, "has no online CPU 99999"),
+        (lambda m, t: ["compare", str(t / "a.json"), str(t / "b.json")], 1, "not found"),
         (lambda m, t: ["bench"], 2, "required: model"),
         (lambda m, t: ["bench", str(m["dense"]), "--no-such-flag"], 2, "unrecognized"),
         (lambda m, t: [], 2, "required"),
@@ -313,3 +321,63 @@ def test_expected_top1_fails_the_run_but_keeps_the_results(
     assert read_results(output).records[0].accuracy == 1.0  # written before the verdict
     assert main(["bench", str(classifier), *FAST, "--expect-top1", "0.9"]) == 2
     assert "--expect-top1 needs --data" in capsys.readouterr().err
+
+
+def test_bench_records_runs_and_an_explicit_thread_count(
+    classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploy.cpus import default_threads
+
+    output = tmp_path / "r.json"
+    args = ["bench", str(classifier), "--warmup", "1", "--iterations", "6", "--repeats", "2"]
+    assert main([*args, "--output", str(output)]) == 0
+    assert "run CV" in capsys.readouterr().out.splitlines()[1]  # the table's header
+    document = json.loads(output.read_text())
+    (raw,) = document["records"]
+    assert raw["runs"] == 2 and len(raw["run_medians_ms"]) == 2 and raw["run_cv"] >= 0
+    assert isinstance(document["warnings"], list)
+    # No --threads: the CPU backend still runs, and records, an explicit count.
+    assert raw["threads"] == document["fingerprint"]["threads"] == default_threads()
+
+
+def test_busy_machine_warns_and_strict_fails_after_writing_the_results(
+    classifier: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (500.0, 500.0, 500.0))
+    output = tmp_path / "r.json"
+    args = ["bench", str(classifier), *FAST, "--output", str(output), "--max-cv", "1e9"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    busy = [line for line in err if line.startswith("deploy: warning: machine busy: 1-minute")]
+    assert len(busy) == 1
+    assert any(w.startswith("machine busy: 1-minute") for w in read_results(output).warnings)
+    output.unlink()
+    assert main([*args, "--strict"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("deploy: error: --strict: ") and str(output) in err[-1]
+    assert all(line.startswith("deploy: ") for line in err)  # one line each, no traceback
+    assert read_results(output).warnings  # written before the verdict, warnings included
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_cpus_pins_the_benchmark_and_is_recorded(
+    classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploy.cpus import pin_process
+
+    before = sorted(os.sched_getaffinity(0))
+    cpu = before[-1]
+    output = tmp_path / "r.json"
+    try:
+        args = ["bench", str(classifier), "--warmup", "1", "--iterations", "3", "--cpus", str(cpu)]
+        assert main([*args, "--output", str(output)]) == 0
+        assert os.sched_getaffinity(0) == {cpu}
+    finally:
+        pin_process(before)
+    assert f"pinned to CPU {cpu}" in capsys.readouterr().out
+    result = read_results(output)
+    assert result.fingerprint["pinned_cpus"] == result.fingerprint["cpu_affinity"] == str(cpu)
+    assert result.records[0].threads == 1  # one usable CPU: one thread by default

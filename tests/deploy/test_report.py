@@ -3,6 +3,7 @@ label collisions, repeated measurements, the Pareto front, and the files written
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -286,3 +287,40 @@ def test_corrupt_or_foreign_files_are_named(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(DeployInputError, match="no result files"):
         build_report([empty], tmp_path / "out")
+
+
+def test_speedups_never_cross_fingerprints() -> None:
+    """The baseline measured on one machine and a variant on another: two columns, and no
+    speed-up for the variant, since its column has no baseline of its own."""
+    cpu_a = {"fingerprint_id": "aaaaaaaaaaaa", "cpu_model": "AMD EPYC 7763 64-Core Processor"}
+    cpu_b = cpu_a | {"fingerprint_id": "bbbbbbbbbbbb", "libraries": {"onnxruntime": "1.18.0"}}
+    rec = dict(backend="onnxruntime", device="cpu", precision="fp32", threads=2)
+    table = merge_results(
+        [
+            ("a.json", result(cpu_a, [record("dense", 2.0, **rec)], "2026-01-01T00:00:00Z")),
+            ("b.json", result(cpu_b, [record("shrunk", 1.0, **rec)], "2026-01-01T00:00:00Z")),
+        ]
+    )
+    assert len(table.columns) == 2
+    assert {c.fingerprint_id for c in table.columns} == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
+    (b_column,) = [c for c in table.columns if c.fingerprint_id == "bbbbbbbbbbbb"]
+    assert table.cell("shrunk", b_column).speedup is None
+    assert table.cell("dense", b_column) is None
+
+
+def test_measurement_warnings_of_the_files_are_in_the_report(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    warning = "machine busy: 1-minute load average 7.00 on 2 CPUs around the timed runs"
+    write_results(results / "orin.json", JETSON_RECORDS, JETSON, [warning])
+    write_results(results / "server.json", SERVER_RECORDS, SERVER)
+    files = build_report([results], tmp_path / "report")
+    markdown = files.markdown.read_text()
+    section = markdown.split("## Measurement warnings\n\n", 1)[1]
+    assert section.splitlines()[0] == f"- `{results / 'orin.json'}`: {warning}"
+    assert "<h2>Measurement warnings</h2>" in files.html.read_text()
+    # A file whose every measurement a newer one replaced no longer speaks for the table.
+    newer = result(JETSON, JETSON_RECORDS, "2100-01-01T00:00:00Z")
+    older = result(JETSON, JETSON_RECORDS, "2000-01-01T00:00:00Z")
+    older = dataclasses.replace(older, warnings=(warning,))
+    table = merge_results([("old.json", older), ("new.json", newer)])
+    assert table.warnings == ()

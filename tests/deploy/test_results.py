@@ -43,7 +43,7 @@ def test_round_trip_keeps_records_and_fingerprint(tmp_path: Path) -> None:
     records = [make_record("dense", 1), make_record("shrunk", 8, mean_ms=0.5)]
     path = write_results(tmp_path / "sub" / "run.json", records, FINGERPRINT)
     loaded = read_results(path)
-    assert loaded.schema == SCHEMA == "deploy.results/2"
+    assert loaded.schema == SCHEMA == "deploy.results/3"
     assert loaded.records == tuple(records)
     assert loaded.fingerprint == FINGERPRINT
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", loaded.created)
@@ -81,7 +81,7 @@ def _write(path: Path, document: object) -> Path:
         ([1, 2], "expected a JSON object"),
         (
             {"schema": "deploy.results/9", "created": "x", "fingerprint": {}, "records": []},
-            "schema is 'deploy.results/9', expected 'deploy.results/2'",
+            "schema is 'deploy.results/9', expected 'deploy.results/3'",
         ),
         ({"created": "x", "fingerprint": {}, "records": []}, "schema is None"),
         (
@@ -169,3 +169,36 @@ def test_optional_figures_round_trip_and_are_type_checked(tmp_path: Path) -> Non
     document = {"schema": SCHEMA, "created": "x", "fingerprint": {}, "records": [bad]}
     with pytest.raises(DeployInputError, match="'energy_mj' must be a number or null"):
         read_results(_write(tmp_path / "bad.json", document))
+
+
+def test_version_2_files_read_without_run_fields_or_warnings(tmp_path: Path) -> None:
+    old = make_record().to_dict()
+    for name in ("runs", "run_medians_ms", "run_cv"):
+        del old[name]
+    document = {"schema": "deploy.results/2", "created": "x", "fingerprint": {}, "records": [old]}
+    loaded = read_results(_write(tmp_path / "v2.json", document))
+    (record,) = loaded.records
+    assert (record.runs, record.run_medians_ms, record.run_cv) == (None, None, None)
+    assert loaded.warnings == ()
+    assert "run CV" not in format_table(loaded.records)  # nothing measured, no column
+
+
+def test_run_to_run_fields_and_warnings_round_trip(tmp_path: Path) -> None:
+    record = replace(make_record(), runs=3, run_medians_ms=(1.8, 1.9, 2.1), run_cv=0.08)
+    warning = "dense (onnxruntime cpu fp32, batch 1): run-to-run CV 8.0% is above 5.0%"
+    path = write_results(tmp_path / "r.json", [record], FINGERPRINT, [warning])
+    document = json.loads(path.read_text())
+    assert document["warnings"] == [warning]
+    assert document["records"][0]["run_medians_ms"] == [1.8, 1.9, 2.1]
+    loaded = read_results(path)
+    assert loaded.records == (record,) and loaded.warnings == (warning,)
+    assert format_table([record]).splitlines()[2].split()[-1] == "8.0%"  # the run CV column
+    bad_runs = record.to_dict() | {"run_medians_ms": [1.8, 1.9]}
+    for bad, message in (
+        ({"records": [bad_runs]}, "'run_medians_ms' must be a list of numbers, one per run"),
+        ({"records": [record.to_dict() | {"run_cv": "low"}]}, "'run_cv' must be a number"),
+        ({"records": [], "warnings": "busy"}, "'warnings' must be a list of strings"),
+    ):
+        document = {"schema": SCHEMA, "created": "x", "fingerprint": {}} | bad
+        with pytest.raises(DeployInputError, match=message):
+            read_results(_write(tmp_path / "bad.json", document))

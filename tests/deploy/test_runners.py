@@ -73,6 +73,6 @@ def test_a_file_that_is_not_onnx_is_named(tmp_path: Path) -> None:
     from deploy.onnx_info import inspect_onnx
 
     bogus = tmp_path / "weights.onnx"
-    bogus.write_bytes(b"\x80\x04not protobuf at all" * 10)
+    bogus.write_bytes(b"\xffnot protobuf at all" * 10)  # (b"\x80\x04..." reads as a pickle)
     with pytest.raises(DeployInputError, match="not a readable ONNX file"):
         inspect_onnx(bogus)

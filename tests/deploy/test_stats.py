@@ -7,7 +7,7 @@ import math
 import pytest
 
 from deploy.errors import DeployConfigError
-from deploy.stats import latency_stats
+from deploy.stats import latency_stats, run_to_run_cv
 
 
 def test_four_timings_match_hand_computed_values() -> None:
@@ -55,3 +55,11 @@ def test_single_timing_has_zero_spread() -> None:
 def test_bad_input_is_a_clear_config_error(seconds: list[float], batch: int, message: str) -> None:
     with pytest.raises(DeployConfigError, match=message):
         latency_stats(seconds, batch=batch)
+
+
+def test_run_to_run_cv_is_the_spread_of_the_run_medians() -> None:
+    assert run_to_run_cv([1.0, 2.0, 3.0]) == pytest.approx(0.5)  # std 1 (ddof=1), mean 2
+    assert run_to_run_cv([2.0, 2.0]) == 0.0
+    assert run_to_run_cv([2.0]) is None  # one run: no run-to-run variation to speak of
+    with pytest.raises(DeployConfigError, match="finite"):
+        run_to_run_cv([1.0, float("nan")])

@@ -233,13 +233,18 @@ def test_building_without_tensorrt_says_what_to_install(
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed, so it is not missing")
-def test_the_tensorrt_runner_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+def test_the_tensorrt_runner_without_tensorrt_says_what_to_install(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
     from deploy.runners.tensorrt import TensorRTRunner
 
+    engine = saved_engine(models, tmp_path)  # a sound file: only TensorRT is missing
     with pytest.raises(MissingDependencyError, match="the TensorRT runner needs the 'tensorrt'"):
-        TensorRTRunner(tmp_path / "model.engine")
+        TensorRTRunner(engine)
     with pytest.raises(MissingDependencyError, match="the TensorRT runner needs the 'tensorrt'"):
-        make_runner("tensorrt", tmp_path / "model.engine", cuda_graph=True)
+        make_runner("tensorrt", engine, cuda_graph=True)
+    with pytest.raises(DeployInputError, match="TensorRT engine not found"):  # the file first
+        TensorRTRunner(tmp_path / "absent.engine")
 
 
 def test_trtexec_is_not_a_runner() -> None:
