@@ -21,10 +21,13 @@ from compressor.data import load_data
 from compressor.pipeline import VARIANTS
 from compressor.recipe import recipe_from_dict
 from deploy.bench import benchmark_side_by_side
+from deploy.cpus import default_threads
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.fingerprint import device_fingerprint
+from deploy.machine_state import MachineMonitor
 from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
+from deploy.stability import timing_warnings
 
 
 def main() -> int:
@@ -40,7 +43,8 @@ def main() -> int:
     data = load_data(recipe_from_dict(report["recipe"]).data)
     test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
 
-    runners = {name: OnnxRuntimeRunner(path, threads=args.threads) for name, path in files.items()}
+    threads = args.threads or default_threads()
+    runners = {name: OnnxRuntimeRunner(path, threads=threads) for name, path in files.items()}
     config = bench_config(args)
     accuracy = {}
     for name, runner in runners.items():
@@ -50,12 +54,16 @@ def main() -> int:
     for variant in VARIANTS:
         with OnnxRuntimeRunner(files[f"{variant}/int8"], optimize=False) as runner:
             as_written[variant] = top1_accuracy(runner, test, batch_size=64).top1
-    records = benchmark_side_by_side(runners, config)
-    fingerprint = device_fingerprint(threads=args.threads)
-    path = write_results(run_dir / "bench_int8.json", records, fingerprint)
+    monitor = MachineMonitor()
+    records = benchmark_side_by_side(runners, config, monitor=monitor)
+    fingerprint = device_fingerprint(threads=threads)
+    warnings = timing_warnings(records, monitor.samples)
+    path = write_results(run_dir / "bench_int8.json", records, fingerprint, warnings)
     print(format_table(records))
     machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
-    print(f"\nresults: {path}\nmachine: {machine}")
+    print(f"\nresults: {path}\nmachine: {machine}, {threads} threads")
+    for line in warnings:
+        print(f"warning: {line}")
     print(f"\naccuracy on {len(test)} test images (onnxruntime CPU):")
     print("  (int8 kernels: onnxruntime's fused CPU int8 kernels, the ones timed below;")
     print("   int8 as written: Q/DQ computed exactly, as TensorRT's INT8 kernels do)")

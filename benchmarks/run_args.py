@@ -25,7 +25,12 @@ def parse_run_args(description: str) -> tuple[argparse.Namespace, Path, dict[str
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="independent timed runs (run-to-run CV)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: usable CPUs)"
+    )
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     report_path = run_dir / "report.json"
@@ -44,4 +49,5 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         batch_sizes=tuple(int(b) for b in args.batch.split(",")),
         warmup_iters=args.warmup,
         iterations=args.iterations,
+        repeats=args.repeats,
     )

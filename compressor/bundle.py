@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from compressor.atomic import atomic_write_text
 from compressor.errors import InputError
-from deploy.files import file_sha256
+from deploy.files import atomic_copy, file_sha256
 
 SCHEMA = "compressor.bundle/1"
 PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
@@ -46,7 +47,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
         for variant in report["variants"]:
             for precision, entry in _precision_files(variant, run_dir).items():
                 name = f"{variant['name']}{PRECISION_SUFFIX[precision]}"
-                shutil.copyfile(entry["path"], staging / name)
+                atomic_copy(entry["path"], staging / name)
                 files[name] = file_sha256(staging / name)
                 models.append(
                     {
@@ -67,9 +68,9 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
         files["eval.npz"] = file_sha256(staging / "eval.npz")
         _copy_deploy_package(staging / "deploy")
         script = staging / "run_on_device.sh"
-        script.write_text(_script(report, models))
+        atomic_write_text(script, _script(report, models))
         script.chmod(0o755)
-        (staging / "README.md").write_text(_readme(report, models, count))
+        atomic_write_text(staging / "README.md", _readme(report, models, count))
         manifest = {
             "schema": SCHEMA,
             "recipe": report["recipe"]["name"],
@@ -83,7 +84,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
             "batch_sizes": report["recipe"]["bench"]["batch_sizes"],
             "onnx_opset": report["recipe"]["export"]["opset"],
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); os.replace needs it gone
         os.replace(staging, out_dir)
@@ -150,7 +151,8 @@ def _copy_deploy_package(target: Path) -> None:
     import deploy
 
     source = Path(deploy.__file__).parent
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(source, target, ignore=ignore, copy_function=atomic_copy)
 
 
 def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from compressor.errors import CompressorError, ConfigError
 
@@ -137,8 +139,28 @@ def _profiles(text: str) -> dict[str, tuple[tuple[int, ...], ...]]:
     return profiles
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its error on one line: a mistyped argument may hold a newline or \\r."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {_printable(message)}\n")
+
+
+def _output(text: str) -> str:
+    """An empty --out would mean the current directory, whose files a stage may overwrite."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file or folder, got an empty path")
+    return text
+
+
+def _printable(text: str) -> str:
+    """Control characters shown escaped (as repr does), everything else as typed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="compressor",
         description="Layer pruning at initialization -> training -> channel shrinking -> "
         "ONNX -> measured latency. With no recipe, the embedded default (ResNet-56 on the "
@@ -152,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
         if out is not None:
-            p.add_argument("--out", default=out, help=f"output location (default: {out})")
+            p.add_argument(
+                "--out", default=out, type=_output, help=f"output location (default: {out})"
+            )
         p.set_defaults(func=func)
         return p
 
@@ -211,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         "an evaluation file, a manifest, deploy and a script",
     )
     bundle.add_argument("run_dir", help="a finished `compressor run` output directory")
-    bundle.add_argument("--out", default="bundle", help="folder to write (default: bundle)")
+    bundle.add_argument(
+        "--out", default="bundle", type=_output, help="folder to write (default: bundle)"
+    )
     bundle.add_argument(
         "--eval-samples", type=int, default=360, help="test images in eval.npz (default 360)"
     )
@@ -259,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    """Line breaks inside a message become spaces; a stray \\r in a path is shown, not obeyed."""
+    return _printable(" ".join(re.split(r"[ \t\n]+", str(exc).strip())))
 
 
 if __name__ == "__main__":

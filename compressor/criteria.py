@@ -61,7 +61,7 @@ def register_criterion(name: str, *, needs_data: bool, description: str):  # noq
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
+    if not isinstance(name, str) or name not in CRITERIA:
         raise ConfigError(
             f"prune.criterion: unknown criterion '{name}'; choose one of {', '.join(CRITERIA)}"
         )

@@ -7,8 +7,9 @@ The price is memory: every split lives in RAM (or on the GPU) at its final size.
 
 Image folders ("imagefolder": torchvision's one-sub-folder-per-class layout) are read by
 `compressor.imagefolder`, decoded once, up front, into that same design; a folder whose float32
-splits would exceed `max_memory_gb` is refused before decoding. Use `limit_train` or a smaller
-`image_size` for large folders; a streaming loader is out of scope.
+splits would exceed `max_memory_gb` is refused before decoding (digits and CIFAR before resizing,
+so an `image_size` typo cannot ask for 100 GiB). Use `limit_train` or a smaller `image_size` for
+large folders; a streaming loader is out of scope.
 
 CIFAR is read from the dataset's official "python version" files, which are pickles. They are
 opened with a restricted unpickler that only rebuilds numpy arrays, so a tampered file cannot
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor import imagefolder
-from compressor.configs import config_kwargs
+from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError, InputError
 from compressor.imagefolder import CENTRE_CROP_RATIO, IMAGEFOLDER_SIZE
 
@@ -127,7 +128,7 @@ class DataConfig:
     resize: int | None = None
     mean: tuple[float, ...] | None = None  # per channel, 0..1 pixel scale; None = from train
     std: tuple[float, ...] | None = None  # given with mean (both or neither)
-    max_memory_gb: float = 8.0  # imagefolder: refuse folders whose float32 splits need more
+    max_memory_gb: float = 8.0  # refuse datasets whose float32 splits (at image_size) need more
 
     def __post_init__(self) -> None:
         if self.name not in get_args(DatasetName):
@@ -138,6 +139,8 @@ class DataConfig:
             raise ConfigError(f"data.root must be a path string, got {self.root!r}")
         _check_int("image_size", self.image_size, MIN_IMAGE_SIZE, optional=True)
         _check_int("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"data.seed must be at most {MAX_SEED}, got {self.seed}")
         _check_int("limit_train", self.limit_train, 1, optional=True)
         for field in ("val_fraction", "test_fraction"):
             value = getattr(self, field)
@@ -290,6 +293,10 @@ def load_data(config: DataConfig) -> DataSplits:
     if keep is not None:
         train = (train[0][keep], train[1][keep])
     size = config.resolved_image_size
+    if config.name != "imagefolder":  # image folders were checked before decoding
+        counts = [len(y) for _, y in (train, val, test)]
+        channels = int(train[0].shape[1])
+        imagefolder.check_memory(counts, channels, size, config.max_memory_gb, config.name)
     tensors = [_resize(torch.from_numpy(x), size) for x, _ in (train, val, test)]
     if config.mean is not None and config.std is not None:
         mean, std = torch.tensor(config.mean), torch.tensor(config.std)

@@ -13,10 +13,14 @@ from torch import nn
 from compressor.data import DataSplits
 from compressor.recipe import Recipe
 from compressor.spec import ModelSpec
+from compressor.train_checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
+from deploy.cpus import default_threads
 from deploy.fingerprint import device_fingerprint
+from deploy.machine_state import MachineMonitor
 from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
+from deploy.stability import timing_warnings
 from export import ExportConfig, ExportResult, export_onnx, file_sha256
 
 
@@ -31,6 +35,7 @@ def export_variant(
 ) -> ExportResult:
     """ONNX with parity checked on the real validation images and the spec in its metadata."""
     model = model.cpu().eval()
+    check_model_fits(model, data, torch.device("cpu"))  # not the exporter's traceback
     config = ExportConfig(
         opset=recipe.export.opset,
         parity_atol=recipe.export.parity_atol,
@@ -161,16 +166,18 @@ def time_variants(
     *,
     backends: tuple[str, ...] = ("onnxruntime", "torch"),
     threads: int | None = None,
+    monitor: MachineMonitor | None = None,
 ) -> list[LatencyRecord]:
     """Interleaved timing of all variants per backend, so load on the machine hits all alike.
 
     onnxruntime runs the ONNX files on the CPU; torch runs the modules on the CPU, and again
-    on CUDA when present.
+    on CUDA when present. `threads` None: one per usable CPU (the runners decide). With a
+    `monitor`, the machine is sampled around every timed phase (`deploy.stability` reads it).
     """
     records: list[LatencyRecord] = []
     if "onnxruntime" in backends:
         runners = {n: OnnxRuntimeRunner(p, threads=threads) for n, p in onnx_paths.items()}
-        records += benchmark_side_by_side(runners, config)
+        records += benchmark_side_by_side(runners, config, monitor=monitor)
     if "torch" in backends:
         from deploy.runners.torch_runner import TorchRunner
 
@@ -179,7 +186,7 @@ def time_variants(
                 n: TorchRunner(m, device=device, input_shape=input_shape, threads=threads)
                 for n, m in models.items()
             }
-            records += benchmark_side_by_side(runners, config)
+            records += benchmark_side_by_side(runners, config, monitor=monitor)
     return records
 
 
@@ -188,6 +195,7 @@ def time_tensorrt(
     precisions: tuple[str, ...],
     config: BenchConfig,
     log: Callable[[str], None],
+    monitor: MachineMonitor | None = None,
 ) -> list[LatencyRecord]:
     """Build a TensorRT engine per variant and precision, then time each precision's engines
     interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
@@ -206,7 +214,7 @@ def time_tensorrt(
             options = BuildOptions(precision=precision, max_batch=max(config.batch_sizes))
             build_engine(source, engine, options, log=log)
             runners[name] = TensorRTRunner(engine)
-        records += benchmark_side_by_side(runners, config)
+        records += benchmark_side_by_side(runners, config, monitor=monitor)
     return records
 
 
@@ -217,9 +225,16 @@ def benchmark_variants(
     recipe: Recipe,
     out_dir: Path,
     log: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The pipeline's benchmark: the recipe's backends and batches, written to latency.json."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """The pipeline's benchmark: the recipe's backends and batches, written to latency.json.
+
+    Returns the records (as dicts), the device fingerprint and the measurement warnings
+    (`deploy.stability.timing_warnings`), which latency.json carries too.
+    """
     bench = recipe.bench
+    # CPU runners get an explicit thread count either way; the fingerprint must say which.
+    threads = bench.threads if bench.threads is not None else default_threads()
+    monitor = MachineMonitor()
     config = BenchConfig(
         batch_sizes=tuple(bench.batch_sizes),
         warmup_iters=bench.warmup_iters,
@@ -231,12 +246,16 @@ def benchmark_variants(
         (None, *data.val.images.shape[1:]),
         config,
         backends=tuple(b for b in bench.backends if b != "tensorrt"),
-        threads=bench.threads,
+        threads=threads,
+        monitor=monitor,
     )
     if "tensorrt" in bench.backends:
-        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log)
-    fingerprint = device_fingerprint(threads=bench.threads)
-    results_path = write_results(out_dir / "latency.json", records, fingerprint)
+        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log, monitor)
+    fingerprint = device_fingerprint(threads=threads)
+    warnings = timing_warnings(records, monitor.samples)
+    results_path = write_results(out_dir / "latency.json", records, fingerprint, warnings)
     log(format_table(records))
     log(f"[bench] results written to {results_path}")
-    return [r.to_dict() for r in records], fingerprint
+    for line in warnings:
+        log(f"[bench] warning: {line}")
+    return [r.to_dict() for r in records], fingerprint, warnings

@@ -47,6 +47,7 @@ from compressor.criteria import CRITERIA
 from compressor.data import DataSplits, Split, load_data
 from compressor.energy import WORLD_G_CO2_PER_KWH, EnergyMeter, check_energy_settings
 from compressor.errors import ConfigError, InputError
+from compressor.outdir import LOCK_NAME, exclusive_out_dir
 from compressor.spec import ModelSpec
 from compressor.train import RUNTIME_ONLY_FIELDS
 
@@ -306,9 +307,11 @@ def cell_result(out_dir: str | Path, key: str) -> dict[str, Any] | None:
 def run_experiment(
     recipe: Any, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
 ) -> Path:
-    """Run (or continue) the grid of `recipe.experiment`; returns the summary.md path."""
-    from compressor.lottery_summary import write_summary
+    """Run (or continue) the grid of `recipe.experiment`; returns the summary.md path.
 
+    The output directory is held for the whole run (`compressor.outdir`): a second run on it
+    is refused with the first one's process id.
+    """
     out_dir = Path(out_dir)
     cells = plan(recipe.experiment)  # a bad grid fails before anything is written
     _check_out_dir(out_dir, recipe, resume)
@@ -319,7 +322,15 @@ def run_experiment(
     )
     ctx = _Context(recipe, data, out_dir, log)
     _preflight(ctx, cells)  # nothing is written before the grid is known to fit
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_out_dir(out_dir):
+        _check_out_dir(out_dir, recipe, resume)  # again: another run may have started since
+        return _run_cells(ctx, cells)
+
+
+def _run_cells(ctx: _Context, cells: list[Cell]) -> Path:
+    from compressor.lottery_summary import write_summary
+
+    recipe, out_dir, data, log = ctx.recipe, ctx.out_dir, ctx.data, ctx.log
     atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
     for number, cell in enumerate(cells, 1):
@@ -346,7 +357,7 @@ def run_experiment(
 def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
     previous = out_dir / "recipe.json"
     if not previous.is_file():
-        if out_dir.is_dir() and any(out_dir.iterdir()):
+        if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
             raise InputError(
                 f"{out_dir} is not empty and holds no experiment; choose another --out"
             )

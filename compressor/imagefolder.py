@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compressor.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "CENTRE_CROP_RATIO",
@@ -59,12 +63,14 @@ def subset(files: Files, index: np.ndarray) -> Files:
     return [files[0][i] for i in index], files[1][index]
 
 
-def check_memory(counts: list[int], channels: int, size: int, max_memory_gb: float) -> None:
-    """Refuse before decoding when the float32 splits would not fit the configured budget."""
+def check_memory(
+    counts: list[int], channels: int, size: int, max_memory_gb: float, name: str = "imagefolder"
+) -> None:
+    """Refuse before decoding (or resizing) when the float32 splits would not fit the budget."""
     gib = sum(counts) * channels * size * size * 4 / 2**30
     if gib > max_memory_gb:
         raise ConfigError(
-            f"imagefolder: {sum(counts)} images (train/val/test {'/'.join(map(str, counts))}) "
+            f"{name}: {sum(counts)} images (train/val/test {'/'.join(map(str, counts))}) "
             f"at {channels}x{size}x{size} need about {gib:.2f} GiB as in-memory float32 "
             f"tensors, more than data.max_memory_gb={max_memory_gb}; "
             "raise data.max_memory_gb if the machine has the memory, or lower data.image_size "
@@ -93,7 +99,7 @@ def read_image(path: Path, size: int, resize: int, mode: str) -> np.ndarray:
 
     try:
         with Image.open(path) as original:
-            image = original.convert(mode)  # decodes: truncated or corrupt data fails here
+            image = _eight_bit(original, path).convert(mode)  # decodes: corrupt data fails here
         width, height = image.size
         if min(width, height) != resize:
             if width <= height:
@@ -101,7 +107,7 @@ def read_image(path: Path, size: int, resize: int, mode: str) -> np.ndarray:
             else:
                 shape = (int(resize * width / height), resize)
             image = image.resize(shape, Image.Resampling.BILINEAR)
-    except MemoryError:
+    except (MemoryError, InputError):
         raise
     except Exception as exc:  # Pillow reports bad files with many types: all mean unreadable
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -112,6 +118,22 @@ def read_image(path: Path, size: int, resize: int, mode: str) -> np.ndarray:
     left, top = round((width - size) / 2), round((height - size) / 2)
     crop = np.asarray(image.crop((left, top, left + size, top + size)))
     return crop[None] if crop.ndim == 2 else crop.transpose(2, 0, 1)
+
+
+def _eight_bit(image: Image.Image, path: Path) -> Image.Image:
+    """16-bit greyscale scaled to 8 bits; Pillow's own convert clips it at 255 instead, which
+    turns a 16-bit PNG almost white. Float images have no agreed range, so they are refused."""
+    if image.mode == "F":
+        raise InputError(
+            f"{path} is a 32-bit float image, whose pixel range is not defined; save it as an "
+            "8- or 16-bit image"
+        )
+    if not image.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit PNG and TIFF
+        return image
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
 def _split_folders(root: str | None) -> dict[str, Path]:

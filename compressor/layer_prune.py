@@ -8,6 +8,7 @@ whose kept weights are exactly theta_0's; the dense network is never trained.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from compressor.blocks import (
     removable_summary,
     select_patterns,
 )
-from compressor.configs import config_kwargs
+from compressor.configs import MAX_SEED, config_kwargs, is_number
 from compressor.criteria import CRITERIA, Aggregation, block_scores, get_criterion
 from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.spec import ModelSpec, remove_blocks_
@@ -58,21 +59,25 @@ class LayerPruneConfig:
             raise ConfigError(
                 f"prune: give exactly one of blocks, fraction, macs_target (got {given or 'none'})"
             )
-        if self.blocks is not None and (not isinstance(self.blocks, int) or self.blocks < 0):
+        if self.blocks is not None and (not is_number(self.blocks, whole=True) or self.blocks < 0):
             raise ConfigError(f"prune.blocks: must be a whole number >= 0, got {self.blocks!r}")
-        if self.fraction is not None and not 0 <= self.fraction <= 1:
-            raise ConfigError(f"prune.fraction: must be in [0, 1], got {self.fraction}")
-        if self.macs_target is not None and not 0 < self.macs_target <= 1:
-            raise ConfigError(f"prune.macs_target: must be in (0, 1], got {self.macs_target}")
+        if self.fraction is not None and not (is_number(self.fraction) and 0 <= self.fraction <= 1):
+            raise ConfigError(f"prune.fraction: must be in [0, 1], got {self.fraction!r}")
+        if self.macs_target is not None and not (
+            is_number(self.macs_target) and 0 < self.macs_target <= 1
+        ):
+            raise ConfigError(f"prune.macs_target: must be in (0, 1], got {self.macs_target!r}")
         for key in ("include", "exclude"):
             value = getattr(self, key)
-            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+            if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
                 raise ConfigError(f"prune.{key}: must be a list of name patterns, got {value!r}")
             object.__setattr__(self, key, tuple(value))
-        if self.samples_per_class < 1:
-            raise ConfigError(
-                f"prune.samples_per_class: must be >= 1, got {self.samples_per_class}"
-            )
+        for key, low, high in (("samples_per_class", 1, math.inf), ("seed", 0, MAX_SEED)):
+            value = getattr(self, key)
+            if not is_number(value, whole=True) or not low <= value <= high:
+                raise ConfigError(
+                    f"prune.{key}: must be a whole number in [{low}, {high}], got {value!r}"
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPruneConfig:

@@ -12,6 +12,7 @@ savings_vs_p.png the plots.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import statistics
@@ -21,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from compressor.atomic import atomic_write_text
+from compressor.atomic import atomic_write_bytes, atomic_write_text
 
 NAMES = {
     "snip": "SNIP",
@@ -382,8 +383,7 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     delta_path = out_dir / "delta_vs_p.png"
-    figure.savefig(delta_path, dpi=120)
-    plt.close(figure)
+    _save_png(figure, delta_path)
 
     paper = next(
         (
@@ -421,8 +421,7 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     axis.legend(fontsize=7)
     figure.tight_layout()
     savings_path = out_dir / "savings_vs_p.png"
-    figure.savefig(savings_path, dpi=120)
-    plt.close(figure)
+    _save_png(figure, savings_path)
     return [delta_path, savings_path]
 
 
@@ -459,3 +458,13 @@ def write_summary(
     atomic_write_text(md, _markdown(summary, recipe, reference))
     _plots(summary, out_dir)
     return md
+
+
+def _save_png(figure: Any, path: Path) -> None:
+    """Render to memory, then write atomically: a killed run leaves no half-drawn plot."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())

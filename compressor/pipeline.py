@@ -8,6 +8,7 @@ network's initial weights before anything is trained.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -26,6 +27,7 @@ from compressor.deliver import benchmark_variants, export_precisions, export_var
 from compressor.distributed import barrier, cleanup, init_from_env
 from compressor.errors import ConfigError, InputError
 from compressor.layer_prune import prune_at_init
+from compressor.outdir import exclusive_out_dir
 from compressor.recipe import Recipe
 from compressor.report import write_report
 from compressor.spec import ModelSpec
@@ -107,7 +109,14 @@ def run_pipeline(
     """
     dist = init_from_env(recipe.train.device)
     try:
-        return _run(recipe, Path(out_dir), resume, log if dist.is_main else _silent, dist.is_main)
+        _check_out_dir(Path(out_dir), recipe, resume)  # refusals create no directory
+        # Rank 0 holds the directory for all ranks (it alone writes there); _run checks it
+        # again under the lock, in case another run started in between.
+        owner = exclusive_out_dir(out_dir) if dist.is_main else contextlib.nullcontext()
+        with owner:
+            return _run(
+                recipe, Path(out_dir), resume, log if dist.is_main else _silent, dist.is_main
+            )
     finally:
         cleanup()
 
@@ -178,7 +187,7 @@ def _run(
     precisions = {
         name: export_precisions(result.path, data, recipe, log) for name, result in exports.items()
     }
-    records, fingerprint = benchmark_variants(
+    records, fingerprint, warnings = benchmark_variants(
         {v.name: v.model for v in variants},
         {name: result.path for name, result in exports.items()},
         data,
@@ -189,6 +198,7 @@ def _run(
     report = _build_report(
         variants, exports, precisions, records, fingerprint, recipe, time.perf_counter() - started
     )
+    report["measurement_warnings"] = warnings
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")
     return PipelineResult(out_dir, report, json_path, md_path, plot_path)
@@ -273,6 +283,8 @@ def _build_report(
                     "throughput_ips",
                 )
             }
+            # How far the median moved between the benchmark's runs (None: one run).
+            | {key: record.get(key) for key in ("cv", "runs", "run_medians_ms", "run_cv")}
             for record in records
             if record["model"] == variant.name
         ]

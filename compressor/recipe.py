@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.configs import config_kwargs
+from compressor.configs import MAX_SEED, config_kwargs, is_number, is_seed
 from compressor.data import DataConfig
 from compressor.errors import ConfigError, InputError
 from compressor.experiment import ExperimentConfig
@@ -22,6 +22,7 @@ from compressor.spec import ModelSpec
 from compressor.train import TrainConfig
 
 RECIPE_VERSION = 1
+MAX_RECIPE_VALUES = 100_000  # values in a recipe once YAML aliases are expanded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,12 @@ class ModelSection:
     # num_classes and in_channels come from the dataset (for a factory: when it takes them).
 
     def __post_init__(self) -> None:
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError(f"model.name: must be a model name, got {self.name!r}")
+        if self.width is not None and not (is_number(self.width) and self.width > 0):
+            raise ConfigError(f"model.width: must be a number > 0, got {self.width!r}")
+        if not isinstance(self.kwargs, dict):
+            raise ConfigError(f"model.kwargs: must be a mapping, got {self.kwargs!r}")
         if self.factory is None:
             if self.kwargs:
                 raise ConfigError(
@@ -50,8 +57,6 @@ class ModelSection:
             raise ConfigError(
                 "model.width: only for zoo models; pass the factory's own arguments in model.kwargs"
             )
-        if not isinstance(self.kwargs, dict):
-            raise ConfigError(f"model.kwargs: must be a mapping, got {self.kwargs!r}")
 
     def trusted_factory(self) -> str | None:
         """The factory a stored model may call when loaded for this recipe (store.py)."""
@@ -105,6 +110,11 @@ class ExportSection:
              lambda: QuantizeConfig(calibration_samples=self.calibration_samples)),
             ("trt_version", lambda: parse_trt_version(str(self.trt_version))),
         )  # fmt: skip
+        for key in ("int8", "fp16"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(
+                    f"export.{key}: must be true or false, got {getattr(self, key)!r}"
+                )
         for key, check in checks:
             try:
                 check()
@@ -126,6 +136,10 @@ class BenchSection:
     iterations: int = 200  # timed iterations per model and batch (interleaved across models)
 
     def __post_init__(self) -> None:
+        for key in ("backends", "trt_precisions"):
+            value = getattr(self, key)
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"bench.{key}: must be a list of names, got {value!r}")
         unknown = sorted(set(self.backends) - {"onnxruntime", "torch", "tensorrt"})
         if unknown:
             raise ConfigError(
@@ -137,10 +151,23 @@ class BenchSection:
                 f"bench.trt_precisions: unknown precision(s) {bad or '(none given)'}; "
                 "use fp32, fp16, bf16, int8"
             )
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise ConfigError(f"bench.batch_sizes: need whole numbers >= 1, got {self.batch_sizes}")
-        if self.iterations < 1 or self.warmup_iters < 0:
-            raise ConfigError("bench: iterations must be >= 1 and warmup_iters >= 0")
+        sizes = self.batch_sizes
+        if (
+            not isinstance(sizes, list | tuple)
+            or not sizes
+            or not all(is_number(b, whole=True) and b >= 1 for b in sizes)
+        ):
+            raise ConfigError(f"bench.batch_sizes: need whole numbers >= 1, got {sizes!r}")
+        counts = (self.iterations, self.warmup_iters)
+        if not all(is_number(n, whole=True) for n in counts) or counts[0] < 1 or counts[1] < 0:
+            raise ConfigError(
+                "bench: iterations must be a whole number >= 1 and warmup_iters >= 0, "
+                f"got {counts[0]!r} and {counts[1]!r}"
+            )
+        if self.threads is not None and not (
+            is_number(self.threads, whole=True) and self.threads >= 1
+        ):
+            raise ConfigError(f"bench.threads: must be a whole number >= 1, got {self.threads!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,16 +209,20 @@ def _plain(obj: Any) -> Any:
 def _section(cls: type, data: Any, section: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe: section '{section}' must be a mapping, got {data!r}")
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(data)
-    values = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in config_kwargs(cls, data, section).items()
-    }
     try:
+        if hasattr(cls, "from_dict"):
+            return cls.from_dict(data)
+        values = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in config_kwargs(cls, data, section).items()
+        }
         return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{section}: {exc}") from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        # A value of a type no validator expected (a list where a number goes): still the
+        # recipe's fault, so a ConfigError naming the section rather than a traceback.
+        raise ConfigError(f"{section}: invalid value ({type(exc).__name__}: {exc})") from exc
 
 
 _SECTIONS = {
@@ -218,10 +249,12 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
             f"recipe: version {data['version']} is not supported (use {RECIPE_VERSION})"
         )
     default = Recipe()
-    kwargs: dict[str, Any] = {
-        "name": str(data.get("name", default.name)),
-        "seed": int(data.get("seed", default.seed)),
-    }
+    name, seed = data.get("name", default.name), data.get("seed", default.seed)
+    if isinstance(name, bool) or not isinstance(name, str | int | float) or str(name) == "":
+        raise ConfigError(f"recipe: name must be a non-empty text, got {name!r}")
+    if not is_seed(seed):
+        raise ConfigError(f"recipe: seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
+    kwargs: dict[str, Any] = {"name": str(name), "seed": seed}
     for key, cls in _SECTIONS.items():
         if key in data:
             kwargs[key] = _section(cls, data[key] or {}, key)
@@ -257,9 +290,38 @@ def load_recipe(path: str | Path | None) -> Recipe:
 
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise InputError(f"recipe {path} is a directory; give the recipe's YAML file")
         raise InputError(f"recipe file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_recipe_loader()) or {}
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte {exc.start}); is it the right file?"
+        ) from exc
+    try:
+        data = yaml.load(text, Loader=_recipe_loader()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError as exc:  # thousands of nested brackets: no recipe looks like that
+        raise ConfigError(f"recipe {path} is nested too deeply to be a recipe") from exc
+    _check_expanded_size(data, path)
     return recipe_from_dict(data)
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """YAML aliases of aliases expand ten lines into billions of values (the "billion laughs"):
+    harmless as shared references here, but saving the recipe or a spec would never end."""
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_RECIPE_VALUES:
+            raise ConfigError(
+                f"recipe {path} expands to more than {MAX_RECIPE_VALUES:,} values (YAML aliases "
+                "repeating aliases?); a recipe holds a few dozen"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)

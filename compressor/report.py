@@ -61,9 +61,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Latency (median over interleaved timed iterations; ms)",
         "",
-        "| variant | backend | device | precision | batch | mean | p50 | p90 | p99 "
+        "Run CV: how far the median moved between the benchmark's independent runs (std/mean "
+        "of the per-run medians); speed-ups smaller than it are noise.",
+        "",
+        "| variant | backend | device | precision | batch | mean | p50 | p90 | p99 | run CV "
         "| throughput (img/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         for r in v["latency"]:
@@ -72,8 +75,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {r.get('precision', 'fp32')} | {r['batch']} "
                 f"| {r['mean_ms']:.3f} "
                 f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
-                f"| {r['throughput_ips']:.1f} |"
+                f"| {_percent(r.get('run_cv'))} | {r['throughput_ips']:.1f} |"
             )
+    warnings = report.get("measurement_warnings") or []
+    if warnings:
+        lines += ["", "## Measurement warnings", "", *(f"- {line}" for line in warnings)]
     lines += _precision_lines(variants)
     lines += ["", "## Speed-ups over dense (p50 latency ratio)", ""]
     for s in report["speedups"]:
@@ -92,6 +98,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
     lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    """A run CV for the table; reports written before it existed have none."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _precision_lines(variants: list[dict[str, Any]]) -> list[str]:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.blocks import evaluating, output_shape
-from compressor.configs import config_kwargs
-from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.configs import config_kwargs, is_number
+from compressor.errors import CompressorError, ConfigError, InputError, UnsupportedModelError
 
 Importance = Literal["magnitude", "taylor", "lamp"]
 # Granularity of a MACs-target search: the ratio grows in this many steps up to the cap.
@@ -47,19 +47,29 @@ class ShrinkConfig:
             )
         if (self.ratio is None) == (self.macs_target is None):
             raise ConfigError("shrink: give exactly one of ratio or macs_target")
-        if self.ratio is not None and not 0 <= self.ratio < 1:
-            raise ConfigError(f"shrink.ratio: must be in [0, 1), got {self.ratio}")
-        if self.macs_target is not None and not 0 < self.macs_target <= 1:
-            raise ConfigError(f"shrink.macs_target: must be in (0, 1], got {self.macs_target}")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ConfigError(f"shrink.round_to: must be a whole number >= 1, got {self.round_to}")
-        if isinstance(self.exclude, str) or not all(isinstance(p, str) for p in self.exclude):
+        if self.ratio is not None and not (is_number(self.ratio) and 0 <= self.ratio < 1):
+            raise ConfigError(f"shrink.ratio: must be in [0, 1), got {self.ratio!r}")
+        if self.macs_target is not None and not (
+            is_number(self.macs_target) and 0 < self.macs_target <= 1
+        ):
+            raise ConfigError(f"shrink.macs_target: must be in (0, 1], got {self.macs_target!r}")
+        if not is_number(self.round_to, whole=True) or self.round_to < 1:
+            raise ConfigError(
+                f"shrink.round_to: must be a whole number >= 1, got {self.round_to!r}"
+            )
+        if not isinstance(self.exclude, list | tuple) or not all(
+            isinstance(p, str) for p in self.exclude
+        ):
             raise ConfigError(
                 f"shrink.exclude: must be a list of name patterns, got {self.exclude!r}"
             )
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.fine_tune_epochs < 0 or self.fine_tune_lr <= 0:
-            raise ConfigError("shrink: fine_tune_epochs must be >= 0 and fine_tune_lr > 0")
+        epochs, lr = self.fine_tune_epochs, self.fine_tune_lr
+        if not (is_number(epochs, whole=True) and epochs >= 0 and is_number(lr) and lr > 0):
+            raise ConfigError(
+                "shrink: fine_tune_epochs must be a whole number >= 0 and fine_tune_lr a "
+                f"number > 0, got {epochs!r} and {lr!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShrinkConfig:
@@ -146,6 +156,22 @@ def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int
     return int(macs), int(params)
 
 
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """A model given data of another channel count fails here in one line, not inside
+    Torch-Pruning's tracing (a stored ticket records no dataset to compare with)."""
+    try:
+        output_shape(model, example)
+    except CompressorError:
+        raise
+    except Exception as exc:
+        size = "x".join(map(str, example.shape[1:]))
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            f"shrink: the model cannot run on this data's {size} images "
+            f"({type(exc).__name__}: {first}); use the data the model was made for"
+        ) from exc
+
+
 def shrink_channels_(
     model: nn.Module,
     example: torch.Tensor,
@@ -157,6 +183,7 @@ def shrink_channels_(
 
     if config.importance == "taylor" and calibration is None:
         raise ConfigError("shrink.importance 'taylor' needs a calibration batch of labelled images")
+    _check_runs(model, example)
     head_name, head = find_classifier(model, example)
     before = _prunable_sizes(model, head)
     macs_before, params_before = count_macs_params(model, example)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,10 +20,11 @@ import torch
 from torch import nn
 
 from compressor.blocks import output_shape
-from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
 from compressor.zoo import create_model
 
 SPEC_FORMAT = 2
+MAX_DIMS = 8  # no layer of a vision model has a parameter of more dimensions
 # Size attributes Torch-Pruning changes and forwards read; recorded when a module has them.
 SIZE_ATTRS = (
     "in_channels",
@@ -99,10 +102,11 @@ class ModelSpec:
 def _check_types(data: dict[str, Any]) -> None:
     """A hand-edited spec.json fails here, in one line, rather than deep inside torch."""
 
+    def is_size(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
     def is_shape(value: Any) -> bool:
-        return isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-        )
+        return isinstance(value, list) and len(value) <= MAX_DIMS and all(map(is_size, value))
 
     problems = []
     if not isinstance(data["model"], str):
@@ -124,7 +128,7 @@ def _check_types(data: dict[str, Any]) -> None:
             and isinstance(sizes.get("attrs"), dict)
             and isinstance(sizes.get("tensors"), dict)
             and all(is_shape(v) for v in sizes["tensors"].values())
-            and all(isinstance(v, int) or is_shape(v) for v in sizes["attrs"].values())
+            and all(is_size(v) or is_shape(v) for v in sizes["attrs"].values())
         )
         if not ok:
             problems.append(
@@ -223,17 +227,119 @@ def _resize_(module: nn.Module, sizes: dict[str, Any], name: str) -> None:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Rebuild the architecture a spec describes (weights are whatever the factory made)."""
+    """Rebuild the architecture a spec describes (weights are whatever the factory made).
+
+    A zoo model is sized on the meta device first, which allocates nothing: a width or class
+    count too large for this machine is refused in one line, instead of the allocator failing
+    with a traceback or the machine swapping. (A factory is the user's code and is only
+    called once here: it may download or print.)
+    """
+    if spec.factory is None:
+        _check_memory(*_dry_run(spec), spec)
+    model = _base_model(spec)
+    _shape_(model, spec)
+    return model
+
+
+def build_for_weights(spec: ModelSpec, shapes: Mapping[str, Sequence[int]]) -> nn.Module:
+    """The architecture of `spec`, about to be filled with weights of these `shapes`.
+
+    Built on the meta device first and compared with `shapes`, so a spec.json edited to ask
+    for 10**12 channels, or one that does not belong to the weights, is refused before anything
+    is allocated. A zoo model is then materialised straight at the stored sizes with its tensors
+    uninitialised: the caller's strict `load_state_dict` fills every one, and the larger base
+    model is never allocated. A factory model is built for real (its forward may rely on
+    buffers no state dict holds); if it cannot run on the meta device, unchecked, as before.
+    """
+    if spec.factory is not None:
+        from compressor.model_source import load_factory
+
+        load_factory(spec.factory)  # imported for real first: its module-level tensors too
+    dry, base_bytes = _dry_run(spec)
+    if dry is not None:
+        _check_against(dry, spec, shapes)
+        persistent = set(dry.state_dict())
+        if spec.factory is None and all(name in persistent for name, _ in dry.named_buffers()):
+            return dry.to_empty(device="cpu")
+        _check_memory(dry, base_bytes, spec)  # the base model is built for real next
+    model = _base_model(spec)
+    _shape_(model, spec)
+    return model
+
+
+def _dry_run(spec: ModelSpec) -> tuple[nn.Module | None, int]:
+    """The spec's model on the meta device and the bytes of its base model (before blocks are
+    removed and layers resized); None when a factory model cannot be built there."""
+    try:
+        with torch.device("meta"):
+            model = _base_model(spec)
+            base_bytes = _state_bytes(model)
+            _shape_(model, spec)
+    except Exception as exc:  # e.g. a width so large the sizes overflow
+        if spec.factory is not None:  # maybe only the meta device: the real build will tell
+            return None, 0
+        if isinstance(exc, CompressorError):
+            raise
+        raise ConfigError(
+            f"model spec: cannot build {spec.model} with {spec.kwargs}: "
+            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        ) from exc
+    return model, base_bytes
+
+
+def _base_model(spec: ModelSpec) -> nn.Module:
     if spec.factory is not None:
         from compressor.model_source import build_from_factory
 
-        model = build_from_factory(spec.factory, dict(spec.kwargs))
-    else:
-        model = create_model(spec.model, **spec.kwargs)
+        return build_from_factory(spec.factory, dict(spec.kwargs))
+    return create_model(spec.model, **spec.kwargs)
+
+
+def _shape_(model: nn.Module, spec: ModelSpec) -> None:
+    """Remove the spec's blocks and give every recorded layer its recorded sizes."""
     remove_blocks_(model, spec.removed_blocks)
     modules = dict(model.named_modules())
     for name, sizes in spec.shapes.items():
         if name not in modules:
             raise UnsupportedModelError(f"model spec resizes '{name}', which the model lacks")
         _resize_(modules[name], sizes, name)
-    return model
+
+
+def _check_against(model: nn.Module, spec: ModelSpec, shapes: Mapping[str, Sequence[int]]) -> None:
+    built = {key: list(t.shape) for key, t in model.state_dict().items()}
+    wanted = {key: list(shape) for key, shape in shapes.items()}
+    missing, extra = sorted(set(built) - set(wanted)), sorted(set(wanted) - set(built))
+    if missing or extra:
+        raise UnsupportedModelError(
+            f"the spec's {spec.model} has tensors the weights lack {missing[:3]} and the "
+            f"weights hold tensors it lacks {extra[:3]}"
+        )
+    for key, shape in built.items():
+        if shape != wanted[key]:
+            raise UnsupportedModelError(
+                f"the spec builds {key} as {shape} but the weights hold {wanted[key]}"
+            )
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _check_memory(model: nn.Module | None, base_bytes: int, spec: ModelSpec) -> None:
+    """The weights of the base model (the larger one) must fit in this machine's memory."""
+    total = max(base_bytes, _state_bytes(model) if model is not None else 0)
+    memory = _physical_memory()
+    if memory is not None and total > memory:
+        raise ConfigError(
+            f"model {spec.model} with {spec.kwargs} needs {total / 2**30:,.1f} GiB for its "
+            f"weights alone, more than this machine's {memory / 2**30:.1f} GiB of memory; "
+            "lower its width or number of classes"
+        )
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, or None where the OS does not say (then nothing is refused)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -17,6 +18,7 @@ from compressor.data import DataSplits, load_data
 from compressor.distributed import is_main_process
 from compressor.errors import InputError, UnsupportedModelError
 from compressor.layer_prune import prune_at_init, scoring_batch
+from compressor.outdir import exclusive_out_dir
 from compressor.recipe import Recipe
 from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.spec import ModelSpec, build_model
@@ -73,10 +75,13 @@ def list_blocks(recipe: Recipe) -> str:
 def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Store theta_0's ticket; `compressor train` then trains it."""
     data = load_data(recipe.data)
-    dense, spec = dense_model(recipe, data)
-    ticket, result = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
-    save_model(ticket, result.spec, out, {"variant": "ticket", "stage": "pruned at init"})
-    atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+    dense, spec = dense_model(recipe, data)  # bad data or model: refused, no directory made
+    with exclusive_out_dir(out):  # before the scoring: a second run is refused without it
+        ticket, result = prune_at_init(
+            dense, spec, data.train.images, data.train.labels, recipe.prune
+        )
+        save_model(ticket, result.spec, out, {"variant": "ticket", "stage": "pruned at init"})
+        atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
     return {
         "model": str(out),
         "removed_blocks": list(result.removed),
@@ -87,16 +92,23 @@ def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
 def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
     stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
-    result = train(
-        stored.model,
-        data,
-        recipe.train,
-        out / "train",
-        resume=resume,
-        describe={"spec": stored.spec.to_dict()},
-    )
-    info = save_trained(stored.model, stored.spec, data, result, out / "model")
+    with _owned(out):
+        result = train(
+            stored.model,
+            data,
+            recipe.train,
+            out / "train",
+            resume=resume,
+            describe={"spec": stored.spec.to_dict()},
+        )
+        info = save_trained(stored.model, stored.spec, data, result, out / "model")
     return _summary(info, out / "model")
+
+
+def _owned(out: Path) -> contextlib.AbstractContextManager[Any]:
+    """The output directory held by this run; under torchrun by rank 0, which alone writes
+    (every rank runs the stage, and the others would be refused the lock)."""
+    return exclusive_out_dir(out) if is_main_process() else contextlib.nullcontext()
 
 
 def save_trained(
@@ -180,12 +192,13 @@ def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dic
     data = load_data(recipe.data)
     check_same_data(stored.info, data, model_dir)
     model = copy.deepcopy(stored.model)
-    _, config = shrink_for_recipe(model, data, recipe, out)
-    spec = stored.spec.with_shapes(model)
-    result = train(
-        model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
-    )
-    info = save_trained(model, spec, data, result, out / "model")
+    with _owned(out):
+        _, config = shrink_for_recipe(model, data, recipe, out)
+        spec = stored.spec.with_shapes(model)
+        result = train(
+            model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
+        )
+        info = save_trained(model, spec, data, result, out / "model")
     return _summary(info, out / "model")
 
 

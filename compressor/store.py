@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_write_bytes, atomic_write_text
-from compressor.errors import InputError
-from compressor.spec import ModelSpec, build_model
+from compressor.errors import ConfigError, InputError, UnsupportedModelError
+from compressor.spec import ModelSpec, build_for_weights
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -64,6 +64,12 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
     from safetensors.torch import load
 
     directory = Path(directory)
+    if directory.is_file():  # e.g. a model.pt: never unpickled, it could run code
+        raise InputError(
+            f"{directory} is a file, not a stored model directory ({SPEC_FILE} + "
+            f"{WEIGHTS_FILE}); pickled models (.pt, .pth, .pkl) are not loaded, as unpickling "
+            "can run code: rebuild the model and save it with compressor.store.save_model"
+        )
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for path in (spec_path, weights_path):
         if not path.is_file():
@@ -75,8 +81,11 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         document = json.loads(spec_path.read_text())
         spec = ModelSpec.from_dict(document["spec"])
         expected_sha = document["weights_sha256"]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{spec_path} is not a valid model spec: {exc}") from exc
+        if not isinstance(expected_sha, str) or not isinstance(document.get("info", {}), dict):
+            raise TypeError("weights_sha256 must be a string and info a mapping")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{spec_path} is not a valid model spec: {reason}") from exc
     weights = weights_path.read_bytes()
     actual_sha = hashlib.sha256(weights).hexdigest()
     if actual_sha != expected_sha:
@@ -90,7 +99,14 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         raise InputError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
     _check_factory(spec, factory, spec_path)
     _check_shapes(spec, state, weights_path)
-    model = build_model(spec)
+    try:  # sized on the meta device first: an edited spec cannot ask for terabytes
+        model = build_for_weights(spec, {key: list(t.shape) for key, t in state.items()})
+    except (ConfigError, UnsupportedModelError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            f"{spec_path} does not describe the model in {weights_path}: {first}"
+        ) from exc
+    _check_finite(state, weights_path, {name for name, _ in model.named_parameters()})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -111,6 +127,21 @@ def _check_shapes(spec: ModelSpec, state: dict[str, torch.Tensor], weights_path:
                     f"{weights_path} holds {full} as {list(state[full].shape)} but the spec "
                     f"says {list(shape)}: the files do not belong together"
                 )
+
+
+def _check_finite(state: dict[str, torch.Tensor], weights_path: Path, parameters: set[str]) -> None:
+    """NaN or Inf weights would only surface later as a NaN loss blamed on the lr. A buffer
+    may hold -inf on purpose (an attention mask), so only parameters are held to Inf."""
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = ~tensor.isfinite() if key in parameters else tensor.isnan()
+        if bool(bad.any()):
+            kind = "NaN" if bool(tensor.isnan().any()) else "Inf"
+            raise InputError(
+                f"{weights_path} holds {kind} values in {key}: the model diverged or the file "
+                "was damaged; use an earlier model or retrain it"
+            )
 
 
 def _check_factory(spec: ModelSpec, trusted: str | None, spec_path: Path) -> None:

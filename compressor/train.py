@@ -16,13 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import pickle
 import statistics
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from compressor.configs import config_kwargs
+from compressor.configs import MAX_SEED, config_kwargs
 from compressor.data import (
     AugmentConfig,
     DataSplits,
@@ -51,7 +52,9 @@ from compressor.distributed import (
     synced_batchnorm,
     wrap_ddp,
 )
-from compressor.errors import ConfigError, InputError, TrainingError
+from compressor.errors import CompressorError, ConfigError, InputError, TrainingError
+from compressor.outdir import exclusive_out_dir
+from compressor.train_checks import batch_too_big, check_model_fits, check_splits, is_out_of_memory
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
 
@@ -71,7 +74,7 @@ class TrainConfig:
     """How to train; maps one to one onto a recipe's `train:` section."""
 
     epochs: int  # full passes over the training split
-    batch_size: int = 128  # images per SGD step
+    batch_size: int = 128  # images per SGD step (a smaller training split: one step per epoch)
     lr: float = 0.1  # peak learning rate (after warm-up)
     momentum: float = 0.9
     nesterov: bool = True
@@ -115,6 +118,7 @@ class TrainConfig:
             ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
         ):
             _check(field, getattr(self, field), ok, f"a number {expected}", (int, float))
+        _check("seed", self.seed, lambda v: v <= MAX_SEED, f"an int <= {MAX_SEED}", int)
         for field, kind in (
             ("schedule", Schedule),
             ("device", DeviceName),
@@ -371,9 +375,26 @@ class _Run:
             },
             self.checkpoint_path,
         )
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        """metrics.jsonl, the human-readable copy of the checkpoint's metrics."""
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.metrics))
 
     def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CompressorError):
+                raise
+            reason = " ".join(str(exc).split())  # load_state_dict's reason is on line 2
+            reason = reason if len(reason) < 300 else reason[:300] + "..."
+            raise InputError(
+                f"cannot resume from {self.checkpoint_path}: it does not belong to this model "
+                f"or run ({type(exc).__name__}: {reason}); choose another output directory"
+            ) from exc
+
+    def _restore(self, state: dict[str, Any]) -> None:
         _check_resumable(state, self, self.checkpoint_path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -386,6 +407,11 @@ class _Run:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.metrics = int(state["epoch"]), list(state["metrics"])
+
+    def checkpoint_note(self) -> str:
+        if not self.checkpoint_path.exists():
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint (epoch {self.epoch}) is at {self.checkpoint_path}"
 
     def fail(self, what: str, step: int) -> TrainingError:
         lr, at = self.config.lr, f"epoch {self.epoch + 1} step {step}"  # lr: the setting
@@ -429,12 +455,19 @@ class _Run:
                 mine = shard_slice(len(labels), self.info.rank, world)
                 share = (mine.stop - mine.start) * world / len(labels)  # 1 unless uneven
                 images, labels = images[mine], labels[mine]
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = self.net(images)
-                loss = self.criterion(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss if share == 1.0 else loss * share).backward()
-            self.scaler.step(self.optimizer)
+            try:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    logits = self.net(images)
+                    loss = self.criterion(logits.float(), labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss if share == 1.0 else loss * share).backward()
+                self.scaler.step(self.optimizer)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise batch_too_big(
+                    exc, tuple(images.shape), self.config.batch_size, self.checkpoint_note()
+                ) from exc
             self.scaler.update()
             self.scheduler.step()
             loss_sum += loss.detach() * labels.shape[0]
@@ -503,13 +536,32 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents; a damaged file is an InputError and stays as it is.
+
+    torch.load does not check the zip's CRCs, so flipped bytes inside a tensor would resume
+    from silently corrupted weights: zipfile checks them first. Unpickling damaged data can
+    raise almost any exception type; to the user they all mean the same.
+    """
+    advice = "delete it to start over or choose another output directory"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as exc:
-        raise InputError(
-            f"cannot read checkpoint {path} ({exc}); delete it to start over "
-            "or choose another output directory"
-        ) from exc
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise InputError(
+                f"cannot read checkpoint {path}: its record {damaged} fails its CRC check "
+                f"(the file is damaged); {advice}"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in first:  # torch's 1,000-character explanation
+            first = "it holds Python objects besides tensors, which could run code: not loaded"
+        raise InputError(f"cannot read checkpoint {path} ({first}); {advice}") from exc
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a {type(state).__name__}, not a checkpoint; {advice}")
+    return state
 
 
 def train(
@@ -545,30 +597,41 @@ def train(
         raise ConfigError(f"describe must be JSON-serialisable ({exc})") from exc
     info = init_from_env(config.device)
     checkpoint_path = out_dir / CHECKPOINT_NAME
+    _refuse_to_overwrite(checkpoint_path, resume)
+    check_splits(data)  # NaN pixels, empty splits, labels beyond the classes: before anything
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    run = _Run(model, data, config, out_dir, augment or data.augment, describe, info)
+    check_model_fits(run.model, data, run.device)
+    # Rank 0 alone writes, so it alone holds the directory; a second run on it is refused.
+    owner = exclusive_out_dir(out_dir) if info.is_main else contextlib.nullcontext()
+    with owner:
+        _refuse_to_overwrite(checkpoint_path, resume)  # again: another run may have finished
+        if resume and checkpoint_path.exists():
+            run.restore(_load_checkpoint(checkpoint_path))
+            if info.is_main:  # a kill between the checkpoint's rename and the metrics' left
+                run.write_metrics()  # them an epoch apart; the checkpoint is what counts
+        barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes
+        with synced_batchnorm(model, run.sync_bn):
+            try:
+                run.net = run.model
+                if info.distributed:  # one example finds parameters forward never uses
+                    example = run.data.train.images[:1].to(run.device)
+                    run.net = wrap_ddp(run.model, run.device, example)
+                result = _train_loop(run)
+            finally:
+                run.net = run.model  # drop the wrapper and its gradient hooks
+        barrier()  # rank 0's last checkpoint is complete before any rank returns
+    return result
+
+
+def _refuse_to_overwrite(checkpoint_path: Path, resume: bool) -> None:
     if checkpoint_path.exists() and not resume:
         raise InputError(
             f"{checkpoint_path} already exists; pass --resume to continue that run "
             "or choose another output directory"
         )
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    run = _Run(model, data, config, out_dir, augment or data.augment, describe, info)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and checkpoint_path.exists():
-        run.restore(_load_checkpoint(checkpoint_path))
-    barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes one
-    with synced_batchnorm(model, run.sync_bn):
-        try:
-            run.net = run.model
-            if info.distributed:  # one example finds parameters forward never uses
-                run.net = wrap_ddp(run.model, run.device, run.data.train.images[:1].to(run.device))
-            result = _train_loop(run)
-        finally:
-            run.net = run.model  # drop the wrapper and its gradient hooks
-    barrier()  # rank 0's last checkpoint is complete before any rank returns
-    return result
 
 
 def _train_loop(run: _Run) -> TrainResult:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.configs import is_number
 from compressor.errors import ConfigError
 
 ModelFactory = Callable[..., nn.Module]
@@ -89,8 +90,13 @@ class CifarResNet(nn.Module):
         super().__init__()
         if blocks_per_stage < 1:
             raise ConfigError(f"model: blocks_per_stage must be >= 1, got {blocks_per_stage}")
-        if width <= 0:
-            raise ConfigError(f"model: width must be > 0, got {width}")
+        if not is_number(width) or width <= 0:
+            raise ConfigError(f"model: width must be a number > 0, got {width!r}")
+        if not is_number(num_classes, whole=True) or not is_number(in_channels, whole=True):
+            raise ConfigError(
+                f"model: num_classes and in_channels must be whole numbers, "
+                f"got {num_classes!r} and {in_channels!r}"
+            )
         if num_classes < 2 or in_channels < 1:
             raise ConfigError(
                 f"model: need num_classes >= 2 and in_channels >= 1, "
@@ -117,6 +123,8 @@ class CifarResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.fc.weight.is_meta:  # a size-only dry run (spec.build_model): nothing to fill,
+            return  # and normal_ on the meta device costs seconds of imports the first time
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

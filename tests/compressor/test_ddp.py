@@ -200,6 +200,7 @@ def test_two_processes_train_the_weights_one_process_trains(runs, one, two):
 def test_only_rank_zero_writes_files_and_logs(runs):
     base, outputs, _ = runs
     assert sorted(p.name for p in (base / "two_plain").iterdir()) == [
+        ".lock",  # rank 0's: the others do not take it
         "checkpoint.pt",
         "metrics.jsonl",
     ]
@@ -351,6 +352,26 @@ def test_torchrun_compressor_run_end_to_end(tmp_path):
     assert output.count(f"report: {out / 'report.json'}") == 1
     checkpoint = torch.load(out / "dense" / "train" / "checkpoint.pt", weights_only=True)
     assert checkpoint["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_train_and_shrink_stages(tmp_path):
+    """`torchrun -m compressor train|shrink`: rank 0 alone holds the output directory; the
+    other rank must not be refused the lock (every rank runs the stage)."""
+    recipe = write_recipe(tmp_path, {"model": {"name": "resnet8", "width": 0.5}}, blocks=1)
+    from compressor.cli import main
+
+    assert main(["prune", str(recipe), "--out", str(tmp_path / "ticket")]) == 0
+    for stage, model, out in (
+        ("train", tmp_path / "ticket", tmp_path / "trained"),
+        ("shrink", tmp_path / "trained" / "model", tmp_path / "shrunk"),
+    ):
+        command = [*TORCHRUN_2, "-m", "compressor", stage, str(model), str(recipe)]
+        output = _launch([*command, "--out", str(out)], tmp_path)
+        assert "in use by another run" not in output
+        checkpoint = torch.load(out / "train" / "checkpoint.pt", weights_only=True)
+        assert checkpoint["world_size"] == 2
+        assert (out / "model" / "weights.safetensors").is_file()
 
 
 UNUSED_SCRIPT = textwrap.dedent(

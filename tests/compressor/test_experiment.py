@@ -23,9 +23,11 @@ from compressor.experiment import ExperimentConfig, plan, run_experiment
 from compressor.filter_prune import block_filters, prune_filters_at_init
 from compressor.lottery_recipes import CIFAR10, DIGITS, lottery_recipe
 from compressor.lottery_summary import summarise
+from compressor.outdir import lock_holder
 from compressor.recipe import load_recipe, recipe_from_dict
 from compressor.train_memory import step_memory_bytes
 from compressor.zoo import create_model
+from tests.faults import Fault, run_compressor, stale_temporaries
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,6 +182,54 @@ def test_killed_grid_resumes_to_the_same_table(grid: Path, tmp_path: Path) -> No
     resumed = json.loads((out / "summary.json").read_text())
     uninterrupted = json.loads((grid / "summary.json").read_text())
     assert _deterministic(resumed) == _deterministic(uninterrupted)
+
+
+def test_grid_killed_inside_file_writes_resumes_to_the_same_table(
+    grid: Path, tmp_path: Path
+) -> None:
+    """SIGKILL halfway through writing a cell's result.json, then inside a checkpoint's
+    write before its rename: no torn file is ever read, and the table is the same."""
+    recipe = _write(tmp_path, TINY)
+    out = tmp_path / "out"
+    argv = ["lottery", str(recipe), "--out", str(out)]
+    first = run_compressor(argv, fault=Fault("result.json", nth=3, phase="data", cut=0.5))
+    assert first.killed
+    assert len(list(out.glob("cells/*/result.json"))) == 2  # the third never appeared
+    assert stale_temporaries(out)
+    second = run_compressor(
+        [*argv, "--resume"], fault=Fault("checkpoint.pt", nth=2, phase="before-rename")
+    )
+    assert second.killed
+    assert main([*argv, "--resume"]) == 0
+    assert stale_temporaries(out) == []
+    resumed = json.loads((out / "summary.json").read_text())
+    uninterrupted = json.loads((grid / "summary.json").read_text())
+    assert _deterministic(resumed) == _deterministic(uninterrupted)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_with_the_first_ones_pid(
+    tmp_path: Path,
+) -> None:
+    recipe = _write(tmp_path, TINY)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "compressor", "lottery", str(recipe), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "recipe.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+        assert second.returncode == 1
+        last = second.stderr.strip().splitlines()[-1]  # after the [data] progress line
+        assert last.startswith("compressor: error: ")
+        assert f"in use by another run (process {first.pid}" in last
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The first run's lock died with it: the directory is free again and resumes.
+    assert lock_holder(out)["pid"] == first.pid
+    assert main(["lottery", str(recipe), "--out", str(out), "--resume"]) == 0
 
 
 def test_resume_may_grow_the_grid_but_not_change_the_training(grid: Path, tmp_path: Path) -> None:
