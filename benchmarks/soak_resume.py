@@ -32,6 +32,7 @@ from tests.faults import (  # noqa: E402
     random_fault,
     readable_files,
     run_compressor,
+    small_training_recipe,
     stale_temporaries,
     training_differences,
 )
@@ -50,7 +51,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
     recipe = work / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_recipe(args.epochs)))
+    recipe.write_text(yaml.safe_dump(small_training_recipe("soak", args.epochs)))
     with contextlib.redirect_stdout(sys.stderr):
         if compressor_main(["prune", str(recipe), "--out", str(work / "ticket")]) != 0:
             return 1
@@ -112,16 +113,6 @@ def main() -> int:
     )
     ok = counts["lost"] == counts["torn"] == counts["temporaries"] == 0
     return 0 if ok and counts["identical"] == counts["finished"] else 1
-
-
-def _recipe(epochs: int) -> dict:
-    return {
-        "name": "soak",
-        "model": {"name": "resnet8", "width": 0.5},
-        "data": {"name": "digits", "image_size": 12, "limit_train": 600},
-        "prune": {"criterion": "grasp", "blocks": 1},
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "progress": "none", "threads": 1},
-    }
 
 
 def _train(work: Path, recipe: Path, out: Path, resume: bool = False) -> list[str]:

@@ -22,18 +22,12 @@ from tests.faults import (
     random_fault,
     readable_files,
     run_compressor,
+    small_training_recipe,
     stale_temporaries,
     training_differences,
 )
 
-RECIPE = {
-    "name": "crash",
-    "model": {"name": "resnet8", "width": 0.5},
-    "data": {"name": "digits", "image_size": 12, "limit_train": 600},
-    "prune": {"criterion": "grasp", "blocks": 1},
-    "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "progress": "none", "threads": 1},
-    "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 2},
-}
+RECIPE = small_training_recipe("crash", epochs=4)
 
 
 @pytest.fixture(scope="module")
