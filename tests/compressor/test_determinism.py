@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compressor.cli import main
 from tests.faults import run_compressor
 
 RECIPE = {
@@ -35,15 +36,10 @@ def _recipe(tmp: Path, seed: int) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prune then shrink (with one fine-tune epoch), twice with seed 0 and once with seed 1."""
     tmp = tmp_path_factory.mktemp("determinism")
-    for name, seed, hash_seed in (("a", 0, "1"), ("b", 0, "2"), ("other", 1, "1")):
+    for name, seed, hash_seed in (("a", 0, "1"), ("b", 0, "2")):
         recipe, env = _recipe(tmp, seed), {"PYTHONHASHSEED": hash_seed}
-        pruned = run_compressor(
-            ["prune", str(recipe), "--out", str(tmp / name / "ticket")], env=env
-        )
-        assert pruned.returncode == 0, pruned.stderr
-        if name == "other":
-            continue
-        shrunk = run_compressor(
+        for argv in (
+            ["prune", str(recipe), "--out", str(tmp / name / "ticket")],
             [
                 "shrink",
                 str(tmp / name / "ticket"),
@@ -51,9 +47,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "--out",
                 str(tmp / name / "shrunk"),
             ],
-            env=env,
-        )
-        assert shrunk.returncode == 0, shrunk.stderr
+        ):
+            done = run_compressor(argv, env=env)
+            assert done.returncode == 0, done.stderr
+    # Seed 1 only has to differ: pruned in this process, which is faster.
+    assert main(["prune", str(_recipe(tmp, 1)), "--out", str(tmp / "other" / "ticket")]) == 0
     return tmp
 
 

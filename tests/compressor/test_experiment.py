@@ -23,7 +23,7 @@ from compressor.experiment import ExperimentConfig, plan, run_experiment
 from compressor.filter_prune import block_filters, prune_filters_at_init
 from compressor.lottery_recipes import CIFAR10, DIGITS, lottery_recipe
 from compressor.lottery_summary import summarise
-from compressor.outdir import lock_holder
+from compressor.outdir import exclusive_out_dir, lock_holder
 from compressor.recipe import load_recipe, recipe_from_dict
 from compressor.train_memory import step_memory_bytes
 from compressor.zoo import create_model
@@ -227,9 +227,10 @@ def test_a_second_run_on_the_same_directory_is_refused_with_the_first_ones_pid(
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # The first run's lock died with it: the directory is free again and resumes.
+    # The first run's lock died with it: the directory is free again (resuming is tested above).
     assert lock_holder(out)["pid"] == first.pid
-    assert main(["lottery", str(recipe), "--out", str(out), "--resume"]) == 0
+    with exclusive_out_dir(out):
+        assert lock_holder(out)["pid"] == os.getpid()
 
 
 def test_resume_may_grow_the_grid_but_not_change_the_training(grid: Path, tmp_path: Path) -> None:
