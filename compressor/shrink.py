@@ -20,6 +20,7 @@ from torch import nn
 from compressor.blocks import evaluating, output_shape
 from compressor.configs import config_kwargs, is_number
 from compressor.errors import CompressorError, ConfigError, InputError, UnsupportedModelError
+from deploy.errors import first_line
 
 Importance = Literal["magnitude", "taylor", "lamp"]
 # Granularity of a MACs-target search: the ratio grows in this many steps up to the cap.
@@ -165,7 +166,7 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
         raise
     except Exception as exc:
         size = "x".join(map(str, example.shape[1:]))
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise InputError(
             f"shrink: the model cannot run on this data's {size} images "
             f"({type(exc).__name__}: {first}); use the data the model was made for"

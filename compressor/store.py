@@ -19,6 +19,7 @@ from torch import nn
 from compressor.atomic import atomic_write_bytes, atomic_write_text
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
 from compressor.spec import ModelSpec, build_for_weights
+from deploy.errors import first_line
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -102,7 +103,7 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
     try:  # sized on the meta device first: an edited spec cannot ask for terabytes
         model = build_for_weights(spec, {key: list(t.shape) for key, t in state.items()})
     except (ConfigError, UnsupportedModelError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise InputError(
             f"{spec_path} does not describe the model in {weights_path}: {first}"
         ) from exc

@@ -55,6 +55,7 @@ from compressor.distributed import (
 from compressor.errors import CompressorError, ConfigError, InputError, TrainingError
 from compressor.outdir import exclusive_out_dir
 from compressor.train_checks import batch_too_big, check_model_fits, check_splits, is_out_of_memory
+from deploy.errors import first_line
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
 
@@ -555,7 +556,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     except InputError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if "Weights only load failed" in first:  # torch's 1,000-character explanation
             first = "it holds Python objects besides tensors, which could run code: not loaded"
         raise InputError(f"cannot read checkpoint {path} ({first}); {advice}") from exc

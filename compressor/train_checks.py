@@ -16,6 +16,7 @@ from torch import nn
 
 from compressor.data import DataSplits
 from compressor.errors import CompressorError, InputError, TrainingError
+from deploy.errors import first_line
 
 CHUNK = 4096  # images checked at a time: the finiteness mask stays small for big splits
 
@@ -71,7 +72,7 @@ def check_model_fits(model: nn.Module, data: DataSplits, device: torch.device) -
                 f"one {size} image does not fit in memory ({_allocation(exc)}); "
                 "lower data.image_size or the model's width"
             ) from exc
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise InputError(
             f"the model cannot run on this data's {size} images ({data.name}): "
             f"{type(exc).__name__}: {first}"

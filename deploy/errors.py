@@ -23,3 +23,10 @@ class MeasurementError(DeployError):
 
 class EngineMismatchError(DeployInputError):
     """A TensorRT engine was built for another TensorRT version or GPU, or says nothing of it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (or its type name): what a one-line error
+    message quotes from the onnx, onnxruntime or torch error underneath."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.errors import DeployConfigError, DeployInputError, MeasurementError
+from deploy.errors import DeployConfigError, DeployInputError, MeasurementError, first_line
 from deploy.files import atomic_file
 from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.runners.base import Runner
@@ -108,7 +108,7 @@ def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
 
 
 def _unreadable(path: Path, exc: BaseException) -> DeployInputError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return DeployInputError(
         f"evaluation file {path} is not a readable .npz file ({reason}); write it with "
         "numpy.savez(path, images=..., labels=...)"

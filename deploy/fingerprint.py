@@ -139,7 +139,7 @@ def device_fingerprint(
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "physical_cores": physical_cores(),
-        "usable_cores": _usable_cores(),
+        "usable_cores": len(usable_cpus()),  # affinity/cgroup limits: what timing sees
         "cpu_affinity": format_cpu_list(usable_cpus()),
         "pinned_cpus": pinned_cpus,
         "threads": threads,
@@ -337,13 +337,6 @@ def _cpuinfo_pairs(cpuinfo: Path) -> list[tuple[str, str]]:
         if sep:
             pairs.append((key.strip(), value.strip()))
     return pairs
-
-
-def _usable_cores() -> int | None:
-    """Cores this process may run on (cgroup/affinity limits), which is what timing sees."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count()
 
 
 def _onnxruntime_providers() -> list[str] | None:

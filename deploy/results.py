@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.bench import LatencyRecord
-from deploy.errors import DeployInputError
+from deploy.errors import DeployInputError, first_line
 from deploy.files import atomic_write_text
 
 SCHEMA = "deploy.results/3"
@@ -105,7 +105,7 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
         ) from exc
     except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
         raise DeployInputError(
-            f"results file {path} is not a result file: {str(exc).splitlines()[0]}"
+            f"results file {path} is not a result file: {first_line(exc)}"
         ) from exc
     if not isinstance(document, dict):
         raise DeployInputError(f"results file {path}: expected a JSON object at the top level")

@@ -23,6 +23,7 @@ from deploy.errors import (
     DeployInputError,
     EngineMismatchError,
     MissingDependencyError,
+    first_line,
 )
 from deploy.files import atomic_write_bytes, file_sha256
 from deploy.lazy import lazy_import
@@ -147,7 +148,7 @@ def load_engine_info(engine_path: str | os.PathLike[str]) -> EngineInfo:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         # ValueError: JSONDecodeError, and integers too long to convert
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DeployInputError(f"engine sidecar {path} is not readable JSON: {reason}") from exc
     if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__

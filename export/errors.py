@@ -1,5 +1,17 @@
 """Errors raised by `export`; the CLI turns each into one line and a non-zero exit code."""
 
+from deploy.errors import first_line  # the one helper, in the lowest layer
+
+__all__ = [
+    "ExportConfigError",
+    "ExportError",
+    "ExportInputError",
+    "OnnxValidationError",
+    "ParityError",
+    "UnsupportedModelError",
+    "first_line",
+]
+
 
 class ExportError(Exception):
     """Base of every error `export` raises on purpose."""
@@ -23,10 +35,3 @@ class ParityError(ExportError):
 
 class OnnxValidationError(ExportError):
     """The ONNX file fails onnx.checker or cannot be read."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (or its type name): what a one-line error
-    message quotes from the onnx, onnxruntime or torch error underneath."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployError, DeployInputError, MeasurementError
+from deploy.errors import DeployError, DeployInputError, MeasurementError, first_line
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Runner:
             raise
         except Exception as exc:  # the backend's own error types; a bug of ours passes through
             shapes = {name: list(array.shape) for name, array in feed.items()}
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             if _out_of_memory(exc):
                 raise MeasurementError(
                     f"{self.backend} ran out of memory on inputs {shapes}: {reason}; lower the "
