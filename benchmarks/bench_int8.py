@@ -4,7 +4,7 @@
 
 Uses the ONNX files of a `compressor run` directory (the run writes model.int8.onnx next to
 each model.onnx; the embedded default is run first when the directory has no report). All six
-files are timed in one process, interleaved iteration by iteration, so machine load hits them
+files are timed in one process, taking turns in blocks of iterations, so machine load hits them
 alike; top-1 accuracy of each file is measured on the test split with onnxruntime, and the
 INT8 file twice: on onnxruntime's fused int8 CPU kernels (what is timed) and with the graph
 run as written (exact int8 products, TensorRT's INT8 arithmetic). The figure printed last is

@@ -4,7 +4,7 @@
 
 Uses the stored models and ONNX files of a `compressor run` output directory (runs the
 embedded default first when the directory has no report). All variants are timed in one
-process, interleaved iteration by iteration, for onnxruntime (CPU) and torch (CPU, and
+process, taking turns in blocks of iterations, for onnxruntime (CPU) and torch (CPU, and
 CUDA when present), so machine load hits every variant alike. The timed iterations are split
 into --repeats runs; the run-to-run CV of the medians and any measurement warnings (noisy
 timings, a busy or throttled machine) are printed before the speed-ups.

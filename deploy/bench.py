@@ -1,10 +1,12 @@
 """Benchmark harness: time runners on random inputs and return one record per model x batch.
 
 `benchmark_side_by_side` is what the pipeline uses to compare variants (dense, ticket,
-shrunk): it interleaves the models iteration by iteration, rotating the order each round, so
+shrunk): the models take turns in blocks of iterations, the order rotated each round, so
 thermal drift, frequency scaling and background load hit every variant equally instead of
-whichever happened to run last. The timed phase is split into `repeats` runs
-(`deploy.timed_runs`), so every record also says how far its median moves from run to run.
+whichever happened to run last, while each model is timed as it runs on its own (see
+`deploy.timed_runs` for why blocks and not single iterations). The timed phase is split into
+`repeats` runs, so every record also says how far its median moves from run to run, and
+`details["timing"]` says how the record was timed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from deploy.errors import DeployConfigError, DeployInputError
 from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.runners.base import Runner, TensorSpec
 from deploy.stats import latency_stats, run_to_run_cv
-from deploy.timed_runs import timed_runs
+from deploy.timed_runs import timed_runs, timing_method
 
 if TYPE_CHECKING:
     from deploy.machine_state import MachineMonitor
@@ -47,6 +49,12 @@ class BenchConfig:
     # Independent timed runs per model and batch; their medians' spread is the run-to-run CV.
     # Three is the fewest that shows a drifting median without tripling short benchmarks.
     repeats: int = 3
+    # Side by side, models take turns in blocks of this many timed iterations, each turn
+    # after untimed iterations for `lead_in_seconds` (one at least) so the previous model's
+    # threads go idle (1 and 0: one iteration per model per round, the method before blocks,
+    # which timed models slower than they run alone). See deploy/timed_runs.py.
+    block_iters: int = 20
+    lead_in_seconds: float = 0.005
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
     # With a power sampler, each model then runs alone for this long while power is sampled
     # (interleaving would mix the models' power draw); energy per inference comes from it.
@@ -80,6 +88,14 @@ class BenchConfig:
             raise DeployConfigError(f"seed must be an integer, got {self.seed!r}")
         if not _is_int(self.repeats) or self.repeats < 1:
             raise DeployConfigError(f"repeats must be an integer >= 1, got {self.repeats!r}")
+        if not _is_int(self.block_iters) or self.block_iters < 1:
+            raise DeployConfigError(
+                f"block_iters must be an integer >= 1, got {self.block_iters!r}"
+            )
+        if not _is_number(self.lead_in_seconds) or self.lead_in_seconds < 0:
+            raise DeployConfigError(
+                f"lead_in_seconds must be a number >= 0, got {self.lead_in_seconds!r}"
+            )
         shapes = {}
         for name, shape in dict(self.shapes).items():
             dims = tuple(shape)
@@ -394,8 +410,9 @@ def benchmark_side_by_side(
                 for name in names
                 if power is not None
             }
+            timing = timing_method(config, len(names))
             for name in names:
-                record = _record(name, runners[name], batch, config, timings[name])
+                record = _record(name, runners[name], batch, config, timings[name], timing)
                 if gpu_ms[name]:
                     record = dataclasses.replace(
                         record, gpu_compute_ms=float(np.median(gpu_ms[name]))
@@ -433,7 +450,12 @@ def _energy_phase(
 
 
 def _record(
-    name: str, runner: Runner, batch: int, config: BenchConfig, runs: list[list[int]]
+    name: str,
+    runner: Runner,
+    batch: int,
+    config: BenchConfig,
+    runs: list[list[int]],
+    timing: dict[str, Any],
 ) -> LatencyRecord:
     stats = latency_stats([t / 1e9 for run in runs for t in run], batch)
     medians = tuple(float(np.median(run)) / 1e6 for run in runs)
@@ -449,7 +471,7 @@ def _record(
         runs=len(runs),
         run_medians_ms=medians,
         run_cv=run_to_run_cv(medians),
-        details=runner.record_details(),
+        details={**runner.record_details(), "timing": timing},
     )
 
 

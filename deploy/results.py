@@ -13,6 +13,16 @@ Schema "deploy.results/3" (JSON object):
                  with the measurement (noisy or drifting timings, a busy or throttled
                  machine). Absent or empty: nothing was found.
 
+A record's `details` object (free-form, so no version bump) says how it was timed:
+    details.timing            {"method": "blocks" | "rounds" | "alone", "models": N,
+                              "block_iters": B, "lead_in_seconds": S, "repeats": R}
+                              (`deploy.timed_runs.timing_method`). Absent in files written
+                              before it: those side-by-side records were timed in "rounds",
+                              one iteration per model per round, which made a model slower
+                              than alone.
+    details.intra_op_spin_us  onnxruntime records: how long idle intra-op threads spin
+                              (microseconds; 0: never; null: onnxruntime's default).
+
 The version went up with each set of new record fields because a reader refuses unknown
 fields: an older `deploy` then says the file is from another version instead of naming a
 field it does not know.

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deploy.cpus import default_threads
-from deploy.errors import DeployInputError
+from deploy.errors import DeployConfigError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
+
+# How long (microseconds) an idle intra-op thread spins for more work before it sleeps.
+# onnxruntime's own default spins about 40 ms after every call (measured on a 2-core EPYC):
+# beside other sessions, or right after a model timed before it, that steals a core from the
+# model being timed. 1 ms still covers the gaps between the operators of one call and between
+# back-to-back calls: ResNet-56 variants alone, batch 1 and 8, ran within noise of the default
+# (0.93-1.06x), while no spinning at all cost 14-41%.
+SPIN_DURATION_US = 1000
 
 # onnxruntime's type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -35,7 +44,10 @@ class OnnxRuntimeRunner(Runner):
     are sequential. `optimize=False` runs the graph as written: a QDQ model then computes on
     dequantized int8 values in float (exact int8 products, wide sums), as TensorRT's INT8
     kernels do, instead of onnxruntime's fused CPU int8 kernels, whose 16-bit intermediate
-    sums saturate on x86 CPUs without VNNI.
+    sums saturate on x86 CPUs without VNNI. `spin_duration_us` bounds how long idle intra-op
+    threads spin before they sleep (`SPIN_DURATION_US`; 0: no spinning; None: onnxruntime's
+    own default). An onnxruntime too old to know `session.intra_op.spin_duration_us` ignores
+    it and spins as by default (1.30 and 1.32 honour it).
     """
 
     backend = "onnxruntime"
@@ -47,9 +59,20 @@ class OnnxRuntimeRunner(Runner):
         threads: int | None = None,
         providers: list[str] | None = None,
         optimize: bool = True,
+        spin_duration_us: int | None = SPIN_DURATION_US,
     ) -> None:
+        if spin_duration_us is not None and (
+            isinstance(spin_duration_us, bool)
+            or not isinstance(spin_duration_us, int)
+            or spin_duration_us < 0
+        ):
+            raise DeployConfigError(
+                "onnxruntime runner: spin_duration_us must be an integer >= 0 or None, got "
+                f"{spin_duration_us!r}"
+            )
         self.model_path = Path(model_path)
         self.optimize = optimize
+        self.spin_duration_us = spin_duration_us
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
@@ -69,6 +92,15 @@ class OnnxRuntimeRunner(Runner):
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
         options.inter_op_num_threads = 1
+        if self.spin_duration_us is not None:
+            spinning = self.spin_duration_us > 0
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if spinning else "0"
+            )
+            if spinning:
+                options.add_session_config_entry(
+                    "session.intra_op.spin_duration_us", str(self.spin_duration_us)
+                )
         # Fatal only: errors reach the user as our one-line DeployError, quoting onnxruntime's
         # message; its own log line on stderr would be a second, colored copy.
         options.log_severity_level = 4
@@ -112,6 +144,10 @@ class OnnxRuntimeRunner(Runner):
     @property
     def output_specs(self) -> list[TensorSpec]:
         return [_spec(node) for node in self.session.get_outputs()]
+
+    def record_details(self) -> dict[str, Any]:
+        """The thread settings that change latency; None: onnxruntime's own default."""
+        return {"intra_op_spin_us": self.spin_duration_us}
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self._output_names, feed)

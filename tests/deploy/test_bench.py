@@ -150,7 +150,8 @@ def test_side_by_side_gives_one_record_per_model_and_batch(onnx_models: dict[str
 def test_side_by_side_interleaves_and_rotates_the_order() -> None:
     log: list[str] = []
     runners = {name: LoggingRunner(name, log) for name in ("a", "b", "c")}
-    benchmark_side_by_side(runners, BenchConfig(warmup_iters=2, iterations=3))
+    rounds = {"block_iters": 1, "lead_in_seconds": 0}  # one iteration per model per round
+    benchmark_side_by_side(runners, BenchConfig(warmup_iters=2, iterations=3, **rounds))
     warmup, timed = log[:6], log[6:]
     assert warmup == ["a", "a", "b", "b", "c", "c"]
     # Each round runs every model once; the first model moves along, so none is always first.
@@ -208,7 +209,10 @@ def test_one_repeat_has_no_run_to_run_cv() -> None:
 def test_rotation_carries_across_runs_and_every_run_gets_an_iteration() -> None:
     log: list[str] = []
     runners = {name: LoggingRunner(name, log) for name in ("a", "b")}
-    records = benchmark_side_by_side(runners, BenchConfig(warmup_iters=0, iterations=1, repeats=3))
+    config = BenchConfig(
+        warmup_iters=0, iterations=1, repeats=3, block_iters=1, lead_in_seconds=0
+    )
+    records = benchmark_side_by_side(runners, config)
     assert log == ["a", "b", "b", "a", "a", "b"]  # one round per run, order still rotating
     assert [r.iterations for r in records] == [3, 3]
     assert iterations_per_run(100, 3) == [34, 33, 33]
