@@ -97,6 +97,25 @@ def expectabs_scores(
     return _collect(model, blocks, images, reduce, with_input=True)
 
 
+def branch_ratios(
+    model: nn.Module, blocks: list[BlockInfo], images: torch.Tensor
+) -> dict[str, float]:
+    """|output - input| / |input| of each block (norms over the batch), in eval mode.
+
+    Not a criterion: it explains a score warning (compressor/score_checks.py). Near 0 for
+    every block when the residual branches start switched off (ConvNeXt's layer scale 1e-6,
+    a zero-initialised last batch norm as in timm's ResNets): at such weights any score of
+    the branch weights is near zero, whatever the criterion.
+    """
+
+    def reduce(block_input: torch.Tensor | None, output: torch.Tensor) -> float:
+        assert block_input is not None  # with_input=True guarantees it
+        base = float(block_input.double().norm())
+        return float((output.double() - block_input.double()).norm()) / max(base, 1e-30)
+
+    return _collect(model, blocks, images, reduce, with_input=True)
+
+
 def kl_scores(
     model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
 ) -> dict[str, float]:

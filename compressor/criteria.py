@@ -15,6 +15,10 @@ the weights of a stage-1 block at the same depth).
 Block-level criteria (hrank, expectabs, kl, pls, cka; `compressor.block_criteria`) score
 whole blocks from their activations and are meant for trained weights (the paper's
 Algorithm 1, tickets after training); `aggregation` does not apply to them.
+
+SNIP and GraSP walk the scoring batch in micro-batches (`score_batch_size`,
+compressor/micro_batches.py), so memory follows the micro-batch, not the scoring set; SynFlow
+needs one all-ones image whatever the set.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +36,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from compressor import block_criteria
 from compressor.blocks import BlockInfo
 from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
+from compressor.micro_batches import MicroBatches
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
-WeightScorer = Callable[[nn.Module, Batch | None, int], dict[str, torch.Tensor]]
+WeightScorer = Callable[[nn.Module, MicroBatches | None, int], dict[str, torch.Tensor]]
 BlockScorer = Callable[[nn.Module, list[BlockInfo], Batch, int], dict[str, float]]
 Aggregation = Literal["sum", "mean"]
+_B = TypeVar("_B")
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,15 @@ def _scored_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 @register_criterion("snip", needs_data=True, description="|gradient x weight| on one batch")
-def snip_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
-    """SNIP (Lee et al. 2019): connection sensitivity |dL/dw * w| at initialization."""
-    images, labels = _require_batch(batch, "snip")
+def snip_scores(
+    model: nn.Module, batches: MicroBatches | None, seed: int
+) -> dict[str, torch.Tensor]:
+    """SNIP (Lee et al. 2019): connection sensitivity |dL/dw * w| at initialization, with
+    dL/dw the gradient of the scoring set's mean loss, summed over micro-batches."""
+    batches = _require_batch(batches, "snip")
     params = _scored_parameters(model)
     model.train()
-    loss = F.cross_entropy(model(images), labels)
-    grads = _grad(loss, list(params.values()))
+    grads = _mean_loss_grad(model, batches, list(params.values()))
     return {
         name: (grad * p).abs().detach()
         for (name, p), grad in zip(params.items(), grads, strict=True)
@@ -94,22 +102,33 @@ GRASP_TEMPERATURE = 200.0
 @register_criterion(
     "grasp", needs_data=True, description="weight x Hessian-gradient product (gradient flow)"
 )
-def grasp_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
+def grasp_scores(
+    model: nn.Module, batches: MicroBatches | None, seed: int
+) -> dict[str, torch.Tensor]:
     """GraSP (Wang et al. 2020), the paper's default.
 
     GraSP's removal score is -w * Hg (remove the largest: their removal hurts gradient flow
     least); we return its negation w * Hg so that, like every criterion here, higher = keep.
+    Two passes over the micro-batches: g, the gradient of the whole set's loss, without a
+    graph; then Hg = sum_i d(g . g_i)/dw with g_i the micro-batch's share of the gradient,
+    differentiated twice one micro-batch at a time (H is linear in the loss, so the sum is
+    the whole set's Hessian times g).
     """
-    images, labels = _require_batch(batch, "grasp")
+    batches = _require_batch(batches, "grasp")
+    batches.passes = 2
     params = _scored_parameters(model)
     weights = list(params.values())
     model.train()
-    loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
-    grads = [g.detach() for g in _grad(loss, weights)]
-    loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels)
-    grads_graph = _grad(loss, weights, create_graph=True)
-    grad_dot = sum((g1 * g2).sum() for g1, g2 in zip(grads_graph, grads, strict=True))
-    hessian_grad = _grad(grad_dot, weights)
+    grads = _mean_loss_grad(model, batches, weights, temperature=GRASP_TEMPERATURE)
+    hessian_grad = [torch.zeros_like(w) for w in weights]
+    for images, labels, share in batches:
+        loss = F.cross_entropy(model(images) / GRASP_TEMPERATURE, labels) * share
+        grads_graph = _grad(loss, weights, create_graph=True)
+        grad_dot = sum((g1 * g2).sum() for g1, g2 in zip(grads_graph, grads, strict=True))
+        del grads_graph, loss
+        for total, part in zip(hessian_grad, _grad(grad_dot, weights), strict=True):
+            total.add_(part)
+        del grad_dot
     return {
         name: (p * hg).detach() for (name, p), hg in zip(params.items(), hessian_grad, strict=True)
     }
@@ -126,7 +145,9 @@ SYNFLOW_DTYPE = torch.float32
 @register_criterion(
     "synflow", needs_data=False, description="data-free synaptic flow: |w| network, all-ones input"
 )
-def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str, torch.Tensor]:
+def synflow_scores(
+    model: nn.Module, batches: MicroBatches | None, seed: int
+) -> dict[str, torch.Tensor]:
     """SynFlow (Tanaka et al. 2020): |dR/dw * w| with R the sum of outputs of the |w| network.
 
     Runs in eval mode (batch norm uses its initial statistics) on an all-ones input, as the
@@ -142,7 +163,7 @@ def synflow_scores(model: nn.Module, batch: Batch | None, seed: int) -> dict[str
         for p in _scored_parameters(model).values():
             fan_in = p[0].numel()
             p.div_(p.mean() * fan_in)
-    shape = (1, *batch[0].shape[1:]) if batch is not None else None
+    shape = (1, *batches.images.shape[1:]) if batches is not None else None
     if shape is None:
         raise ConfigError("synflow needs the input shape; pass an example batch")
     params = _scored_parameters(model)
@@ -186,10 +207,36 @@ def _grad(
     return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights, strict=True)]
 
 
-def _require_batch(batch: Batch | None, name: str) -> Batch:
+def _require_batch(batch: _B | None, name: str) -> _B:
     if batch is None:
         raise ConfigError(f"criterion '{name}' needs a batch of images and labels")
     return batch
+
+
+def _mean_loss_grad(
+    model: nn.Module, batches: MicroBatches, weights: list[torch.Tensor], temperature: float = 1.0
+) -> list[torch.Tensor]:
+    """Gradient of the mean cross-entropy over all images, one micro-batch's graph at a time:
+    each micro-batch's mean loss weighted by its share of the images (share 1.0 for a single
+    micro-batch, which leaves the whole-batch result bit for bit)."""
+    total = [torch.zeros_like(w) for w in weights]
+    for images, labels, share in batches:
+        logits = model(images)
+        loss = F.cross_entropy(logits / temperature if temperature != 1.0 else logits, labels)
+        for acc, grad in zip(total, _grad(loss * share, weights), strict=True):
+            acc.add_(grad.detach())
+    return total
+
+
+@dataclass(frozen=True)
+class BlockScores:
+    """One score per block, and what a block's score is small or large against."""
+
+    scores: dict[str, float]
+    # The largest |score| of one scored parameter outside the scored blocks (stem, head,
+    # downsampling, kept blocks), aggregated like a block; None for block-level criteria.
+    # Block scores a million times below it mean the blocks barely count for the criterion.
+    reference: float | None = None
 
 
 def block_scores(
@@ -200,8 +247,35 @@ def block_scores(
     *,
     aggregation: Aggregation = "sum",
     seed: int = 0,
+    score_batch_size: int | None = None,
 ) -> dict[str, float]:
+    """Score each block of `blocks` on the model's current weights (theta_0 at init);
+    `score_blocks` with the scores alone."""
+    return score_blocks(
+        model,
+        blocks,
+        criterion,
+        batch,
+        aggregation=aggregation,
+        seed=seed,
+        score_batch_size=score_batch_size,
+    ).scores
+
+
+def score_blocks(
+    model: nn.Module,
+    blocks: list[BlockInfo],
+    criterion: str,
+    batch: Batch | None,
+    *,
+    aggregation: Aggregation = "sum",
+    seed: int = 0,
+    score_batch_size: int | None = None,
+) -> BlockScores:
     """Score each block of `blocks` on the model's current weights (theta_0 at init).
+
+    `score_batch_size`: SNIP and GraSP walk `batch` this many images at a time (None: all at
+    once); see compressor/micro_batches.py.
 
     A weight-level criterion runs on a deep copy, so the caller's model — theta_0 — is
     untouched (batch norm in train mode would otherwise update its running statistics). A
@@ -212,31 +286,46 @@ def block_scores(
         raise ConfigError(f"prune.aggregation: must be 'sum' or 'mean', got '{aggregation}'")
     chosen = get_criterion(criterion)
     if chosen.score_weights is None and chosen.score_blocks is None:
-        return _random_block_scores(blocks, seed)
+        return BlockScores(_random_block_scores(blocks, seed))
     if chosen.score_blocks is not None:
         torch.manual_seed(seed)
         try:
-            return chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
+            scored = chosen.score_blocks(model, blocks, _require_batch(batch, criterion), seed)
         except CompressorError:
             raise
         except (RuntimeError, TypeError, ValueError) as exc:
             raise _cannot_score(criterion, exc) from exc
-    scores = weight_scores(model, criterion, batch, seed=seed)
+        return BlockScores(scored)
+    scores = weight_scores(model, criterion, batch, seed=seed, score_batch_size=score_batch_size)
     result = {}
     for block in blocks:
         prefix = block.name + "."
         parts = [s for name, s in scores.items() if name.startswith(prefix)]
         if not parts:
             raise ConfigError(f"block '{block.name}' has no scored weights")
-        total = torch.stack([s.double().sum() for s in parts]).sum()
-        count = sum(s.numel() for s in parts)
-        value = total / count if aggregation == "mean" else total
-        result[block.name] = float(value)
-    return result
+        result[block.name] = _aggregate(parts, aggregation)
+    prefixes = tuple(block.name + "." for block in blocks)
+    outside = [
+        abs(_aggregate([s], aggregation))
+        for name, s in scores.items()
+        if not name.startswith(prefixes)
+    ]
+    return BlockScores(result, max(outside, default=None))
+
+
+def _aggregate(parts: list[torch.Tensor], aggregation: Aggregation) -> float:
+    total = torch.stack([s.double().sum() for s in parts]).sum()
+    count = sum(s.numel() for s in parts)
+    return float(total / count if aggregation == "mean" else total)
 
 
 def weight_scores(
-    model: nn.Module, criterion: str, batch: Batch | None, *, seed: int = 0
+    model: nn.Module,
+    criterion: str,
+    batch: Batch | None,
+    *,
+    seed: int = 0,
+    score_batch_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-weight scores {parameter name: tensor} of a weight-level criterion (snip, grasp,
     synflow), on a deep copy so the caller's model is untouched. Block scores and filter
@@ -247,6 +336,7 @@ def weight_scores(
             f"criterion '{criterion}' scores whole blocks, not weights; use one of "
             f"{', '.join(n for n, c in CRITERIA.items() if c.score_weights is not None)}"
         )
+    batches = None if batch is None else MicroBatches(*batch, score_batch_size, criterion)
     torch.manual_seed(seed)
     try:
         work = copy.deepcopy(model)
@@ -254,7 +344,7 @@ def weight_scores(
             p.requires_grad_(True)
         # GraSP differentiates twice; fused attention kernels have no second derivative.
         with sdpa_kernel(SDPBackend.MATH):
-            return chosen.score_weights(work, batch, seed)
+            return chosen.score_weights(work, batches, seed)
     except CompressorError:
         raise
     except (RuntimeError, TypeError, ValueError) as exc:
