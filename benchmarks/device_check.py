@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the result file")
     parser.add_argument("--budget-seconds", type=float, default=450.0, help="for all steps")
     parser.add_argument("--dry-run", action="store_true", help="CPU, quick recipe, few iterations")
+    parser.add_argument(
+        "--run-dir", type=Path, help="where the pipeline run goes (default: OUT/run)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -53,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     cuda = result["environment"].get("cuda_available", False)
 
     # Shares of what is left: the tests and the training are bounded by their own timeouts.
-    result["gpu"] = _gpu_tests(args.out / "gpu_tests.log", _left(deadline, 0.25), args.dry_run)
-    run_dir = args.out / "run"
-    result["amp_run"] = _amp_run(run_dir, _left(deadline, 0.5), args.dry_run, cuda)
+    result["gpu"] = _gpu_tests(args.out / "gpu_tests.log", _left(deadline, 0.2), args.dry_run)
+    run_dir = args.run_dir or args.out / "run"
+    log = args.out / "amp_run.log"
+    result["amp_run"] = _amp_run(run_dir, log, _left(deadline, 0.75), args.dry_run, cuda)
     if result["amp_run"].get("status") == "ok":
         iterations = 20 if args.dry_run else 300
         result["cuda_latency"] = _latency(run_dir, iterations, cuda, deadline)
@@ -133,12 +137,12 @@ def _gpu_tests(log: Path, timeout: float, dry_run: bool) -> dict[str, Any]:
     return outcome
 
 
-def _amp_run(run_dir: Path, timeout: float, dry_run: bool, cuda: bool) -> dict[str, Any]:
+def _amp_run(run_dir: Path, log: Path, timeout: float, dry_run: bool, cuda: bool) -> dict[str, Any]:
     if not cuda and not dry_run:
         return {"status": "skipped", "reason": "no CUDA device: AMP training needs one"}
     recipe = ROOT / "recipes" / ("quick.yaml" if dry_run else "default.yaml")
     command = [sys.executable, "-m", "compressor", "run", str(recipe), "--out", str(run_dir)]
-    outcome = _run(command, timeout, run_dir.parent / "amp_run.log")
+    outcome = _run(command, timeout, log)
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         outcome["status"] = "failed"

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The device check for a session lent a GPU: one call, under 8 minutes, one result file.
 #
-#   bash benchmarks/device_check.sh          results in $OUT (the device tool's folder), else
-#                                            ./device_check/device_check.json
+#   bash benchmarks/device_check.sh [SECONDS]   results in $OUT (the device tool's folder), else
+#                                               ./device_check/device_check.json; SECONDS is
+#                                               the budget of all steps (default 420)
 #
 # Runs benchmarks/device_check.py (the gpu-marked tests, AMP training of the default recipe,
 # torch-CUDA latency eager and with CUDA graphs, NVML energy per inference). The lent machine
 # has CUDA PyTorch, onnxruntime, nvidia-ml-py, torchvision and timm but no network: the
-# project's other dependencies come from a wheelhouse/ folder carried along when present
-# (made here with: pip download -d wheelhouse --no-deps -c constraints.txt torch-pruning
-# safetensors onnxscript onnx-ir).
+# project's other dependencies (there: torch-pruning) come as wheels from a .whl/ folder
+# carried along, made here with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl torch-pruning==1.6.1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device_check}"
@@ -25,9 +27,13 @@ PY
 )"
 if [ -n "$missing" ]; then
     echo "device_check: missing packages: $missing"
-    if [ -d wheelhouse ]; then
-        $python -m pip install -q --no-index --find-links wheelhouse $missing \
-            || echo "device_check: could not install all of them from wheelhouse/"
+    if [ -d .whl ]; then
+        $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site \
+            || echo "device_check: could not install the wheels in .whl/"
     fi
 fi
-timeout 470 $python benchmarks/device_check.py --out "$out" --budget-seconds 420
+budget="${1:-420}"
+# The run's many files stay outside $OUT, which brings back only a few files.
+timeout $((budget + 50)) $python benchmarks/device_check.py --out "$out" \
+    --run-dir "${TMPDIR:-/tmp}/device_check_run" --budget-seconds "$budget"

@@ -3,6 +3,8 @@
 Every stage reads and writes files (stored models, ONNX, JSON), so any one of them can be
 re-run alone. User mistakes end in one line on stderr and a non-zero exit code:
 2 for a bad recipe or argument, 1 for anything else the project reports; never a traceback.
+`run` exits 3 when it finished and wrote every file but the accuracy check marked a variant
+not comparable (more than report.max_accuracy_drop points below dense, or at chance).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import NoReturn
 
 from compressor.errors import CompressorError, ConfigError
 
-EXIT_ERROR, EXIT_CONFIG = 1, 2
+EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_COMPARABLE = 1, 2, 3
 
 
 def _recipe(args: argparse.Namespace):  # noqa: ANN202
@@ -34,6 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(Path(result.report_md).read_text())
     print(f"report: {result.report_json}")
+    if result.not_comparable:
+        from compressor.accuracy_check import not_comparable_message
+
+        print(f"compressor: {not_comparable_message(result.not_comparable)}", file=sys.stderr)
+        return EXIT_NOT_COMPARABLE
     return 0
 
 

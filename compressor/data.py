@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor import imagefolder
+from compressor.channels import CHANNEL_CHOICES, luminance_uint8, to_channels
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError, InputError
 from compressor.imagefolder import CENTRE_CROP_RATIO, IMAGEFOLDER_SIZE
@@ -123,7 +124,9 @@ class DataConfig:
     augment: AugmentConfig | None = None  # None = the dataset's default (see default_augment)
     limit_train: int | None = None  # keep only this many training images (quick tests)
     # The options below are left out of to_dict() at their defaults (OMITTED_AT_DEFAULT).
-    channels: int | None = None  # imagefolder only: None = 3 (RGB); 1 = grayscale
+    # 1 = gray (RGB by ITU-R 601 luminance), 3 = RGB (gray replicated); None = the dataset's
+    # own: digits 1, CIFAR and image folders 3. Set it to what the model's first layer takes.
+    channels: int | None = None
     # imagefolder only: shorter side before the centre crop; None = image_size / 0.875 (256)
     resize: int | None = None
     mean: tuple[float, ...] | None = None  # per channel, 0..1 pixel scale; None = from train
@@ -164,14 +167,16 @@ class DataConfig:
             )
 
     def _check_folder_options(self) -> None:
-        for field in ("channels", "resize"):
-            if getattr(self, field) is not None and self.name != "imagefolder":
-                raise ConfigError(
-                    f"data.{field} applies to imagefolder only, not {self.name} "
-                    f"({self.name} has {self.resolved_channels} channel(s) and is resized to "
-                    "data.image_size); remove it"
-                )
-        if self.channels is not None and self.channels not in (1, 3):
+        if self.resize is not None and self.name != "imagefolder":
+            raise ConfigError(
+                f"data.resize applies to imagefolder only, not {self.name} ({self.name} is "
+                "resized to data.image_size); remove it"
+            )
+        if self.channels is not None and (
+            isinstance(self.channels, bool)
+            or not isinstance(self.channels, int)
+            or self.channels not in CHANNEL_CHOICES
+        ):
             raise ConfigError(
                 f"data.channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}"
             )
@@ -238,7 +243,7 @@ class DataConfig:
 
     @property
     def resolved_channels(self) -> int:
-        if self.name == "imagefolder" and self.channels is not None:
+        if self.channels is not None:
             return self.channels
         return 1 if self.name == "digits" else 3
 
@@ -358,6 +363,7 @@ def _load_digits(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]
 
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # 0..16 -> 0..1, one channel
+    images = to_channels(images, config.resolved_channels)  # 8x8: replicated before resizing
     labels = bunch.target.astype(np.int64)
     pool, test = _stratified_split(labels, config.test_fraction, config.seed, "test_fraction")
     train_i, val_i = _stratified_split(
@@ -429,7 +435,7 @@ def _cifar_dir(config: DataConfig) -> Path:
     raise InputError(f"{config.name} files missing in {base}: {', '.join(missing)}; {hint}")
 
 
-def _cifar_batch(path: Path, label_key: str) -> Arrays:
+def _cifar_batch(path: Path, label_key: str, channels: int) -> Arrays:
     batch = _read_pickle(path)
     data, labels = batch.get(b"data"), batch.get(label_key.encode())
     shape = getattr(data, "shape", None)
@@ -447,17 +453,21 @@ def _cifar_batch(path: Path, label_key: str) -> Arrays:
             f"{'no' if labels is None else len(labels)} labels; the file is "
             "corrupt or from another dataset"
         )
-    images = data.astype(np.float32).reshape(-1, 3, 32, 32) / 255.0
+    pixels = data.reshape(-1, 3, 32, 32)
+    if channels == 1:  # on the bytes, as Pillow's convert("L"): same as a folder of PNGs
+        pixels = luminance_uint8(pixels)
+    images = pixels.astype(np.float32) / 255.0
     return images, np.asarray(labels, dtype=np.int64)
 
 
 def _load_cifar(config: DataConfig) -> tuple[Arrays, Arrays, Arrays, list[str]]:
     _, train_files, test_file, meta_file, label_key = CIFAR_FILES[config.name]
     base = _cifar_dir(config)
-    parts = [_cifar_batch(base / f, label_key) for f in train_files]
+    channels = config.resolved_channels
+    parts = [_cifar_batch(base / f, label_key, channels) for f in train_files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    test = _cifar_batch(base / test_file, label_key)
+    test = _cifar_batch(base / test_file, label_key, channels)
     names_key = b"label_names" if config.name == "cifar10" else b"fine_label_names"
     raw_names = _read_pickle(base / meta_file).get(names_key)
     if not isinstance(raw_names, list) or not raw_names:

@@ -21,7 +21,7 @@ from deploy.machine_state import MachineMonitor
 from deploy.results import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
 from deploy.stability import timing_warnings
-from export import ExportConfig, ExportResult, export_onnx, file_sha256
+from export import ExportResult, export_onnx, file_sha256
 
 
 def export_variant(
@@ -36,11 +36,7 @@ def export_variant(
     """ONNX with parity checked on the real validation images and the spec in its metadata."""
     model = model.cpu().eval()
     check_model_fits(model, data, torch.device("cpu"))  # not the exporter's traceback
-    config = ExportConfig(
-        opset=recipe.export.opset,
-        parity_atol=recipe.export.parity_atol,
-        exporter=recipe.export.exporter,
-    )
+    config = recipe.export.export_config()  # opset, exporter, parity_atol and parity_rtol
     metadata = {
         "variant": info.get("variant"),
         "spec_sha256": spec.sha256(),
@@ -255,6 +251,10 @@ def benchmark_variants(
     warnings = timing_warnings(records, monitor.samples)
     results_path = write_results(out_dir / "latency.json", records, fingerprint, warnings)
     log(format_table(records))
+    log(
+        f"[bench] variants took turns in blocks of {config.block_iters} iterations, each "
+        f"after {1000 * config.lead_in_seconds:g} ms untimed (details.timing in the records)"
+    )
     log(f"[bench] results written to {results_path}")
     for line in warnings:
         log(f"[bench] warning: {line}")

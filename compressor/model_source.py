@@ -24,12 +24,17 @@ from typing import Any
 
 from torch import nn
 
+from compressor.channels import CHANNEL_CHOICES
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
 
-# Keyword arguments filled from the dataset when the factory declares them and the recipe
-# does not set them, so `def build(num_classes=1000)` fits a 10-class dataset unasked;
-# num_classes also goes to a factory taking **kwargs (torchvision builders, timm).
-DATA_KWARGS = ("num_classes", "in_channels")
+# Keyword arguments filled from the dataset when the recipe does not set them, and only for
+# a factory that takes them, so `def build(num_classes=1000)` fits a 10-class dataset unasked:
+# num_classes when declared or when the factory takes **kwargs (torchvision's builders pass
+# those on to a model class that has num_classes, and timm.create_model does too);
+# the channel count only when declared by name, or as `in_chans` to timm's factories. Never
+# in_channels through **kwargs: torchvision's ResNet(**kwargs) would raise a TypeError on it.
+CHANNEL_KWARGS = ("in_channels", "in_chans")  # in_chans: timm's name for it
+DATA_KWARGS = ("num_classes", *CHANNEL_KWARGS)
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -127,22 +132,78 @@ def load_factory(target: str) -> Callable[..., nn.Module]:
 def factory_kwargs(
     target: str, kwargs: dict[str, Any], num_classes: int, in_channels: int
 ) -> dict[str, Any]:
-    """The recipe's kwargs plus num_classes/in_channels where the factory takes them."""
+    """The recipe's kwargs plus num_classes and the channel count where the factory takes them.
+
+    A value the recipe sets itself must agree with the data: a model built for 3 channels
+    or 1000 classes would only fail later, at its first forward or its output check.
+    """
+    _check_agrees_with_data(kwargs, num_classes, in_channels)
     factory = load_factory(target)
+    named, takes_any = _parameters(factory)
+    data: dict[str, int] = {}
+    if "num_classes" in named or takes_any:
+        data["num_classes"] = num_classes
+    channel_key = channel_kwarg(target)
+    if channel_key is not None and not any(key in kwargs for key in CHANNEL_KWARGS):
+        data[channel_key] = in_channels
+    filled = dict(kwargs)  # the recipe's order first: spec.json lists them as before
+    for key, value in data.items():
+        filled.setdefault(key, value)
+    return filled
+
+
+def channel_kwarg(target: str) -> str | None:
+    """The keyword through which the factory takes the input channel count, or None.
+
+    Declared by name (`in_channels`, or timm's `in_chans`); or `in_chans` for timm's own
+    **kwargs factories, whose every model takes it. Another **kwargs factory gets none:
+    torchvision's builders hand their kwargs to a model class without such an argument.
+    """
+    factory = load_factory(target)
+    named, takes_any = _parameters(factory)
+    key = next((key for key in CHANNEL_KWARGS if key in named), None)
+    if key is None and takes_any and _is_timm(factory):
+        return "in_chans"
+    return key
+
+
+def _parameters(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+    """(named keyword parameters, whether it also takes **kwargs)."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins and some C extensions have no signature
-        params = {}
-    data = {"num_classes": num_classes, "in_channels": in_channels}
-    filled = dict(kwargs)
-    for key in DATA_KWARGS:
-        if key in params and key not in filled:
-            filled[key] = data[key]
-    # torchvision's builders and timm.create_model take num_classes through **kwargs.
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if takes_any and "num_classes" not in filled:
-        filled["num_classes"] = num_classes
-    return filled
+        return set(), False
+    named = {
+        name
+        for name, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _is_timm(factory: Callable[..., Any]) -> bool:
+    return str(getattr(factory, "__module__", "") or "").split(".")[0] == "timm"
+
+
+def _check_agrees_with_data(kwargs: dict[str, Any], num_classes: int, in_channels: int) -> None:
+    for key in CHANNEL_KWARGS:
+        if key in kwargs and kwargs[key] != in_channels:
+            convert = (
+                f"set data.channels: {kwargs[key]} to convert the images"
+                if kwargs[key] in CHANNEL_CHOICES
+                else "data.channels converts images to 1 or 3 channels only"
+            )
+            raise ConfigError(
+                f"model.kwargs.{key}: {kwargs[key]!r}, but the data gives {in_channels}-channel "
+                f"images; {convert}, or remove {key} from model.kwargs (it is filled from the "
+                "data when the factory takes it)"
+            )
+    if "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+        raise ConfigError(
+            f"model.kwargs.num_classes: {kwargs['num_classes']!r}, but the data has "
+            f"{num_classes} classes; remove num_classes from model.kwargs (it is filled from "
+            "the data when the factory takes it)"
+        )
 
 
 def build_from_factory(target: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -14,24 +14,32 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from compressor.accuracy_check import mark_comparable_
 from compressor.atomic import atomic_write_text
 from compressor.data import DataSplits, load_data
 from compressor.deliver import benchmark_variants, export_precisions, export_variant
 from compressor.distributed import barrier, cleanup, init_from_env
 from compressor.errors import ConfigError, InputError
+from compressor.export_probe import probe_export
 from compressor.layer_prune import prune_at_init
 from compressor.outdir import exclusive_out_dir
 from compressor.recipe import Recipe
 from compressor.report import write_report
 from compressor.spec import ModelSpec
-from compressor.stages import dense_model, save_trained, shrink_for_recipe
+from compressor.stages import (
+    dense_model,
+    pretrained_info,
+    recalibrate_after_surgery_,
+    save_trained,
+    shrink_for_recipe,
+)
 from compressor.store import load_model
 from compressor.train import TrainConfig, train
 
@@ -50,6 +58,9 @@ class PipelineResult:
     report_json: Path
     report_md: Path
     plot: Path
+    # Variants the accuracy check marked not comparable, with the reason (empty: none);
+    # `compressor run` then exits 3 (compressor/accuracy_check.py).
+    not_comparable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,11 +156,15 @@ def _run(
         f"{data.num_classes} classes"
     )
     dense, spec = dense_model(recipe, data)  # theta_0, shared by the dense run and the ticket
+    # An export fault (untraceable op, parity) fails now, in seconds, not after the training.
+    probe_export(dense, data, recipe.export, "untrained dense", log)
+    pretrained = pretrained_info(recipe, dense)  # model.weights: file, sha256, left out
 
     # Algorithm 2: score blocks on theta_0, remove the lowest, before any training.
     tick = time.perf_counter()
     ticket, pruned = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
     prune_seconds = time.perf_counter() - tick
+    recalibrate_after_surgery_(ticket, data, recipe.train)  # the removed blocks' statistics
     if is_main:
         (out_dir / "ticket").mkdir(parents=True, exist_ok=True)
         text = json.dumps(pruned.to_dict(), indent=2)
@@ -159,9 +174,11 @@ def _run(
         f"{sum(b.removable for b in pruned.blocks)} removable blocks in {prune_seconds:.1f}s "
         f"(MACs {pruned.macs_after / pruned.macs_before:.2f}x of dense)"
     )
+    for warning in pruned.warnings:  # scores that cannot separate the blocks (prune.json too)
+        log(f"[prune] warning: {warning}")
 
     variants = [
-        _train_stage("dense", dense, spec, data, recipe.train, out_dir, resume, log, {}),
+        _train_stage("dense", dense, spec, data, recipe.train, out_dir, resume, log, pretrained),
         _train_stage(
             "ticket",
             ticket,
@@ -171,7 +188,7 @@ def _run(
             out_dir,
             resume,
             log,
-            {"criterion": recipe.prune.criterion, "prune_seconds": prune_seconds},
+            {"criterion": recipe.prune.criterion, "prune_seconds": prune_seconds, **pretrained},
         ),
     ]
     variants.append(_shrink_stage(variants[1], data, recipe, out_dir, resume, log))
@@ -199,9 +216,10 @@ def _run(
         variants, exports, precisions, records, fingerprint, recipe, time.perf_counter() - started
     )
     report["measurement_warnings"] = warnings
+    failed = mark_comparable_(report, data.num_classes, recipe.report.max_accuracy_drop)
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")
-    return PipelineResult(out_dir, report, json_path, md_path, plot_path)
+    return PipelineResult(out_dir, report, json_path, md_path, plot_path, failed)
 
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
@@ -218,11 +236,11 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     except ValueError as exc:
         raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
     now = json.loads(json.dumps(recipe.to_dict()))  # tuples -> lists, as on disk
-    # Export and benchmark run again on every resume, so changing them is safe.
+    # Export, benchmark and report run again on every resume, so changing them is safe.
     changed = sorted(
         k
         for k in before.keys() | now.keys()
-        if before.get(k) != now.get(k) and k not in ("export", "bench", "experiment")
+        if before.get(k) != now.get(k) and k not in ("export", "bench", "experiment", "report")
     )
     if changed:
         raise ConfigError(
@@ -300,6 +318,7 @@ def _build_report(
                 "train_seconds": info["train_seconds"],
                 "epoch_seconds": info["epoch_seconds"],
                 "epochs": info["epochs"],
+                "bn_recalibration": info.get("bn_recalibration"),  # None: off, or an old stage
                 "onnx": str(export.path),
                 "onnx_sha256": export.sha256,
                 "parity_max_abs_diff": export.parity_max_abs_diff,

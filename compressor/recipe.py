@@ -20,6 +20,7 @@ from compressor.layer_prune import LayerPruneConfig
 from compressor.shrink import ShrinkConfig
 from compressor.spec import ModelSpec
 from compressor.train import TrainConfig
+from export.onnx_export import PARITY_RTOL, ExportConfig
 
 RECIPE_VERSION = 1
 MAX_RECIPE_VALUES = 100_000  # values in a recipe once YAML aliases are expanded
@@ -34,10 +35,20 @@ class ModelSection:
     factory: str | None = None  # "path/to/file.py:function" or "package.module:function"
     kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
     # num_classes and in_channels come from the dataset (for a factory: when it takes them).
+    # Pretrained theta_0 (compressor/pretrained.py): a .safetensors file or a torch.save state
+    # dict, read with weights_only (never unpickled); relative to the working directory.
+    weights: str | None = None
+    # false: load the tensors that fit and keep the rest (e.g. a new 10-class head) at their
+    # seeded initial values, listed in a warning and the dense model's info; true: refuse.
+    weights_strict: bool = True
+    # The file's SHA-256: recipe.json records it (a resume with another file is refused);
+    # given here, a file with another hash is refused.
+    weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError(f"model.name: must be a model name, got {self.name!r}")
+        self._check_weights()
         if self.width is not None and not (is_number(self.width) and self.width > 0):
             raise ConfigError(f"model.width: must be a number > 0, got {self.width!r}")
         if not isinstance(self.kwargs, dict):
@@ -57,6 +68,35 @@ class ModelSection:
             raise ConfigError(
                 "model.width: only for zoo models; pass the factory's own arguments in model.kwargs"
             )
+
+    def _check_weights(self) -> None:
+        if self.weights is not None and not (isinstance(self.weights, str) and self.weights):
+            raise ConfigError(f"model.weights: must be a file path, got {self.weights!r}")
+        if not isinstance(self.weights_strict, bool):
+            raise ConfigError(
+                f"model.weights_strict: must be true or false, got {self.weights_strict!r}"
+            )
+        sha = self.weights_sha256
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+            raise ConfigError(f"model.weights_sha256: must be 64 hex digits, got {sha!r}")
+        if self.weights is None and (not self.weights_strict or sha is not None):
+            raise ConfigError(
+                "model.weights_strict, model.weights_sha256: only with model.weights (a file)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As recipe.json records it: the weights keys only when set (so runs recorded before
+        them still resume), then with the file's SHA-256, so a resume with another file is
+        refused even under the same name."""
+        out = {key: _plain(getattr(self, key)) for key in ("name", "width", "factory", "kwargs")}
+        if self.weights is not None:
+            from compressor.pretrained import weights_sha256
+
+            out["weights"] = self.weights
+            out["weights_sha256"] = (self.weights_sha256 or weights_sha256(self.weights)).lower()
+            if not self.weights_strict:
+                out["weights_strict"] = False
+        return out
 
     def trusted_factory(self) -> str | None:
         """The factory a stored model may call when loaded for this recipe (store.py)."""
@@ -85,7 +125,9 @@ class ModelSection:
 class ExportSection:
     opset: int = 18  # ONNX opset: 18 for TensorRT 10/11; 17 (TensorRT 8.5/8.6, JetPack 5)
     exporter: str = "dynamo"  # opset 17 needs "torchscript": dynamo always writes 18+
-    parity_atol: float = 1e-4  # max |onnxruntime - torch| allowed on the logits
+    # Allowed max |onnxruntime - torch| on the logits: parity_atol + parity_rtol * max |logit|.
+    parity_atol: float = 1e-4  # the absolute part
+    parity_rtol: float = PARITY_RTOL  # relative to the largest |logit|: rounding grows with it
     # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization) and an
     # FP16 graph (what strongly typed TensorRT 11 needs for FP16), each checked on real data.
     int8: bool = True
@@ -104,6 +146,7 @@ class ExportSection:
             ("exporter", lambda: ExportConfig(exporter=self.exporter)),
             ("opset", lambda: ExportConfig(opset=self.opset, exporter=self.exporter)),
             ("parity_atol", lambda: ExportConfig(parity_atol=self.parity_atol)),
+            ("parity_rtol", lambda: ExportConfig(parity_rtol=self.parity_rtol)),
             ("calibration_method",
              lambda: QuantizeConfig(calibration_method=self.calibration_method)),
             ("calibration_samples",
@@ -122,6 +165,15 @@ class ExportSection:
                 # "QuantizeConfig.calibration_samples: must be ..." -> "must be ..."
                 reason = re.sub(rf"^[\w.]*{key}: ", "", str(exc))
                 raise ConfigError(f"export.{key}: {reason}") from exc
+
+    def export_config(self) -> ExportConfig:
+        """The FP32 export and parity settings of this section (export/onnx_export.py)."""
+        return ExportConfig(
+            opset=self.opset,
+            exporter=self.exporter,
+            parity_atol=self.parity_atol,
+            parity_rtol=self.parity_rtol,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +223,23 @@ class BenchSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportSection:
+    """The accuracy check of `compressor run` (compressor/accuracy_check.py)."""
+
+    # In percentage points of test accuracy (5 = five points, not 0.05): a variant further
+    # below dense, or within 2 points of chance, is marked not comparable and `run` exits 3.
+    max_accuracy_drop: float = 5.0
+
+    def __post_init__(self) -> None:
+        value = self.max_accuracy_drop
+        if not (is_number(value) and 0 <= value <= 100):
+            raise ConfigError(
+                f"report.max_accuracy_drop: must be a number of percentage points in [0, 100] "
+                f"(5 = five points), got {value!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     name: str = "default"
     seed: int = 0  # initial weights theta_0 (dense and ticket start from the same)
@@ -186,6 +255,7 @@ class Recipe:
     bench: BenchSection = field(default_factory=BenchSection)
     # The grid of `compressor lottery` (compressor/experiment.py); `compressor run` ignores it.
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    report: ReportSection = field(default_factory=ReportSection)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": RECIPE_VERSION, "name": self.name, "seed": self.seed}
@@ -195,6 +265,8 @@ class Recipe:
         # Left out at its default, so runs recorded before it existed still resume.
         if self.experiment != ExperimentConfig():
             out["experiment"] = self.experiment.to_dict()
+        if self.report != ReportSection():  # the same, for runs made before the check
+            out["report"] = _plain(self.report)
         return out
 
 
@@ -234,6 +306,7 @@ _SECTIONS = {
     "export": ExportSection,
     "bench": BenchSection,
     "experiment": ExperimentConfig,
+    "report": ReportSection,
 }
 
 

@@ -1,7 +1,9 @@
 """Pipeline report: report.json (the data), report.md (for people), a PNG of accuracy vs latency.
 
 The Markdown and the plot are made from the report dictionary alone, so they can be
-re-drawn from report.json without re-running anything.
+re-drawn from report.json without re-running anything. A variant the accuracy check marked
+not comparable (compressor/accuracy_check.py) is named as such everywhere: its speed-ups are
+printed as plain latency ratios, never as wins, and its points in the plot are hollow.
 """
 
 from __future__ import annotations
@@ -30,6 +32,35 @@ def _latency(
     return None
 
 
+def _comparable(entry: dict[str, Any]) -> bool:
+    """Reports written before the accuracy check have no flag: comparable, as they were read."""
+    return entry.get("comparable", True)
+
+
+def _accuracy_check_lines(report: dict[str, Any]) -> list[str]:
+    check = report.get("accuracy_check")
+    if not check:
+        return []
+    failed = [v for v in report["variants"] if not _comparable(v)]
+    if not failed:
+        return [
+            f"Accuracy check: every variant is within {check['max_accuracy_drop_points']:g} "
+            f"points of dense and more than {check['chance_margin_points']:g} points above "
+            f"chance ({100 * check['chance_accuracy']:.2f}%).",
+            "",
+        ]
+    lines = [
+        "## Accuracy check: NOT COMPARABLE",
+        "",
+        "These variants' latencies are not compared with dense: a network that lost this "
+        "much accuracy is not a faster version of it (report.max_accuracy_drop: "
+        f"{check['max_accuracy_drop_points']:g} points).",
+        "",
+    ]
+    lines += [f"- **{v['name']}**: {v['not_comparable_reason']}" for v in failed]
+    return [*lines, ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     variants = report["variants"]
     dense = variants[0]
@@ -42,6 +73,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"measured on {env.get('cpu_model', 'unknown CPU')} "
         f"({env.get('threads') or 'default'} threads), fingerprint `{env.get('fingerprint_id')}`.",
         "",
+        *_accuracy_check_lines(report),
         "| variant | test acc | Δ acc (pts) | params | MACs | blocks removed | median epoch (s) "
         "| ORT b1 p50 (ms) | ORT b1 speed-up | parity max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -50,6 +82,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for v in variants:
         ort = _latency(v, "onnxruntime", 1)
         speedup = f"{dense_ort / ort:.2f}x" if ort and dense_ort else "n/a"
+        if not (_comparable(v) and _comparable(dense)):
+            speedup = "not comparable"
         lines.append(
             f"| {v['name']} | {v['accuracy']:.4f} "
             f"| {100 * (v['accuracy'] - dense['accuracy']):+.2f} "
@@ -83,7 +117,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _precision_lines(variants)
     lines += ["", "## Speed-ups over dense (p50 latency ratio)", ""]
     for s in report["speedups"]:
-        if "latency_speedup_p50" in s:
+        if not _comparable(s):  # a ratio for the record, never presented as a win
+            if "latency_speedup_p50" in s:
+                lines.append(
+                    f"- {s['variant']}: {s['backend']} {s['device']} "
+                    f"{s.get('precision', 'fp32')} batch {s['batch']}: NOT COMPARABLE "
+                    f"(accuracy check; latency ratio {s['latency_speedup_p50']:.2f})"
+                )
+            else:
+                lines.append(
+                    f"- {s['variant']}: NOT COMPARABLE: {s['not_comparable_reason']} "
+                    f"(epoch time ratio {s['epoch_time_speedup']:.2f}, accuracy "
+                    f"{100 * s['accuracy_delta']:+.2f} points)"
+                )
+        elif "latency_speedup_p50" in s:
             lines.append(
                 f"- {s['variant']}: {s['backend']} {s['device']} {s.get('precision', 'fp32')} "
                 f"batch {s['batch']}: "
@@ -167,10 +214,12 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
             if ms is not None:
                 # INT8 and FP16 engines are plotted at their own files' accuracy.
                 accuracy = (v.get(precision) or {}).get("accuracy", v["accuracy"])
+                color = colors[i % len(colors)]
                 ax.scatter(
                     ms,
                     100 * accuracy,
-                    color=colors[i % len(colors)],
+                    facecolors=color if _comparable(v) else "none",  # hollow: not comparable
+                    edgecolors=color,
                     marker=markers[j % len(markers)],
                     s=40,
                     zorder=3,
@@ -191,14 +240,29 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
     ]
     handles += [
         Line2D(
-            [], [], color="gray", marker=markers[j % len(markers)], linestyle="", label=v["name"]
+            [],
+            [],
+            color="gray",
+            marker=markers[j % len(markers)],
+            linestyle="",
+            markerfacecolor="gray" if _comparable(v) else "none",
+            label=v["name"] if _comparable(v) else f"{v['name']} (NOT COMPARABLE)",
         )
         for j, v in enumerate(report["variants"])
     ]
+    check = report.get("accuracy_check")
+    if check:
+        chance = 100 * check["chance_accuracy"]
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=0.8, zorder=1)
+        handles.append(Line2D([], [], color="gray", linestyle="--", label="chance"))
     ax.set_xscale("log")
     ax.set_xlabel("median latency per batch (ms, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}")
+    title = f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}"
+    failed = [v["name"] for v in report["variants"] if not _comparable(v)]
+    if failed:
+        title += f"\nnot comparable (accuracy check): {', '.join(failed)}"
+    ax.set_title(title, fontsize=9 if failed else None)
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,22 @@ from torch import nn
 
 from compressor.atomic import atomic_write_text
 from compressor.blocks import discover_blocks, output_shape, select_patterns
+from compressor.bn_recalibration import BNRecalibration, recalibrate_bn_
+from compressor.channels import channel_mismatch, mismatch_message
 from compressor.data import DataSplits, load_data
 from compressor.distributed import is_main_process
 from compressor.errors import InputError, UnsupportedModelError
+from compressor.export_probe import probe_export
 from compressor.layer_prune import prune_at_init, scoring_batch
+from compressor.model_source import channel_kwarg
 from compressor.outdir import exclusive_out_dir
+from compressor.pretrained import describe_pretrained, load_pretrained_
 from compressor.recipe import Recipe
 from compressor.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.spec import ModelSpec, build_model
 from compressor.store import load_model, save_model
 from compressor.train import TrainConfig, TrainResult, train
+from compressor.train_checks import check_model_fits
 
 
 def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]:
@@ -36,6 +43,11 @@ def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]
     except UnsupportedModelError:
         raise
     except Exception as exc:
+        mismatch = channel_mismatch(model, data.val.images[:1], str(exc))
+        if mismatch is not None:  # "wants 3, gives 1; set data.channels: 3", not torch's text
+            key = channel_kwarg(spec.factory) if spec.factory else None
+            message = mismatch_message(spec.model, mismatch, data.name, key)
+            raise UnsupportedModelError(message) from exc
         raise UnsupportedModelError(
             f"model {spec.model} cannot run on this data's {tuple(data.val.images.shape[1:])} "
             f"inputs: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
@@ -46,7 +58,30 @@ def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]
             f"model {spec.model} outputs shape {shape} for one image, but the data has "
             f"{data.num_classes} classes{hint}"
         )
+    weights = recipe.model
+    if weights.weights is not None:  # theta_0 = the pretrained weights: scored, then trained
+        load_pretrained_(
+            model,
+            weights.weights,
+            strict=weights.weights_strict,
+            expected_sha256=weights.weights_sha256,
+            log=_log_main,
+        )
     return model, spec
+
+
+def pretrained_info(recipe: Recipe, dense: nn.Module) -> dict[str, Any]:
+    """{"pretrained": file, sha256, tensors left out} for a stored model's info; {} without
+    model.weights. `dense` is the unpruned model dense_model built (same tensor names)."""
+    section = recipe.model
+    if section.weights is None:
+        return {}
+    return {"pretrained": describe_pretrained(dense, section.weights, section.weights_sha256)}
+
+
+def _log_main(message: str) -> None:
+    if is_main_process():  # under torchrun, one line rather than one per process
+        print(message, file=sys.stderr, flush=True)
 
 
 def list_blocks(recipe: Recipe) -> str:
@@ -80,18 +115,25 @@ def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
         ticket, result = prune_at_init(
             dense, spec, data.train.images, data.train.labels, recipe.prune
         )
-        save_model(ticket, result.spec, out, {"variant": "ticket", "stage": "pruned at init"})
+        recalibrate_after_surgery_(ticket, data, recipe.train)  # as `compressor run` does
+        info = {"variant": "ticket", "stage": "pruned at init", **pretrained_info(recipe, dense)}
+        save_model(ticket, result.spec, out, info)
         atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+    for warning in result.warnings:  # scores that cannot separate the blocks
+        print(f"[prune] warning: {warning}", file=sys.stderr, flush=True)
     return {
         "model": str(out),
         "removed_blocks": list(result.removed),
         "macs_ratio": result.macs_after / result.macs_before,
+        "warnings": list(result.warnings),
     }
 
 
 def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
     stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
+    check_model_fits(stored.model, data, torch.device("cpu"))  # its message, not export's
+    probe_export(stored.model, data, recipe.export, "stored", _quiet)  # seconds, not the run
     with _owned(out):
         result = train(
             stored.model,
@@ -103,6 +145,10 @@ def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict
         )
         info = save_trained(stored.model, stored.spec, data, result, out / "model")
     return _summary(info, out / "model")
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _owned(out: Path) -> contextlib.AbstractContextManager[Any]:
@@ -136,6 +182,7 @@ def save_trained(
         "epoch_seconds": result.median_epoch_seconds,
         "epochs": result.epochs_run,
         "device": result.device,
+        "bn_recalibration": result.bn_recalibration,  # before the accuracy above was measured
         # What it was trained on, so a stage run later with another recipe can refuse it.
         "dataset": data.name,
         "input_shape": list(data.val.images.shape[1:]),
@@ -165,6 +212,24 @@ def _summary(info: dict[str, Any], model_dir: Path) -> dict[str, Any]:
     return {"model": str(model_dir), **{k: info[k] for k in ("accuracy", "params", "macs")}}
 
 
+def recalibrate_after_surgery_(
+    model: nn.Module, data: DataSplits, config: TrainConfig
+) -> BNRecalibration:
+    """Batch-norm statistics of the network as it is now, after blocks or channels were cut.
+
+    The running averages still describe the network before the cut; a model evaluated (or
+    scored, or exported) before its next training would use them. Same images and seed as
+    the recalibration at the end of training (`train.bn_recalibration_batches`, 0 = off).
+    """
+    return recalibrate_bn_(
+        model,
+        data.train.images,
+        config.bn_recalibration_batches,
+        config.batch_size,
+        seed=config.seed,
+    )
+
+
 def shrink_for_recipe(
     model: nn.Module, data: DataSplits, recipe: Recipe, out: Path
 ) -> tuple[ShrinkResult, TrainConfig]:
@@ -175,6 +240,7 @@ def shrink_for_recipe(
     """
     calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
     result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    recalibrate_after_surgery_(model, data, recipe.train)  # before fine-tuning starts
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
@@ -194,6 +260,7 @@ def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dic
     model = copy.deepcopy(stored.model)
     with _owned(out):
         _, config = shrink_for_recipe(model, data, recipe, out)
+        probe_export(model, data, recipe.export, "shrunk", _quiet)  # before the fine-tune
         spec = stored.spec.with_shapes(model)
         result = train(
             model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}

@@ -8,6 +8,10 @@
   `torch.load(weights_only=True)`), RNG states included, makes a resumed CPU run bit-identical
   to an uninterrupted one. An epoch whose loss or weights went non-finite writes nothing.
 - Evaluation loss is plain cross entropy (no label smoothing) so runs compare across settings.
+- After the last epoch's training pass, batch-norm running statistics are re-estimated
+  (compressor/bn_recalibration.py, `bn_recalibration_batches`); the final val accuracy, the
+  last checkpoint, the returned weights and the test accuracy all use those statistics.
+  Earlier epochs' val accuracy in metrics.jsonl uses the running averages as they were.
 - Under torchrun (compressor/distributed.py) the model trains in DistributedDataParallel:
   `batch_size` is the global batch, every rank draws and augments the same global batch and
   trains on its share, so the update is the one-process update up to float rounding. Rank 0
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from compressor.bn_recalibration import BNRecalibration, recalibrate_bn_
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.data import (
     AugmentConfig,
@@ -64,6 +69,7 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
 NAN_CHECK_EVERY = 25  # steps between loss-finiteness checks (each one is a device sync)
 RUNTIME_ONLY_FIELDS = ("device", "amp", "threads", "progress")  # may change on resume
+BN_RECALIBRATION_BATCHES = 20  # train.bn_recalibration_batches' default
 
 Schedule = Literal["cosine", "step"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -97,6 +103,10 @@ class TrainConfig:
     # schedule; the paper calls this learning-rate rewinding).
     rewind_points: tuple[float, ...] = ()
     start_epoch: int = 0
+    # Batch-norm running statistics re-estimated over this many training batches (no
+    # augmentation) before the final validation and the test evaluation: short training or
+    # surgery leaves them stale, and eval-mode accuracy can fall to chance. 0 = off.
+    bn_recalibration_batches: int = BN_RECALIBRATION_BATCHES
 
     def __post_init__(self) -> None:
         if isinstance(self.milestones, list):  # recipes give YAML lists
@@ -107,6 +117,7 @@ class TrainConfig:
             ("warmup_epochs", 0),
             ("seed", 0),
             ("threads", 1),
+            ("bn_recalibration_batches", 0),
         ):
             value = getattr(self, field)
             if not (field == "threads" and value is None):
@@ -164,8 +175,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {**dataclasses.asdict(self), "milestones": list(self.milestones)}
         # Left out at their defaults, so recipes and checkpoints written before rewinding
-        # existed still compare equal on --resume.
-        for key, default in (("rewind_points", ()), ("start_epoch", 0)):
+        # and recalibration existed still compare equal on --resume.
+        for key, default in (
+            ("rewind_points", ()),
+            ("start_epoch", 0),
+            ("bn_recalibration_batches", BN_RECALIBRATION_BATCHES),
+        ):
             if out[key] == default:
                 del out[key]
             elif key == "rewind_points":
@@ -207,6 +222,9 @@ class TrainResult:
     checkpoint: str
     metrics: str
     device: str
+    # What batch-norm recalibration did before the final evaluations (layers, batches,
+    # images; 0 layers: the model has no BatchNorm); None when it is off.
+    bn_recalibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -651,10 +669,13 @@ def _train_loop(run: _Run) -> TrainResult:
         )
     if run.info.is_main:
         run.save_rewind_point()  # theta_0, when 0 is a rewind point and nothing ran yet
+    recalibrated: BNRecalibration | None = None
     try:
         while run.epoch < config.epochs:
             lr = run.optimizer.param_groups[0]["lr"]
             train_loss, train_acc, seconds = run.train_epoch(bar)
+            if run.epoch + 1 == config.epochs:  # the final val, the checkpoint, test: fresh
+                recalibrated = _recalibrate(run)
             val_acc, val_loss = evaluate(run.model, run.data.val, device=run.device)
             run.epoch += 1
             run.metrics.append(
@@ -683,6 +704,8 @@ def _train_loop(run: _Run) -> TrainResult:
     finally:
         if bar is not None:
             bar.close()
+    if recalibrated is None:  # resumed after the last epoch: the same statistics again
+        recalibrated = _recalibrate(run)  # (a checkpoint written before recalibration too)
     test_acc, test_loss = evaluate(run.model, run.data.test, device=run.device)
     epoch_seconds = [r["epoch_seconds"] for r in run.metrics]
     return TrainResult(
@@ -697,4 +720,17 @@ def _train_loop(run: _Run) -> TrainResult:
         checkpoint=str(run.checkpoint_path),
         metrics=str(run.metrics_path),
         device=str(run.device),
+        bn_recalibration=recalibrated.to_dict() if config.bn_recalibration_batches else None,
+    )
+
+
+def _recalibrate(run: _Run) -> BNRecalibration:
+    """Fresh batch-norm statistics from the training images (no augmentation), the same on
+    every rank; they are what the checkpoint, the final val and the test accuracy use."""
+    return recalibrate_bn_(
+        run.model,
+        run.data.train.images,
+        run.config.bn_recalibration_batches,
+        run.config.batch_size,
+        seed=run.config.seed,
     )

@@ -147,6 +147,8 @@ def build_report(
     table = merge_results(files, baseline=baseline, batch=batch)
     notes = [*notes, *table.notes]
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # checked before any file is written
+        raise DeployInputError(f"--out {out_dir} is a file, not a folder; give a folder name")
     plots, plot_notes = render_plots(table, batch)
     notes += plot_notes
     for name, data in plots.items():

@@ -52,6 +52,9 @@ MIN_OPSET = 17  # dynamo emits 18 and converts down; below 17 ops go missing (La
 CONFIG_VERSION = 1  # bump when a field changes meaning, so old recipes fail loudly
 RESERVED_PREFIX = "export."  # metadata keys this package writes; user keys may not use it
 BATCH_DIM_NAME = "batch"
+# Measured max |onnxruntime - torch| / max |torch logit| (FP32, CPU): see README; a wrong op
+# or changed weights moves logits by their own size (a ratio near 1), far above this.
+PARITY_RTOL = 1e-4
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # torch.export names the user's frame that raised: 'File "m.py", line 8, in forward\n  code'
 _USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in \w+\n\s*(.+)')
@@ -65,7 +68,10 @@ class ExportConfig:
     dynamic_batch: bool = True  # symbolic batch axis: one file serves every batch size
     input_name: str = "input"
     output_name: str = "logits"
-    parity_atol: float = 1e-4  # largest |onnxruntime - torch| allowed on any output element
+    # Allowed max |onnxruntime - torch| = parity_atol + parity_rtol * max |torch output|:
+    # float rounding grows with the logits' size (export/parity.py parity_tolerance).
+    parity_atol: float = 1e-4  # the absolute part, for outputs near zero
+    parity_rtol: float = PARITY_RTOL  # the part relative to the largest |torch output|
     require_top1_agreement: float = 1.0  # fraction of inputs whose argmax must agree
     parity_batch_size: int = 64  # inputs per parity batch (bounds memory on big val sets)
     exporter: Exporter = "dynamo"  # "torchscript": deprecated, for models dynamo can't trace
@@ -93,11 +99,12 @@ class ExportConfig:
             raise ExportConfigError(
                 f"ExportConfig.output_name: must differ from input_name ('{self.input_name}')"
             )
-        atol = self.parity_atol
-        if isinstance(atol, bool) or not isinstance(atol, int | float) or not 0 <= atol < np.inf:
-            raise ExportConfigError(
-                f"ExportConfig.parity_atol: must be a finite number >= 0, got {atol!r}"
-            )
+        for name in ("parity_atol", "parity_rtol"):
+            tol = getattr(self, name)
+            if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < np.inf:
+                raise ExportConfigError(
+                    f"ExportConfig.{name}: must be a finite number >= 0, got {tol!r}"
+                )
         top1 = self.require_top1_agreement
         if isinstance(top1, bool) or not isinstance(top1, int | float) or not 0 <= top1 <= 1:
             raise ExportConfigError(
@@ -162,6 +169,7 @@ class ExportResult:
     exporter: str
     export_seconds: float  # torch.onnx.export alone, without checks and parity
     metadata: dict[str, str] = field(default_factory=dict)  # every metadata_prop in the file
+    parity_tolerance: float = 0.0  # max_abs_diff allowed: parity_atol + parity_rtol * max |torch|
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: path as a string, shapes as lists."""
@@ -237,6 +245,8 @@ def export_onnx(
             "export.parity_top1_agreement": f"{parity.top1_agreement:.6f}",
             "export.parity_samples": str(len(checks)),
             "export.parity_atol": f"{config.parity_atol:g}",
+            "export.parity_rtol": f"{config.parity_rtol:g}",
+            "export.parity_tolerance": f"{parity.tolerance:.6g}",
         },
     )
     return ExportResult(
@@ -254,6 +264,7 @@ def export_onnx(
         exporter=config.exporter,
         export_seconds=export_seconds,
         metadata=final_metadata,
+        parity_tolerance=parity.tolerance,
     )
 
 
@@ -396,4 +407,3 @@ def _describe_failure(exc: BaseException) -> str:
         file, line, code = where.groups()
         summary += f" (at {Path(file).name}:{line}: {code.strip()})"
     return summary
-

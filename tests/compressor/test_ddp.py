@@ -339,7 +339,9 @@ def test_synced_batchnorm_gives_back_plain_batchnorm_with_the_trained_state():
 @pytest.mark.slow
 def test_torchrun_compressor_run_end_to_end(tmp_path):
     """`torchrun --nproc_per_node=2 -m compressor run`: one run directory, one report."""
-    recipe = write_recipe(tmp_path, {"model": {"name": "resnet8", "width": 0.5}}, blocks=1)
+    # Two epochs leave the variants apart; this test is about the launcher, not accuracy.
+    changes = {"model": {"name": "resnet8", "width": 0.5}, "report": {"max_accuracy_drop": 100}}
+    recipe = write_recipe(tmp_path, changes, blocks=1)
     out = tmp_path / "run"
     command = [*TORCHRUN_2, "-m", "compressor", "run", str(recipe), "--out", str(out)]
     output = _launch(command, tmp_path)

@@ -291,7 +291,7 @@ def test_memory_cap_names_count_size_and_option(tree):
     "bad, match",
     [
         ({"name": "digits", "resize": 20}, "data.resize applies to imagefolder only"),
-        ({"name": "cifar10", "channels": 1}, "data.channels applies to imagefolder only"),
+        ({"name": "cifar10", "channels": 2}, "data.channels must be 1 .grayscale. or 3"),
         ({"name": "digits", "resize_to": 20}, r"data.resize_to"),
         ({"channels": 2}, "data.channels must be 1 .grayscale. or 3"),
         ({"image_size": 64, "resize": 60}, r"data.resize must be >= data.image_size \(64\)"),
