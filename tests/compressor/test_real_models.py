@@ -101,4 +101,4 @@ def test_resnet50_blocks_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture
     prune = json.loads((out / "prune.json").read_text())
     assert len(prune["removed"]) == 3  # 25% of 12
     spec = json.loads((out / "spec.json").read_text())
-    assert sorted(spec["removed_blocks"]) == sorted(prune["removed"])
+    assert sorted(spec["spec"]["removed_blocks"]) == sorted(prune["removed"])
