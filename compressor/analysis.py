@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from compressor.blocks import discover_blocks, evaluating
+from compressor.bn_recalibration import average_bn_statistics_
 from compressor.errors import ConfigError, UnsupportedModelError
 
 # Centred values below this fraction of a representation's largest magnitude are rounding
@@ -341,19 +342,7 @@ def recompute_bn_stats(batches: Iterable[Any]) -> Callable[[nn.Module], None]:
 
     def recompute(model: nn.Module) -> None:
         norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-        momenta = [norm.momentum for norm in norms]
         device = _device(model)
-        with evaluating(model):  # batch norms alone in train mode, every flag restored
-            try:
-                for norm in norms:
-                    norm.reset_running_stats()
-                    norm.momentum = None
-                    norm.train()
-                with torch.no_grad():
-                    for batch in inputs if norms else []:
-                        model(batch.to(device))
-            finally:
-                for norm, momentum in zip(norms, momenta, strict=True):
-                    norm.momentum = momentum
+        average_bn_statistics_(model, norms, (batch.to(device) for batch in inputs))
 
     return recompute

@@ -13,6 +13,7 @@ images, never on the statistics it replaces, so calling it twice gives the same 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,6 +107,21 @@ def recalibrate_bn_(
         )
     device = next(iter(model.parameters()), norms[0].running_mean).device
     index_sets = _batches(n, batches, batch_size, seed)
+    average_bn_statistics_(model, norms, (images[index].to(device) for index in index_sets))
+    seen = sum(len(index) for index in index_sets)
+    return BNRecalibration(layers=len(norms), batches=len(index_sets), images=seen)
+
+
+@torch.no_grad()
+def average_bn_statistics_(
+    model: nn.Module, norms: list[_BatchNorm], inputs: Iterable[torch.Tensor]
+) -> None:
+    """Reset `norms` and set their running statistics to the exact average over `inputs`.
+
+    The one place this is done: recalibration here, and the batch-norm hook of the
+    mode-connectivity barrier (compressor/analysis.py). Only the batch norms run in train
+    mode, in float32; every flag and momentum is restored afterwards.
+    """
     momenta = [norm.momentum for norm in norms]
     with evaluating(model):  # everything in eval mode, every flag restored afterwards
         try:
@@ -113,11 +129,10 @@ def recalibrate_bn_(
                 norm.reset_running_stats()
                 norm.momentum = None  # cumulative average: each batch counts the same
                 norm.train()
-            with torch.autocast(device.type, enabled=False):
-                for index in index_sets:
-                    model(images[index].to(device, non_blocking=True))
+            device_type = next(iter(model.parameters()), torch.empty(0)).device.type
+            with torch.autocast(device_type, enabled=False):
+                for batch in inputs if norms else ():
+                    model(batch)
         finally:
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum
-    seen = sum(len(index) for index in index_sets)
-    return BNRecalibration(layers=len(norms), batches=len(index_sets), images=seen)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from compressor.errors import InputError
-from compressor.store import _check_finite
+from compressor.store import check_finite
 
 # Keys under which checkpoints keep the model's state dict, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -269,7 +269,7 @@ def load_pretrained_(
             "and keep the rest at their initial values"
         )
     parameters = {k for k, _ in model.named_parameters()}
-    _check_finite(fitting, Path(path), parameters)
+    check_finite(fitting, Path(path), parameters)
     model.load_state_dict(fitting, strict=False)
     if log is not None:
         log(f"[model] weights: {report.loaded} tensors from {name} (sha256 {sha[:12]})")

@@ -107,7 +107,7 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         raise InputError(
             f"{spec_path} does not describe the model in {weights_path}: {first}"
         ) from exc
-    _check_finite(state, weights_path, {name for name, _ in model.named_parameters()})
+    check_finite(state, weights_path, {name for name, _ in model.named_parameters()})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -130,7 +130,7 @@ def _check_shapes(spec: ModelSpec, state: dict[str, torch.Tensor], weights_path:
                 )
 
 
-def _check_finite(state: dict[str, torch.Tensor], weights_path: Path, parameters: set[str]) -> None:
+def check_finite(state: dict[str, torch.Tensor], weights_path: Path, parameters: set[str]) -> None:
     """NaN or Inf weights would only surface later as a NaN loss blamed on the lr. A buffer
     may hold -inf on purpose (an attention mask), so only parameters are held to Inf."""
     for key, tensor in state.items():
