@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from compressor.atomic import atomic_write_text
 from compressor.errors import InputError
-from deploy.files import atomic_copy, file_sha256
+from deploy.files import atomic_copy, file_sha256, work_directory
+from deploy.paths import check_output_path
 
 SCHEMA = "compressor.bundle/1"
 PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
@@ -39,9 +41,11 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
         raise InputError(f"--eval-samples must be >= 1, got {eval_samples}")
     recipe = recipe_from_dict(report["recipe"])
     data = load_data(recipe.data)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    for variant in report["variants"]:
+        _check_name(variant.get("name"), "variant name")
+    if out_dir.is_symlink() or not out_dir.exists():
+        check_output_path(out_dir, "--out")  # a link or special file; a read-only folder
+    with work_directory(out_dir) as staging:
         files: dict[str, Any] = {}
         models = []
         for variant in report["variants"]:
@@ -65,12 +69,13 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
             data.test.labels[:count].numpy(),
             data.class_names,
         )
-        files["eval.npz"] = file_sha256(staging / "eval.npz")
         _copy_deploy_package(staging / "deploy")
         script = staging / "run_on_device.sh"
         atomic_write_text(script, _script(report, models))
         script.chmod(0o755)
         atomic_write_text(staging / "README.md", _readme(report, models, count))
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            files[path.relative_to(staging).as_posix()] = file_sha256(path)
         manifest = {
             "schema": SCHEMA,
             "recipe": report["recipe"]["name"],
@@ -88,10 +93,21 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); os.replace needs it gone
         os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
+
+
+# Names that reach run_on_device.sh and file names: letters, digits, '.', '_', '-'. Anything
+# else (a ';', a space, '$(...)') could be read by the shell as a command.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise InputError(
+            f"{what} {name!r} in report.json cannot go into a bundle: use letters, digits, "
+            "'.', '_' and '-' only (it becomes a file name and a shell word on the device)"
+        )
+    return name
 
 
 def _read_report(run_dir: Path) -> dict[str, Any]:
@@ -155,34 +171,60 @@ def _copy_deploy_package(target: Path) -> None:
     shutil.copytree(source, target, ignore=ignore, copy_function=atomic_copy)
 
 
+# Checks every file against manifest.json before anything is built or timed: a file damaged
+# in the copy (or edited) would otherwise be measured and reported as if it were ours.
+_VERIFY = """python3 - <<'VERIFY' || exit 2
+import hashlib, json, sys
+files = json.load(open("manifest.json"))["files"]
+bad = []
+for name, want in sorted(files.items()):
+    digest = hashlib.sha256()
+    try:
+        with open(name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        bad.append(f"{name} ({exc.strerror})")
+        continue
+    if digest.hexdigest() != want:
+        bad.append(name)
+if bad:
+    sys.exit("run_on_device.sh: these files do not match manifest.json (changed or damaged "
+             "in the copy): " + ", ".join(bad) + "; copy the bundle again")
+print(f"run_on_device.sh: {len(files)} files match manifest.json")
+VERIFY"""
+
+
 def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
-    batches = ",".join(str(b) for b in report["recipe"]["bench"]["batch_sizes"])
+    batches = ",".join(str(int(b)) for b in report["recipe"]["bench"]["batch_sizes"])
     lines = [
         "#!/usr/bin/env bash",
         "# Build a TensorRT engine for every model file here and time it; results go to",
         "# results/. BACKEND=trtexec uses NVIDIA's trtexec instead of the TensorRT Python API;",
         "# BACKEND=onnxruntime times on the CPU (no TensorRT needed). Each file's top-1 on",
         "# eval.npz is checked against manifest.json (within 1 point); the script carries on",
-        "# and exits 1 at the end if any file missed it.",
+        "# and exits 1 at the end if any file missed it. Every file is first checked against",
+        "# manifest.json's SHA-256 (exit 2 on a mismatch, before anything runs).",
         "set -uo pipefail",
         'cd "$(dirname "$0")"',
         'BACKEND="${BACKEND:-tensorrt}"',
         f'BATCH="${{BATCH:-{batches}}}"',
+        _VERIFY,
         "mkdir -p results",
         "python3 -m deploy info || exit 1",
         "FAILED=0",
     ]
     for model in models:
         # onnxruntime's int8 CPU kernels compute differently from TensorRT (see README.md).
-        expect = (
-            f'$([ "$BACKEND" = onnxruntime ] && echo {model["expected_top1_onnxruntime_cpu"]} '
-            f'|| echo {model["expected_top1"]})'
-        )
+        ort, trt = (float(model[k]) for k in ("expected_top1_onnxruntime_cpu", "expected_top1"))
+        expect = f'$([ "$BACKEND" = onnxruntime ] && echo {ort!r} || echo {trt!r})'
+        file = _check_name(model["file"], "file")  # safe inside double quotes too
+        variant = shlex.quote(model["variant"])
         lines.append(
-            f"python3 -m deploy bench {model['file']} --backend \"$BACKEND\" "
-            f"--precision {model['precision']} --batch \"$BATCH\" --data eval.npz "
+            f'python3 -m deploy bench {shlex.quote(file)} --backend "$BACKEND" '
+            f'--precision {shlex.quote(model["precision"])} --batch "$BATCH" --data eval.npz '
             f'--expect-top1 "{expect}" '
-            f"--name {model['variant']} --output results/{model['file']}.\"$BACKEND\".json "
+            f'--name {variant} --output "results/{file}.$BACKEND.json" '
             '"$@" || FAILED=1'
         )
     lines.append("python3 -m deploy report results --out report || FAILED=1")
@@ -196,10 +238,10 @@ def _readme(report: dict[str, Any], models: list[dict[str, Any]], samples: int) 
         f"| {100 * m['expected_top1_onnxruntime_cpu']:.2f}% |"
         for m in models
     )
-    return f"""# Deployment bundle: {report['recipe']['name']}
+    return f"""# Deployment bundle: {report["recipe"]["name"]}
 
-Made by `compressor bundle` from a run of `{report['recipe']['model']['name']}` on
-`{report['recipe']['data']['name']}`. Copy this folder to the device (for example
+Made by `compressor bundle` from a run of `{report["recipe"]["model"]["name"]}` on
+`{report["recipe"]["data"]["name"]}`. Copy this folder to the device (for example
 `scp -r bundle/ jetson:~/bundle`) and run the steps below there. Nothing here needs torch.
 
 | variant | precision | file | expected top-1 ({samples} images) | onnxruntime CPU kernels |
@@ -216,7 +258,7 @@ broken, not slow: `run_on_device.sh` checks each file (`deploy bench --expect-to
 
 ## On a Jetson (TensorRT from JetPack)
 
-These files are ONNX opset {report['recipe']['export']['opset']}. JetPack 6 (TensorRT 10) reads
+These files are ONNX opset {report["recipe"]["export"]["opset"]}. JetPack 6 (TensorRT 10) reads
 opset 18; JetPack 5 (TensorRT 8.5) reads up to 17: bundle a run of `recipes/jetpack5.yaml`
 for it.
 

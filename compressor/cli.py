@@ -22,9 +22,47 @@ EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_COMPARABLE = 1, 2, 3
 
 
 def _recipe(args: argparse.Namespace):  # noqa: ANN202
+    """The recipe, after checking that what the command writes overwrites nothing it must not."""
+    from compressor.outdir import check_outputs
     from compressor.recipe import load_recipe
 
-    return load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe)
+    out = getattr(args, "out", None)
+    if out is None or args.command in ("blocks", "bundle", "lint"):
+        return recipe
+    out = Path(out)
+    inputs = tuple(
+        p for p in (args.recipe, getattr(args, "model", None), recipe.model.weights) if p
+    )
+    if args.command == "export":  # the FP32 file and its INT8 and FP16 siblings
+        writes = [out, *(out.with_name(f"{out.stem}{s}.onnx") for s in (".int8", ".fp16"))]
+        for path in writes:
+            _check_onnx_output(path)
+    elif args.command == "prune":  # a stored model
+        writes = [out / name for name in ("spec.json", "weights.safetensors", "prune.json")]
+    elif args.command in ("train", "shrink"):
+        writes = [out / "model", out / "train", out / "shrink.json"]
+    elif args.command == "run":
+        names = ("recipe.json", "report.json", "report.md", "latency.json", "dense", "ticket")
+        writes = [out / name for name in (*names, "shrunk", "accuracy_vs_latency.png")]
+    else:  # lottery: a folder per cell (named by its key), the summary files
+        writes = [out / name for name in ("recipe.json", "summary.json", "summary.md")]
+    stage = "pruned at init" if args.command == "prune" else None
+    check_outputs(writes, inputs=inputs, replaces_model_of_stage=stage)
+    return recipe
+
+
+def _check_onnx_output(path: Path) -> None:
+    """An ONNX output may replace an ONNX file, nothing else (a checkpoint, weights, a link)."""
+    from deploy.model_files import pickle_kind
+    from deploy.paths import check_output_path
+
+    check_output_path(path, "--out")
+    if path.is_file() and (path.suffix != ".onnx" or pickle_kind(path) is not None):
+        raise ConfigError(
+            f"--out {path} exists and is not an ONNX file; it is never replaced: "
+            "choose a .onnx path"
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -273,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         from deploy.cli import main as deploy_main
 
         return deploy_main(argv)
+    from deploy.signals import stop_on_termination
+
+    stop_on_termination()
     parser = build_parser()
     args = parser.parse_args(argv)
     from deploy.errors import DeployConfigError, DeployError
@@ -286,9 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CompressorError, DeployError, ExportError) as exc:
         print(f"compressor: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("compressor: interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from deploy.signals import exit_code, signal_name
+
+        print(
+            f"compressor: interrupted ({signal_name(exc)}); rerun with --resume to continue",
+            file=sys.stderr,
+        )
+        return exit_code(exc)
 
 
 def _one_line(exc: BaseException) -> str:

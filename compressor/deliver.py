@@ -123,9 +123,7 @@ def export_precisions(
         )
     if section.fp16:
         path = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
-        result = convert_fp16(
-            onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy()
-        )
+        result = convert_fp16(onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy())
         with OnnxRuntimeRunner(path) as runner:
             accuracy = top1_accuracy(runner, test, batch_size=64).top1
         entries["fp16"] = {

@@ -13,15 +13,19 @@ The holder then owns the directory, so it may delete temporaries a killed writer
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from compressor.errors import InputError
+from deploy.errors import UnsafePathError
 from deploy.files import remove_stale_temporaries
+from deploy.paths import check_folder_writable, check_write_target, is_within, read_regular_bytes
 
 LOCK_NAME = ".lock"
 
@@ -40,12 +44,24 @@ def exclusive_out_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         yield out_dir
         return
+    lock = out_dir / LOCK_NAME
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
+        check_folder_writable(out_dir, f"output directory {out_dir}")
+        check_write_target(lock, "lock file")
+        # O_NOFOLLOW: a link planted as .lock is refused, not followed to the file it names.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK
+        fd = os.open(lock, flags, 0o644)
+    except UnsafePathError as exc:
         raise InputError(f"cannot use {out_dir} as an output directory: {exc}") from exc
+    except OSError as exc:
+        reason = exc.strerror or exc
+        if exc.errno == errno.ELOOP:
+            reason = "its .lock is a symbolic link; remove the link"
+        raise InputError(f"cannot use {out_dir} as an output directory: {reason}") from exc
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped in between the check and open
+            raise InputError(f"cannot use {out_dir} as an output directory: {lock} is not a file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -65,7 +81,9 @@ def exclusive_out_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
 def lock_holder(out_dir: str | os.PathLike[str]) -> dict[str, object] | None:
     """What the lock file of `out_dir` says about the run that last held it (None: no file)."""
     try:
-        return json.loads((Path(out_dir) / LOCK_NAME).read_text())
+        return json.loads(
+            read_regular_bytes(Path(out_dir) / LOCK_NAME, "lock file", max_bytes=1 << 16)
+        )
     except (OSError, ValueError):
         return None
 
@@ -80,3 +98,58 @@ def _holder(fd: int) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# A stored model directory holds these two files (compressor.store writes them).
+_MODEL_FILES = ("spec.json", "weights.safetensors")
+
+
+def stored_model_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The stored model directory that `path` is or lies inside, if any."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if all((folder / name).is_file() for name in _MODEL_FILES):
+            return folder
+    return None
+
+
+def check_outputs(
+    writes: list[Path],
+    *,
+    inputs: tuple[str | os.PathLike[str], ...] = (),
+    replaces_model_of_stage: str | None = None,
+) -> None:
+    """Refuse, before any work, outputs that would overwrite what the project made or reads.
+
+    `writes` are the files and folders the command writes (not the --out folder itself, in
+    which a recipe may well live). None of them may be an input, lie inside one, or hold
+    one (a stored model, a checkpoint, a recipe). None may be or lie inside a stored model
+    directory, except that a command that writes a stored model (prune) may replace one made
+    by the same stage (`replaces_model_of_stage`, its info.stage): a rerun, not a trained
+    model swapped for an untrained one.
+    """
+    for target in writes:
+        for source in inputs:
+            if Path(source).exists() and (is_within(target, source) or is_within(source, target)):
+                raise InputError(
+                    f"output {target} would overwrite the input {source}; choose another --out"
+                )
+        model_dir = stored_model_dir(target)
+        if model_dir is None:
+            continue
+        if replaces_model_of_stage is not None and _stage_of(model_dir) == replaces_model_of_stage:
+            continue
+        raise InputError(
+            f"output {target} is {'inside ' if model_dir != Path(os.path.abspath(target)) else ''}"
+            f"the stored model {model_dir}, which it would overwrite; choose another --out"
+        )
+
+
+def _stage_of(model_dir: Path) -> str | None:
+    try:
+        document = json.loads(
+            read_regular_bytes(model_dir / "spec.json", "model spec", max_bytes=1 << 26)
+        )
+        return document["info"].get("stage")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

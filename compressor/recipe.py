@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from compressor.layer_prune import LayerPruneConfig
 from compressor.shrink import ShrinkConfig
 from compressor.spec import ModelSpec
 from compressor.train import TrainConfig
+from deploy.errors import UnsafePathError
+from deploy.paths import read_regular_bytes
 from export.onnx_export import PARITY_RTOL, ExportConfig
 
 RECIPE_VERSION = 1
@@ -317,14 +320,23 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"recipe: unknown key(s) {unknown}; known: {sorted(known)}")
-    if data.get("version", RECIPE_VERSION) != RECIPE_VERSION:
+    version = data.get("version", RECIPE_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
         raise ConfigError(
-            f"recipe: version {data['version']} is not supported (use {RECIPE_VERSION})"
+            f"recipe: version must be the number {RECIPE_VERSION}, got {version!r} "
+            f"({type(version).__name__}); write `version: {RECIPE_VERSION}` without quotes"
+        )
+    if version != RECIPE_VERSION:
+        raise ConfigError(
+            f"recipe: version {version} is not supported; this version of compressor reads "
+            f"version {RECIPE_VERSION} recipes"
         )
     default = Recipe()
     name, seed = data.get("name", default.name), data.get("seed", default.seed)
     if isinstance(name, bool) or not isinstance(name, str | int | float) or str(name) == "":
         raise ConfigError(f"recipe: name must be a non-empty text, got {name!r}")
+    if not str(name).isprintable():  # a newline or tab would break the report's header
+        raise ConfigError(f"recipe: name must be one line of printable text, got {name!r}")
     if not is_seed(seed):
         raise ConfigError(f"recipe: seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
     kwargs: dict[str, Any] = {"name": str(name), "seed": seed}
@@ -345,7 +357,20 @@ def _recipe_loader():  # noqa: ANN202 - a yaml.SafeLoader subclass
     import yaml
 
     class RecipeLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN202
+            """A key given twice is an error: YAML would keep the last one, silently."""
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, Hashable) and key in seen:
+                    raise ConfigError(
+                        f"key {key!r} is given twice (lines {seen[key]} and {line}); YAML "
+                        "would keep the last one silently: keep one"
+                    )
+                if isinstance(key, Hashable):
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
 
     RecipeLoader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -353,6 +378,9 @@ def _recipe_loader():  # noqa: ANN202 - a yaml.SafeLoader subclass
         list("-+0123456789."),
     )
     return RecipeLoader
+
+
+MAX_RECIPE_BYTES = 1 << 20
 
 
 def load_recipe(path: str | Path | None) -> Recipe:
@@ -365,19 +393,29 @@ def load_recipe(path: str | Path | None) -> Recipe:
     if not path.is_file():
         if path.is_dir():
             raise InputError(f"recipe {path} is a directory; give the recipe's YAML file")
-        raise InputError(f"recipe file not found: {path}")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
+        if not path.exists():
+            raise InputError(f"recipe file not found: {path}")
+    try:  # a FIFO or device is refused, not read; a recipe is a few kilobytes
+        text = read_regular_bytes(path, "recipe", max_bytes=MAX_RECIPE_BYTES).decode("utf-8-sig")
+    except UnsafePathError as exc:
+        raise InputError(str(exc)) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"recipe {path} is not UTF-8 text (byte {exc.start}); is it the right file?"
         ) from exc
     try:
-        data = yaml.load(text, Loader=_recipe_loader()) or {}
+        data = yaml.load(text, Loader=_recipe_loader())
+    except ConfigError as exc:  # a duplicate key
+        raise ConfigError(f"recipe {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     except RecursionError as exc:  # thousands of nested brackets: no recipe looks like that
         raise ConfigError(f"recipe {path} is nested too deeply to be a recipe") from exc
+    if data is None or data == {}:
+        raise ConfigError(
+            f"recipe {path} is empty; write the settings to change (see recipes/quick.yaml), "
+            "or leave out the recipe argument for the embedded default"
+        )
     _check_expanded_size(data, path)
     return recipe_from_dict(data)
 

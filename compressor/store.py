@@ -19,7 +19,8 @@ from torch import nn
 from compressor.atomic import atomic_write_bytes, atomic_write_text
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
 from compressor.spec import ModelSpec, build_for_weights
-from deploy.errors import first_line
+from deploy.errors import UnsafePathError, first_line
+from deploy.paths import check_readable_file, path_kind, read_regular_bytes
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -73,18 +74,25 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         )
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for path in (spec_path, weights_path):
+        if path.exists() and not path.is_file():
+            kind = "model spec" if path == spec_path else "weights file"
+            raise InputError(
+                f"{kind} {path} is {path_kind(path.stat().st_mode)}, not a regular file; "
+                "a stored model is two plain files"
+            )
         if not path.is_file():
             raise InputError(
                 f"not a stored model: {path} is missing (a model directory holds "
                 f"{SPEC_FILE} and {WEIGHTS_FILE}, as written by `compressor` stages)"
             )
+    _check_weights_file(weights_path)
     try:
-        document = json.loads(spec_path.read_text())
+        document = json.loads(read_regular_bytes(spec_path, "model spec", max_bytes=64 << 20))
         spec = ModelSpec.from_dict(document["spec"])
         expected_sha = document["weights_sha256"]
         if not isinstance(expected_sha, str) or not isinstance(document.get("info", {}), dict):
             raise TypeError("weights_sha256 must be a string and info a mapping")
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{spec_path} is not a valid model spec: {reason}") from exc
     weights = weights_path.read_bytes()
@@ -100,6 +108,7 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         raise InputError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
     _check_factory(spec, factory, spec_path)
     _check_shapes(spec, state, weights_path)
+    _check_dtypes(state, weights_path)
     try:  # sized on the meta device first: an edited spec cannot ask for terabytes
         model = build_for_weights(spec, {key: list(t.shape) for key, t in state.items()})
     except (ConfigError, UnsupportedModelError) as exc:
@@ -115,6 +124,47 @@ def load_model(directory: str | Path, *, factory: str | None = None) -> StoredMo
         raise InputError(f"{weights_path} does not fit the spec's architecture: {first}") from exc
     model.eval()
     return StoredModel(model, spec, dict(document.get("info", {})), directory)
+
+
+def _check_weights_file(path: Path) -> None:
+    """A regular file exactly as long as its safetensors header says, checked before the
+    whole file is read (a link to /dev/zero or a huge file would otherwise be read whole)."""
+    try:
+        size = check_readable_file(path, "weights file")
+        with path.open("rb") as handle:
+            header_bytes = int.from_bytes(handle.read(8), "little")
+            if not 2 <= header_bytes <= min(size - 8, 100 << 20):
+                raise ValueError(f"a header of {header_bytes} bytes in a file of {size}")
+            header = json.loads(handle.read(header_bytes))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        declared = 8 + header_bytes + max(ends, default=0)
+    except UnsafePathError as exc:
+        raise InputError(str(exc)) from exc
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise InputError(f"{path} is not a readable safetensors file: {first_line(exc)}") from exc
+    if declared != size:
+        raise InputError(
+            f"{path} declares {declared:,} bytes of header and tensors but holds {size:,}: "
+            "the file was changed, truncated or swapped"
+        )
+
+
+def _check_dtypes(state: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """Stored models are float32: that is what was trained and measured. Weights re-saved in
+    another precision would be cast back silently while the spec (and every ONNX file's
+    metadata) kept the float32 accuracy, which they no longer reach."""
+    other = {
+        name: str(t.dtype).removeprefix("torch.")
+        for name, t in state.items()
+        if t.is_floating_point() and t.dtype != torch.float32
+    }
+    if other:
+        name, dtype = next(iter(other.items()))
+        raise InputError(
+            f"{weights_path} holds {dtype} tensors ({name}{', ...' if len(other) > 1 else ''}); "
+            "stored models are float32, the precision their recorded accuracy was measured "
+            "in: save the float32 weights, and make FP16 files with export.fp16"
+        )
 
 
 def _check_shapes(spec: ModelSpec, state: dict[str, torch.Tensor], weights_path: Path) -> None:

@@ -38,6 +38,7 @@ from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from compressor.bn_recalibration import BNRecalibration, recalibrate_bn_
+from compressor.checkpoint_checks import check_checkpoint_fields, checkpoint_size_limit
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.data import (
     AugmentConfig,
@@ -60,7 +61,8 @@ from compressor.distributed import (
 from compressor.errors import CompressorError, ConfigError, InputError, TrainingError
 from compressor.outdir import exclusive_out_dir
 from compressor.train_checks import batch_too_big, check_model_fits, check_splits, is_out_of_memory
-from deploy.errors import first_line
+from deploy.errors import UnsafePathError, first_line
+from deploy.paths import check_readable_file
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
 
@@ -414,6 +416,9 @@ class _Run:
             ) from exc
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("format") == CHECKPOINT_FORMAT:  # another format: _check_resumable says so
+            start, epochs = self.config.start_epoch, self.config.epochs
+            check_checkpoint_fields(state, self.checkpoint_path, start, epochs)
         _check_resumable(state, self, self.checkpoint_path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -554,7 +559,7 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
         )
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def _load_checkpoint(path: Path, max_bytes: int) -> dict[str, Any]:
     """The checkpoint's contents; a damaged file is an InputError and stays as it is.
 
     torch.load does not check the zip's CRCs, so flipped bytes inside a tensor would resume
@@ -562,6 +567,10 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     raise almost any exception type; to the user they all mean the same.
     """
     advice = "delete it to start over or choose another output directory"
+    try:  # a link to /dev/zero or a FIFO would be read forever, a huge file into memory
+        check_readable_file(path, "checkpoint", max_bytes=max_bytes)
+    except UnsafePathError as exc:
+        raise InputError(f"cannot resume: {exc}; {advice}") from exc
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -628,7 +637,7 @@ def train(
     with owner:
         _refuse_to_overwrite(checkpoint_path, resume)  # again: another run may have finished
         if resume and checkpoint_path.exists():
-            run.restore(_load_checkpoint(checkpoint_path))
+            run.restore(_load_checkpoint(checkpoint_path, checkpoint_size_limit(model)))
             if info.is_main:  # a kill between the checkpoint's rename and the metrics' left
                 run.write_metrics()  # them an epoch apart; the checkpoint is what counts
         barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes

@@ -25,7 +25,7 @@ from deploy.bench import BenchConfig, LatencyRecord, benchmark
 from deploy.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
 from deploy.evaluate import load_labelled, top1_accuracy
-from deploy.files import file_sha256
+from deploy.files import file_sha256, output_lock
 from deploy.fingerprint import (
     clock_warnings,
     device_fingerprint,
@@ -35,6 +35,7 @@ from deploy.fingerprint import (
 from deploy.machine_state import MachineMonitor
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import PRECISIONS, inspect_onnx
+from deploy.paths import check_output_path, same_file
 from deploy.power import open_power_sampler
 from deploy.results import default_results_path, format_table, read_results, write_results
 from deploy.runners import Runner, make_runner
@@ -57,6 +58,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deploy` console script; returns the process exit code."""
+    from deploy.signals import stop_on_termination
+
+    stop_on_termination()
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -67,9 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeployError as exc:
         _report(exc)
         return 1
-    except KeyboardInterrupt:
-        print("deploy: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from deploy.signals import exit_code, signal_name
+
+        print(
+            f"deploy: interrupted ({signal_name(exc)}); nothing half-written was kept",
+            file=sys.stderr,
+        )
+        return exit_code(exc)
     except SystemExit as exc:  # --help and --version exit through argparse
         return exc.code if isinstance(exc.code, int) else 0
 
@@ -290,51 +299,55 @@ def _bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     name = args.name or args.model.stem
+    if not name.isprintable():  # a newline would break every table the name lands in
+        raise DeployConfigError(f"--name must be one line of printable text, got {name!r}")
     output = args.output or default_results_path()
     _check_output(output, args.model)
-    pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
-    if threads is None and backend in ("onnxruntime", "torch"):  # CPU backends: explicit
-        threads = default_threads()
-    fingerprint = device_fingerprint(threads=threads, pinned_cpus=pinned)
-    _clock_check(fingerprint, args.require_locked_clocks)
-    monitor = MachineMonitor()
-    if backend == "trtexec":
-        monitor.sample("start")
-        records = _bench_trtexec(args, config, precision, name)
-        monitor.sample("end")
-    else:
-        runner = _cli_runner(args, config, precision, threads)
-        power = open_power_sampler(args.power)
-        with runner:
-            records = benchmark(runner, config, name, power=power, monitor=monitor)
-            if data is not None:
-                accuracy = top1_accuracy(runner, data, batch_size=max(config.batch_sizes))
-                records = [
-                    replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
-                    for r in records
-                ]
-    warnings = timing_warnings(records, monitor.samples, limits)
-    path = write_results(output, records, fingerprint, warnings)
-    print(summary_line(fingerprint))
-    print(format_table(records))
-    print(f"results written to {path}")
-    for line in warnings:
-        print(f"deploy: warning: {line}", file=sys.stderr)
-    measured = records[0].accuracy if records else None
-    if expected is not None and measured is not None:
-        target, tolerance = expected
-        if abs(measured - target) > tolerance:
-            raise DeployError(
-                f"top-1 {measured:.4f} on {args.data} is {100 * abs(measured - target):.2f} "
-                f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
-                f"{args.model.name} on {backend} computes something else; it is broken, not slow"
+    with output_lock(output, "--output"):  # a second writer of it is refused
+        pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
+        if threads is None and backend in ("onnxruntime", "torch"):  # CPU backends: explicit
+            threads = default_threads()
+        fingerprint = device_fingerprint(threads=threads, pinned_cpus=pinned)
+        _clock_check(fingerprint, args.require_locked_clocks)
+        monitor = MachineMonitor()
+        if backend == "trtexec":
+            monitor.sample("start")
+            records = _bench_trtexec(args, config, precision, name)
+            monitor.sample("end")
+        else:
+            runner = _cli_runner(args, config, precision, threads)
+            power = open_power_sampler(args.power)
+            with runner:
+                records = benchmark(runner, config, name, power=power, monitor=monitor)
+                if data is not None:
+                    accuracy = top1_accuracy(runner, data, batch_size=max(config.batch_sizes))
+                    records = [
+                        replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
+                        for r in records
+                    ]
+        warnings = timing_warnings(records, monitor.samples, limits)
+        path = write_results(output, records, fingerprint, warnings)
+        print(summary_line(fingerprint))
+        print(format_table(records))
+        print(f"results written to {path}")
+        for line in warnings:
+            print(f"deploy: warning: {line}", file=sys.stderr)
+        measured = records[0].accuracy if records else None
+        if expected is not None and measured is not None:
+            target, tolerance = expected
+            if abs(measured - target) > tolerance:
+                raise DeployError(
+                    f"top-1 {measured:.4f} on {args.data} is {100 * abs(measured - target):.2f} "
+                    f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
+                    f"{args.model.name} on {backend} computes something else; "
+                    "it is broken, not slow"
+                )
+        if args.strict and warnings:
+            raise MeasurementError(
+                f"--strict: {len(warnings)} measurement warning(s) above; the results are kept in "
+                f"{path} (with the warnings) but should not be trusted as they stand"
             )
-    if args.strict and warnings:
-        raise MeasurementError(
-            f"--strict: {len(warnings)} measurement warning(s) above; the results are kept in "
-            f"{path} (with the warnings) but should not be trusted as they stand"
-        )
-    return 0
+        return 0
 
 
 def _expected_top1(args: argparse.Namespace) -> tuple[float, float] | None:
@@ -358,12 +371,14 @@ def _expected_top1(args: argparse.Namespace) -> tuple[float, float] | None:
 
 
 def _check_output(output: Path, model: Path) -> None:
-    """Refuse, before timing anything, to write results over a file that is not one."""
-    if output.is_dir():
+    """Refuse, before timing anything, to write results over a file that is not one, through a
+    link, or where they cannot be written."""
+    if output.is_dir() and not output.is_symlink():
         raise DeployInputError(f"--output {output} is a directory; give a file name")
+    check_output_path(output, "--output")
     if not output.exists():
         return
-    if model.exists() and output.resolve() == model.resolve():
+    if same_file(output, model):
         raise DeployInputError(f"--output {output} is the model being timed; choose another path")
     try:
         read_results(output)

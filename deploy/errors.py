@@ -30,3 +30,28 @@ def first_line(exc: BaseException) -> str:
     message quotes from the onnx, onnxruntime or torch error underneath."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class UnsafePathError(DeployInputError, OSError):
+    """A path where the project would write or read is not a plain file of ours: a symbolic
+    link, a device, a FIFO or socket, a stored model or input, or a file of implausible size.
+
+    Also an OSError, so code that wraps write failures ("cannot write results to X: ...")
+    wraps this too; its text is the reason alone, without "[Errno N]".
+    """
+
+    def __init__(self, message: str, errno_code: int = 0) -> None:
+        super().__init__(errno_code, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DiskFullError(DeployError, OSError):
+    """A write ran out of space (ENOSPC) or quota (EDQUOT); the file it was replacing is intact."""
+
+    def __init__(self, message: str, errno_code: int) -> None:
+        super().__init__(errno_code, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from deploy.bench import LatencyRecord
-from deploy.errors import DeployInputError
+from deploy.errors import DeployInputError, UnsafePathError
 from deploy.files import atomic_write_bytes
 from deploy.fingerprint import fingerprint_id
+from deploy.paths import check_output_path, path_kind, read_regular_bytes
 from deploy.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
-from deploy.results import ResultFile, read_results
+from deploy.results import MAX_RESULTS_BYTES, ResultFile, read_results
 
 # The plots moved to deploy.report_plots; these names are still imported from here.
 __all__ = [
@@ -143,12 +144,14 @@ def build_report(
     """Read result files (directories are searched for *.json), merge them, write the report."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [Path(paths)]
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # checked before any file is read or written
+        raise DeployInputError(f"--out {out_dir} is a file, not a folder; give a folder name")
+    for name in ("report.md", "report.html", ACCURACY_PLOT, SPEEDUP_PLOT):
+        check_output_path(out_dir / name, "report file")
     files, notes = load_result_files(paths)
     table = merge_results(files, baseline=baseline, batch=batch)
     notes = [*notes, *table.notes]
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # checked before any file is written
-        raise DeployInputError(f"--out {out_dir} is a file, not a folder; give a folder name")
     plots, plot_notes = render_plots(table, batch)
     notes += plot_notes
     for name, data in plots.items():
@@ -186,7 +189,10 @@ def load_result_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, ResultFil
                 if not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             for candidate in found:
-                if _looks_like_results(candidate):
+                kind = path_kind(candidate.stat().st_mode) if candidate.exists() else "gone"
+                if kind != "a regular file":  # a FIFO would hang the read, a device never end
+                    notes.append(f"skipped {candidate}: {kind}, not a result file")
+                elif _looks_like_results(candidate):
                     files.append((candidate, read_results(candidate)))
                 else:
                     notes.append(f"skipped {candidate}: not a result file")
@@ -204,7 +210,9 @@ def load_result_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, ResultFil
 
 def _looks_like_results(path: Path) -> bool:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_bytes(path, "results file", max_bytes=MAX_RESULTS_BYTES).decode()
+    except UnsafePathError:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise DeployInputError(f"cannot read {path}: {exc}") from exc
     try:
@@ -416,6 +424,13 @@ def _intro(table: MergedTable) -> str:
     )
 
 
+def _markdown_cell(text: str) -> str:
+    """Text as one table cell: a '|' escaped, line breaks and control characters shown as
+    escapes (names come from result files anyone may have written)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return shown.replace("|", "\\|")
+
+
 def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[str]) -> str:
     header = ["model", *(c.title.replace(" | ", "<br>") for c in table.columns)]
     lines = [
@@ -429,7 +444,7 @@ def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[st
     for model in table.models:
         name = f"{model} (baseline)" if model == table.baseline else model
         cells = [_cell_text(table, model, column) for column in table.columns]
-        lines.append("| " + " | ".join([name, *cells]) + " |")
+        lines.append("| " + " | ".join(map(_markdown_cell, [name, *cells])) + " |")
     lines += ["", "## Devices", ""]
     for device in table.devices:
         files = ", ".join(str(f) for f in device.files)

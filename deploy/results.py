@@ -44,10 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from deploy.bench import LatencyRecord
-from deploy.errors import DeployInputError, first_line
+from deploy.errors import DeployInputError, UnsafePathError, first_line
 from deploy.files import atomic_write_text
+from deploy.paths import read_regular_bytes
 
 SCHEMA = "deploy.results/3"
+# A result file holds a few records per model and batch size: kilobytes. Far beyond this it
+# is not one, and reading it whole would only exhaust memory.
+MAX_RESULTS_BYTES = 256 << 20
 # Older schemas this version still reads.
 READABLE_SCHEMAS = (SCHEMA, "deploy.results/2", "deploy.results/1")
 
@@ -101,9 +105,11 @@ def read_results(path: str | os.PathLike[str]) -> ResultFile:
     """Read and validate a result file; errors name the file and what is wrong with it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_bytes(path, "results file", max_bytes=MAX_RESULTS_BYTES).decode()
     except FileNotFoundError as exc:
         raise DeployInputError(f"results file not found: {path}") from exc
+    except UnsafePathError:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise DeployInputError(f"cannot read results file {path}: {exc}") from exc
     try:

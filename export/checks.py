@@ -85,4 +85,3 @@ def training_aten_ops(program: torch.export.ExportedProgram) -> list[str]:
     """Training-mode aten ops in the dynamo exporter's graph, by name, sorted."""
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     return sorted(t for t in targets if t.startswith(_TRAINING_ATEN_OPS))
-

@@ -21,8 +21,6 @@ the same inputs.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy.errors import DeployError
 from deploy.evaluate import run_batches
-from deploy.files import file_sha256
+from deploy.files import file_sha256, work_directory
+from deploy.paths import check_write_target
 from deploy.runners import OnnxRuntimeRunner
 from export.checks import run_checker
 from export.errors import (
@@ -144,8 +143,7 @@ def convert_fp16(
     ours = {"precision": "fp16", "source_onnx_sha256": file_sha256(source)}
     ours["fp16.keep_io_types"] = str(config.keep_io_types).lower()
     set_metadata(model, ours)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
+    with work_directory(out_path) as work:
         save_onnx(model, work / "fp16.onnx")
         _check(work / "fp16.onnx")
         diff = agreement = tolerance = None
@@ -170,9 +168,8 @@ def convert_fp16(
                     f"top-1 agreement {agreement:.4f}; keep the sensitive op types in float32 "
                     "with FP16Config.op_block_list"
                 )
+        check_write_target(out_path, "output path")  # a link or FIFO planted meanwhile
         os.replace(work / "fp16.onnx", out_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return FP16Result(
         path=out_path,
         max_abs_diff=diff,

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import onnx
 
+from deploy.errors import DeployInputError, UnsafePathError
 from deploy.files import atomic_write_bytes
 from deploy.model_files import PICKLE_HINT, pickle_kind
+from deploy.onnx_files import MAX_ONNX_BYTES, check_external_data
+from deploy.paths import check_output_path, check_readable_file, same_file
 from export.errors import ExportError, ExportInputError, OnnxValidationError, first_line
 
 # protobuf cannot serialize a message of 2 GiB or more; such models need external data.
@@ -31,6 +34,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise OnnxValidationError(f"ONNX file not found: {path}")
+    try:
+        check_readable_file(path, "ONNX file", max_bytes=MAX_ONNX_BYTES)
+    except DeployInputError as exc:
+        raise OnnxValidationError(str(exc)) from exc
     refuse_pickle(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -45,6 +52,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{path} is not an ONNX model (no IR version or graph); the file is corrupt or "
             "of another format; export it again"
         )
+    try:  # a caller that goes on to load the external data reads only what is declared
+        check_external_data(path, model)
+    except DeployInputError as exc:
+        raise OnnxValidationError(str(exc)) from exc
     return model
 
 
@@ -94,8 +105,12 @@ def check_out_path(out_path: Path, source: Path) -> None:
         raise ExportInputError(
             f"output path {out_path}: must be a file in an existing folder, e.g. model.int8.onnx"
         )
-    if out_path.resolve() == source.resolve():
+    if same_file(out_path, source) or out_path.resolve() == source.resolve():
         raise ExportInputError(f"output path {out_path} is the source file; choose another name")
+    try:
+        check_output_path(out_path, "output path")  # a link, device or FIFO; a read-only folder
+    except UnsafePathError as exc:
+        raise ExportInputError(str(exc)) from exc
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -147,4 +162,3 @@ def checked_metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, str]:
             )
         checked[key] = value if isinstance(value, str) else str(value)
     return checked
-

@@ -24,10 +24,10 @@ That says nothing about TensorRT, so the result reports it apart (int8_top1_onnx
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +36,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 import onnx
 
+from deploy.errors import DiskFullError
 from deploy.evaluate import LabelledData, class_scores
-from deploy.files import file_sha256
+from deploy.files import file_sha256, work_directory
 from deploy.lazy import lazy_import
+from deploy.paths import disk_full_error, format_size
 from deploy.runners import OnnxRuntimeRunner, TensorSpec
 from export.errors import (
     ExportConfigError,
@@ -176,8 +178,7 @@ def quantize_qdq(
     calib = _calibration_subset(calib, config.calibration_samples, spec.shape[0])
     evaluation = _checked_eval(eval_images, eval_labels, spec)
     user_metadata = _checked_user_metadata(metadata)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
+    with work_directory(out_path) as work:
         int8_file = work / "int8.onnx"
         _quantize(source, int8_file, calib, spec, config, work)
         quantized = onnx.load(str(int8_file))
@@ -188,8 +189,6 @@ def quantize_qdq(
         props.update(_our_metadata(source, len(calib), config, numbers, len(evaluation or ())))
         final = set_metadata(quantized, props, replace=True)
         save_onnx(quantized, out_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return QuantizeResult(
         path=out_path,
         calibration_method=config.calibration_method,
@@ -249,10 +248,31 @@ def _quantize(
             extra_options=_TENSORRT_OPTIONS,
         )
     except Exception as exc:  # onnxruntime raises many types, C++-backed ones included
+        full = disk_full_error(exc, out) or _nearly_full(work, source)
+        if full is not None:  # protobuf then reports a truncated file as "corrupt"
+            raise full from exc
         hint = "; retry with QuantizeConfig(preprocess=False)" if config.preprocess else ""
         raise ExportError(
             f"quantize_qdq: onnxruntime could not quantize {source}: {first_line(exc)}{hint}"
         ) from exc
+
+
+def _nearly_full(work: Path, source: Path) -> DiskFullError | None:
+    """A failed quantization in a folder without room for its intermediate files (three
+    copies of the model) ran out of space, whatever onnxruntime's message says."""
+    try:
+        free = shutil.disk_usage(work).free
+        needed = 3 * source.stat().st_size + (16 << 20)
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return DiskFullError(
+        f"quantize_qdq: no space left on the disk of {work.parent} ({format_size(free)} free, "
+        f"about {format_size(needed)} needed for the intermediate files of {source.name}); "
+        "free some space and rerun",
+        errno.ENOSPC,
+    )
 
 
 class _Batches:
@@ -410,4 +430,3 @@ def _checked_eval(images: Any, labels: Any, spec: TensorSpec) -> LabelledData | 
 
 def _ort_version() -> str:
     return str(getattr(lazy_import("onnxruntime", "INT8 quantization"), "__version__", "unknown"))
-

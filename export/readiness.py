@@ -20,6 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deploy.errors import DeployInputError
+from deploy.onnx_files import MAX_ONNX_BYTES, check_external_data
+from deploy.paths import check_readable_file
 from export.errors import ExportConfigError, ExportInputError, OnnxValidationError, first_line
 from export.metadata import refuse_pickle
 from export.trt_ops import (
@@ -133,17 +136,26 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         raise ExportInputError(f"ONNX file not found: {path}")
     refuse_pickle(path, ExportInputError)
     try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # DecodeError, missing external data
+        check_readable_file(path, "ONNX file", max_bytes=MAX_ONNX_BYTES)
+        proto = onnx.load(str(path), load_external_data=False)
+    except DeployInputError as exc:
+        raise ExportInputError(str(exc)) from exc
+    except Exception as exc:  # DecodeError
         raise ExportInputError(f"{path} is not an ONNX model: {first_line(exc)}") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ExportInputError(f"{path} is not an ONNX model (no IR version or graph)")
+    try:  # every external tensor exactly as large as declared, before it is read
+        check_external_data(path, proto)
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except DeployInputError as exc:
+        raise ExportInputError(str(exc)) from exc
+    except Exception as exc:
+        raise ExportInputError(f"{path}: cannot read its external data: {first_line(exc)}") from exc
     try:
         onnx.checker.check_model(str(path))  # the path form also handles files over 2 GB
     except Exception as exc:
         raise OnnxValidationError(f"{path} fails onnx.checker: {first_line(exc)}") from exc
     return proto, str(path)
-
 
 
 class _Graph:

@@ -15,6 +15,7 @@ Used by tests/compressor/test_crash_resume.py and benchmarks/soak_resume.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("data", "before-rename", "renamed")
+PHASES = ("data", "before-rename", "renamed")  # kills; "enospc" (a full disk) is not one
 
 
 @dataclass(frozen=True)
 class Fault:
-    """Die inside the `nth` write (1-based) of a file whose path contains `matching`."""
+    """Die inside the `nth` write (1-based) of a file whose path contains `matching`; or, with
+    phase "enospc", fail that write as a full disk does (the process lives on)."""
 
     matching: str
     nth: int = 1
@@ -234,6 +236,11 @@ def _install(matching: str, nth: int, phase: str, cut: float) -> None:
                 yield handle
             return
         with real(path) as handle:
+            if phase == "enospc":  # the disk fills up part way through this file
+                buffer = _Collect()
+                yield buffer  # type: ignore[misc]
+                handle.write(bytes(buffer.data[: int(cut * len(buffer.data))]))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if phase == "data":
                 buffer = _Collect()
                 yield buffer  # type: ignore[misc]

@@ -109,6 +109,9 @@ class OnnxRuntimeRunner(Runner):
             if self.optimize
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
+        from deploy.onnx_files import check_onnx_file
+
+        check_onnx_file(self.model_path)  # before onnxruntime reads what it declares
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path), sess_options=options, providers=self.providers

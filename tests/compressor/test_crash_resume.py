@@ -124,3 +124,57 @@ def test_a_model_killed_between_its_two_files_is_refused_then_resume_repairs_it(
     resumed = run_compressor(_train(setup, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert training_differences(out, setup["reference"]) == []
+
+
+def test_a_full_disk_mid_checkpoint_is_one_line_and_resumes_to_identical_weights(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """The disk fills up halfway through the second checkpoint: the user reads which folder
+    is full and how much is free, the first checkpoint is intact, and --resume finishes."""
+    import torch
+
+    out = tmp_path / "out"
+    full = run_compressor(_train(setup, out), fault=Fault("checkpoint.pt", 2, "enospc", 0.5))
+    assert full.returncode == 1, full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("compressor: error: no space left"), lines
+    assert str(out / "train") in lines[0] and "free" in lines[0] and "Errno" not in lines[0]
+    state = torch.load(out / "train" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and not stale_temporaries(out)
+    resumed = run_compressor(_train(setup, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert training_differences(out, setup["reference"]) == []
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_to_identical_weights(
+    setup: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.faults import ROOT, child_env
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "compressor", *_train(setup, out)]
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "train" / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, getattr(signal, name))
+    _, stderr = child.communicate(timeout=120)
+    if child.returncode == 0:  # finished in the meantime: nothing to stop
+        pytest.skip("training finished before the signal arrived")
+    assert child.returncode == 128 + getattr(signal, name), stderr
+    lines = stderr.strip().splitlines()
+    assert lines == [f"compressor: interrupted ({name}); rerun with --resume to continue"]
+    assert not stale_temporaries(out)
+    resumed = run_compressor(_train(setup, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert training_differences(out, setup["reference"]) == []

@@ -314,7 +314,14 @@ def test_resume_under_a_world_size_with_other_steps_is_refused(tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 1 and state["steps_per_epoch"] == 3
     atomic_torch_save(
-        {**state, "epoch": 1, "world_size": 2, "steps_per_epoch": 2}, tmp_path / "checkpoint.pt"
+        {
+            **state,
+            "epoch": 1,
+            "metrics": state["metrics"][:1],
+            "world_size": 2,
+            "steps_per_epoch": 2,
+        },
+        tmp_path / "checkpoint.pt",
     )
     with pytest.raises(ConfigError, match=r"2 steps per epoch on 2 process.*resume with 2"):
         train(model, data, config, tmp_path, resume=True, augment=off)

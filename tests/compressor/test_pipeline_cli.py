@@ -315,3 +315,51 @@ def test_bundle_uses_the_run_directory_it_is_given(
     with pytest.raises(InputError, match=r"ticket int8: .*copy/ticket/model.int8.onnx is missing"):
         write_bundle(copy, tmp_path / "b3")
     assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
+
+
+def test_bundle_refuses_names_a_shell_would_run(tiny_run: Path, tmp_path: Path) -> None:
+    """A variant named with `;` and a command (folder and report.json agree) never reaches
+    run_on_device.sh: refused at bundle time, nothing written."""
+    import shutil
+
+    from compressor.bundle import write_bundle
+    from compressor.errors import InputError
+
+    copy = Path(shutil.copytree(tiny_run, tmp_path / "copy"))
+    hostile = "shrunk;touch PWNED"  # the script runs in the bundle's folder
+    report = json.loads((copy / "report.json").read_text())
+    next(v for v in report["variants"] if v["name"] == "shrunk")["name"] = hostile
+    (copy / "report.json").write_text(json.dumps(report))
+    (copy / "shrunk").rename(copy / hostile)
+    with pytest.raises(InputError, match=r"variant name 'shrunk;touch .*' .* letters, digits"):
+        write_bundle(copy, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+    assert not list(tmp_path.glob(".bundle.*"))
+
+
+def test_the_bundle_script_stops_on_a_file_that_does_not_match_its_manifest(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    import os
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from compressor.bundle import write_bundle
+
+    bundle = write_bundle(tiny_run, tmp_path / "bundle")
+    model = onnx.load(bundle / "dense.onnx")
+    weight = next(w for w in model.graph.initializer if w.data_type == onnx.TensorProto.FLOAT)
+    scaled = (numpy_helper.to_array(weight) * np.float32(1.01)).astype(np.float32)
+    weight.CopyFrom(numpy_helper.from_array(scaled, weight.name))
+    onnx.save(model, bundle / "dense.onnx")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["BACKEND"] = "onnxruntime"
+    script = subprocess.run(
+        ["./run_on_device.sh"], cwd=bundle, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert script.returncode == 2, script.stderr[-2000:]
+    assert "do not match manifest.json" in script.stderr and "dense.onnx" in script.stderr
+    assert not (bundle / "results").exists()  # nothing was built or timed
