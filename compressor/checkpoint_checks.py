@@ -51,10 +51,14 @@ def check_checkpoint_fields(
             f"from {start_epoch} to {epochs} (train.epochs); {ADVICE}"
         )
     metrics = state.get("metrics")
-    if not isinstance(metrics, list) or len(metrics) != epoch - start_epoch:
-        count = len(metrics) if isinstance(metrics, list) else _show(metrics)
+    if not isinstance(metrics, list):
         raise InputError(
-            f"cannot resume from {path}: it holds {count} metrics rows for "
+            f"cannot resume from {path}: its metrics are {_show(metrics)}, not a list of rows; "
+            f"{ADVICE}"
+        )
+    if len(metrics) != epoch - start_epoch:
+        raise InputError(
+            f"cannot resume from {path}: it holds {len(metrics)} metrics rows for "
             f"{epoch - start_epoch} epochs trained; {ADVICE}"
         )
     for row_number, row in enumerate(metrics, start=1):
@@ -97,4 +101,4 @@ def _show(value: Any) -> str:
     """A field's value for a message: short, one line, its type when it is not a number."""
     if isinstance(value, bool | int | float | str) or value is None:
         return repr(value)[:40]
-    return f"a {type(value).__name__}"
+    return f"of type {type(value).__name__}"

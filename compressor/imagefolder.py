@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from compressor.errors import ConfigError, InputError
+from deploy.errors import UnsafePathError
+from deploy.paths import check_readable_file
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -93,10 +95,17 @@ def decode_images(paths: list[Path], size: int, resize: int, channels: int) -> n
     return images
 
 
+MAX_IMAGE_BYTES = 1 << 30  # one image file; far beyond any photo
+
+
 def read_image(path: Path, size: int, resize: int, mode: str) -> np.ndarray:
     """torchvision's Resize(resize) then CenterCrop(size) on a PIL image, as (C, size, size)."""
     from PIL import Image
 
+    try:  # a FIFO named .png would hang the read, a device never end
+        check_readable_file(path, "image", max_bytes=MAX_IMAGE_BYTES)
+    except UnsafePathError as exc:
+        raise InputError(f"{str(exc).split('; ')[0]}; replace or remove it") from exc
     try:
         with Image.open(path) as original:
             image = _eight_bit(original, path).convert(mode)  # decodes: corrupt data fails here

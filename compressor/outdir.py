@@ -139,9 +139,14 @@ def check_outputs(
             continue
         if replaces_model_of_stage is not None and _stage_of(model_dir) == replaces_model_of_stage:
             continue
+        target_path = Path(os.path.abspath(target))
+        if model_dir in (target_path, target_path.parent):
+            raise InputError(
+                f"--out {model_dir} is a stored model (spec.json + weights.safetensors), "
+                "which this command would overwrite; choose another --out"
+            )
         raise InputError(
-            f"output {target} is {'inside ' if model_dir != Path(os.path.abspath(target)) else ''}"
-            f"the stored model {model_dir}, which it would overwrite; choose another --out"
+            f"output {target} lies inside the stored model {model_dir}; choose another --out"
         )
 
 

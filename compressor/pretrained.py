@@ -33,6 +33,7 @@ from torch import nn
 
 from compressor.errors import InputError
 from compressor.store import check_finite
+from deploy.paths import path_kind
 
 # Keys under which checkpoints keep the model's state dict, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -92,7 +93,7 @@ def resolve_weights_path(path: str) -> Path:
     """Relative to the working directory, like data.root and a model.factory file."""
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        what = "a directory" if resolved.is_dir() else "not found"
+        what = path_kind(resolved.stat().st_mode) if resolved.exists() else "not found"
         raise InputError(
             f"model.weights: {path} is {what} (resolved to {resolved}); give a .safetensors "
             "file or a state dict saved with torch.save"

@@ -570,7 +570,7 @@ def _load_checkpoint(path: Path, max_bytes: int) -> dict[str, Any]:
     try:  # a link to /dev/zero or a FIFO would be read forever, a huge file into memory
         check_readable_file(path, "checkpoint", max_bytes=max_bytes)
     except UnsafePathError as exc:
-        raise InputError(f"cannot resume: {exc}; {advice}") from exc
+        raise InputError(f"cannot resume: {str(exc).split('; ')[0]}; {advice}") from exc
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()

@@ -506,7 +506,8 @@ def _build_from_args(
     """Build (or reuse) an engine whose profile spans the requested batch sizes.
 
     An engine already at the output path is reused when its sidecar says it was built from
-    this very ONNX file (same SHA-256) with the same options; anything else is rebuilt.
+    this very ONNX file (same SHA-256) with the same options; another engine of ours is
+    rebuilt; a file that is not one (no sidecar: a result file, a model) is never replaced.
     """
     from deploy.trt_engine import BuildOptions, build_engine, load_engine_info
 
@@ -536,11 +537,17 @@ def _build_from_args(
         dla = "" if options.dla_core is None else f".dla{options.dla_core}"
         folder = args.engine_dir if args.engine_dir is not None else args.model.parent
         output = folder / f"{args.model.stem}.{precision}.b{largest}{dla}.engine"
+    check_output_path(output, "--output")  # a link, FIFO or unwritable folder: before building
+    if same_file(output, args.model):
+        raise DeployInputError(f"--output {output} is the ONNX file itself; choose another path")
     if output.is_file():
         try:
             existing = load_engine_info(output)
         except DeployError:
-            existing = None
+            raise DeployInputError(
+                f"--output {output} exists and is not an engine built by deploy (no readable "
+                "sidecar beside it); it is never replaced: choose another path"
+            ) from None
         if (
             existing is not None
             and existing.sidecar.get("source_onnx", {}).get("sha256") == file_sha256(args.model)

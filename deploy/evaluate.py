@@ -20,6 +20,7 @@ import numpy as np
 from deploy.errors import DeployConfigError, DeployInputError, MeasurementError, first_line
 from deploy.files import atomic_file
 from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
+from deploy.paths import check_readable_file
 from deploy.runners.base import Runner
 
 
@@ -63,6 +64,8 @@ def save_labelled(
 def load_labelled(path: str | os.PathLike[str]) -> LabelledData:
     """Read an evaluation file; every way it can be wrong is a DeployInputError naming it."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would hang or never end
+        check_readable_file(path, "evaluation file")
     if not path.is_file():
         raise DeployInputError(f"evaluation file not found: {path}")
     if not zipfile.is_zipfile(path):  # np.load would try it as a pickle

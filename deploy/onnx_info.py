@@ -47,7 +47,7 @@ def inspect_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
     path = Path(path)
     if path.is_dir():
         raise DeployInputError(f"{path} is a directory; pass an ONNX file")
-    if path.exists() and path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise DeployInputError(f"{path} is empty (0 bytes); export the model again")
     # A regular file, not a pickle, external data as large as declared; the weights
     # themselves are not needed for what is read here.

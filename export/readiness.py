@@ -132,11 +132,11 @@ def _load(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if not isinstance(model, str | Path):
         raise ExportInputError(f"model: expected a path or onnx.ModelProto, got {type(model)}")
     path = Path(model)
-    if not path.is_file():
+    if not path.exists():
         raise ExportInputError(f"ONNX file not found: {path}")
-    refuse_pickle(path, ExportInputError)
     try:
-        check_readable_file(path, "ONNX file", max_bytes=MAX_ONNX_BYTES)
+        check_readable_file(path, "ONNX file", max_bytes=MAX_ONNX_BYTES)  # before any read
+        refuse_pickle(path, ExportInputError)
         proto = onnx.load(str(path), load_external_data=False)
     except DeployInputError as exc:
         raise ExportInputError(str(exc)) from exc

@@ -114,7 +114,7 @@ def test_prune_never_replaces_a_trained_model(
 ) -> None:
     before = {p.name: p.read_bytes() for p in trained_model.iterdir()}
     assert compressor_main(["prune", str(recipe), "--out", str(trained_model)]) == 1
-    assert f"stored model {trained_model}" in one_line(capsys, "compressor")
+    assert f"--out {trained_model} is a stored model" in one_line(capsys, "compressor")
     assert {p.name: p.read_bytes() for p in trained_model.iterdir()} == before
 
 

@@ -164,8 +164,8 @@ def test_results_to_dev_stdout_through_a_pipe_are_refused_not_hung(tmp_path: Pat
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"metrics": torch.zeros(2)}, "metrics rows"),
-        ({"metrics": b"\x00\x01"}, "metrics rows"),
+        ({"metrics": torch.zeros(2)}, "its metrics are of type Tensor, not a list"),
+        ({"metrics": b"\x00\x01"}, "its metrics are of type bytes, not a list"),
         ({"metrics": [{}, {}]}, "metrics row 1 has epoch = None"),
         ({"epoch": -3}, "its epoch is -3"),
         ({"epoch": 2.5}, "its epoch is 2.5"),
@@ -274,3 +274,22 @@ def test_a_name_with_a_newline_is_refused_and_a_bar_is_escaped_in_the_report(
     assert row.startswith("| a\\|b")
     unescaped_bars = len(re.findall(r"(?<!\\)\|", row))
     assert unescaped_bars == header.count("|")  # the table keeps its columns
+
+
+def test_deploy_build_never_replaces_a_file_that_is_not_its_engine(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    model = build_classifier(tmp_path / "m.onnx")
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    assert deploy_main(["build", str(model), "--output", str(results)]) == 1
+    assert "is not an engine built by deploy" in one_line(capsys, "deploy")
+    assert deploy_main(["build", str(model), "--output", str(model)]) == 1
+    assert "is the ONNX file itself" in one_line(capsys, "deploy")
+    assert results.read_text() == "{}"
+
+
+def test_a_fifo_in_an_image_folder_is_named_not_waited_on(tmp_path: Path) -> None:
+    from compressor.imagefolder import read_image
+
+    os.mkfifo(tmp_path / "bad.png")
+    with pytest.raises(InputError, match=r"bad.png is a FIFO .*; replace or remove it"):
+        read_image(tmp_path / "bad.png", 8, 8, "L")
