@@ -506,10 +506,11 @@ def _build_from_args(
     """Build (or reuse) an engine whose profile spans the requested batch sizes.
 
     An engine already at the output path is reused when its sidecar says it was built from
-    this very ONNX file (same SHA-256) with the same options; another engine of ours is
-    rebuilt; a file that is not one (no sidecar: a result file, a model) is never replaced.
+    this very ONNX file (same SHA-256) with the same options; another or a damaged engine of
+    ours is rebuilt; a file without a sidecar (a result file, a model) is never replaced.
     """
     from deploy.trt_engine import BuildOptions, build_engine, load_engine_info
+    from deploy.trt_sidecar import sidecar_path
 
     info = inspect_onnx(args.model)
     precision = precision or info.precision  # plan_build checks the pair per TensorRT version
@@ -540,14 +541,16 @@ def _build_from_args(
     check_output_path(output, "--output")  # a link, FIFO or unwritable folder: before building
     if same_file(output, args.model):
         raise DeployInputError(f"--output {output} is the ONNX file itself; choose another path")
+    if output.is_file() and not sidecar_path(output).is_file():
+        raise DeployInputError(
+            f"--output {output} exists and is not an engine built by deploy (no sidecar "
+            f"{sidecar_path(output).name} beside it); it is never replaced: choose another path"
+        )
     if output.is_file():
         try:
             existing = load_engine_info(output)
-        except DeployError:
-            raise DeployInputError(
-                f"--output {output} exists and is not an engine built by deploy (no readable "
-                "sidecar beside it); it is never replaced: choose another path"
-            ) from None
+        except DeployError:  # ours but damaged or stale: rebuilt
+            existing = None
         if (
             existing is not None
             and existing.sidecar.get("source_onnx", {}).get("sha256") == file_sha256(args.model)

@@ -281,7 +281,7 @@ def test_deploy_build_never_replaces_a_file_that_is_not_its_engine(tmp_path: Pat
     results = tmp_path / "r.json"
     results.write_text("{}")
     assert deploy_main(["build", str(model), "--output", str(results)]) == 1
-    assert "is not an engine built by deploy" in one_line(capsys, "deploy")
+    assert "is not an engine built by deploy (no sidecar r.json.json" in one_line(capsys, "deploy")
     assert deploy_main(["build", str(model), "--output", str(model)]) == 1
     assert "is the ONNX file itself" in one_line(capsys, "deploy")
     assert results.read_text() == "{}"
