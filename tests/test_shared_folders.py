@@ -148,7 +148,7 @@ def test_a_second_bench_writing_the_same_results_is_refused_and_the_first_keeps_
     command = [sys.executable, "-m", "deploy", "bench", str(model), *FAST_BENCH]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
-        [*command, "--min-seconds", "6", "--output", str(output), "--name", "first"],
+        [*command, "--min-seconds", "3", "--output", str(output), "--name", "first"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lock = tmp_path / ".results.json.lock"
@@ -244,7 +244,8 @@ def test_work_folders_of_killed_exports_are_swept_and_live_ones_kept(tmp_path: P
     assert not live.exists()
 
 
-def test_sigterm_during_work_leaves_no_work_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_during_work_leaves_no_work_folder(tmp_path: Path, name: str) -> None:
     script = (
         "import sys, time\n"
         "from deploy.signals import stop_on_termination\n"
@@ -261,8 +262,9 @@ def test_sigterm_during_work_leaves_no_work_folder(tmp_path: Path) -> None:
     )  # fmt: skip
     folder = Path(child.stdout.readline().strip())
     assert folder.is_dir()
-    child.send_signal(signal.SIGTERM)
-    child.communicate(timeout=60)
+    child.send_signal(getattr(signal, name))
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode != 0 and "Terminated" in stderr  # the exception unwound the block
     assert not folder.exists()
 
 

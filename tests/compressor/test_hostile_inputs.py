@@ -436,6 +436,7 @@ def test_a_refused_allocation_mid_run_is_a_training_error_keeping_the_checkpoint
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs RLIMIT_AS (Linux)")
+@pytest.mark.slow  # half a minute: the export check of a wide model at 192 px
 def test_a_batch_too_big_for_memory_is_one_line_from_the_cli(tmp_path: Path) -> None:
     """ResNet-8 x16 at 192x192: the first convolution of a 1024-image batch needs 36 GiB.
 
