@@ -48,7 +48,8 @@ def _recipe(args: argparse.Namespace):  # noqa: ANN202
     else:  # lottery: a folder per cell (named by its key), the summary files
         writes = [out / name for name in ("recipe.json", "summary.json", "summary.md")]
     stage = "pruned at init" if args.command == "prune" else None
-    check_outputs(writes, inputs=inputs, replaces_model_of_stage=stage)
+    own = out / "model" if args.command in ("train", "shrink") else None
+    check_outputs(writes, inputs=inputs, replaces_model_of_stage=stage, own_model=own)
     return recipe
 
 

@@ -118,6 +118,7 @@ def check_outputs(
     *,
     inputs: tuple[str | os.PathLike[str], ...] = (),
     replaces_model_of_stage: str | None = None,
+    own_model: Path | None = None,
 ) -> None:
     """Refuse, before any work, outputs that would overwrite what the project made or reads.
 
@@ -126,7 +127,8 @@ def check_outputs(
     one (a stored model, a checkpoint, a recipe). None may be or lie inside a stored model
     directory, except that a command that writes a stored model (prune) may replace one made
     by the same stage (`replaces_model_of_stage`, its info.stage): a rerun, not a trained
-    model swapped for an untrained one.
+    model swapped for an untrained one; and `own_model`, the folder where the command stores
+    its result (train's out/model), is its own to replace on a rerun or --resume.
     """
     for target in writes:
         for source in inputs:
@@ -137,6 +139,8 @@ def check_outputs(
         model_dir = stored_model_dir(target)
         if model_dir is None:
             continue
+        if own_model is not None and model_dir == Path(os.path.abspath(own_model)):
+            continue  # the model this command writes there: a rerun or --resume replaces it
         if replaces_model_of_stage is not None and _stage_of(model_dir) == replaces_model_of_stage:
             continue
         target_path = Path(os.path.abspath(target))

@@ -137,6 +137,20 @@ def test_training_into_the_folder_of_its_own_input_is_refused(
     assert "would overwrite the input" in one_line(capsys, "compressor")
 
 
+def test_a_finished_training_can_still_be_resumed_in_its_own_folder(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """out/model is train's own output: --resume after it was written (the soak killed a run
+    right there) must not be refused as "overwriting a stored model"."""
+    ticket, out = tmp_path / "ticket", tmp_path / "trained"
+    assert compressor_main(["prune", str(recipe), "--out", str(ticket)]) == 0
+    assert compressor_main(["train", str(ticket), str(recipe), "--out", str(out)]) == 0
+    assert (out / "model" / "spec.json").is_file()
+    capsys.readouterr()
+    resumed = ["train", str(ticket), str(recipe), "--out", str(out), "--resume"]
+    assert compressor_main(resumed) == 0, capsys.readouterr().err
+
+
 # --- 3. two writers of one result file ---------------------------------------------------
 
 
