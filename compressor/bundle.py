@@ -254,7 +254,8 @@ The last column is onnxruntime's own fused int8 CPU kernels, which lose accuracy
 CPUs without VNNI. An engine whose top-1 on `eval.npz` is far from the expected column is
 broken, not slow: `run_on_device.sh` checks each file (`deploy bench --expect-top1`, within
 1 point) and exits 1 at the end if any missed.
-`manifest.json` holds every file's SHA-256; compare with `sha256sum *.onnx eval.npz`.
+`manifest.json` holds every file's SHA-256; `run_on_device.sh` checks them all before it
+builds or times anything and stops (exit 2) naming any file that was changed in the copy.
 
 ## On a Jetson (TensorRT from JetPack)
 
