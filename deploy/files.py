@@ -262,7 +262,11 @@ def output_lock(path: str | os.PathLike[str], what: str = "output") -> Iterator[
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (engines can be large)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (engines can be large); a FIFO or
+    device is refused (UnsafePathError), not read until it ends."""
+    from deploy.paths import check_readable_file
+
+    check_readable_file(path, "file to hash")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
