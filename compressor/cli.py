@@ -331,10 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         from deploy.signals import exit_code, signal_name
 
-        print(
-            f"compressor: interrupted ({signal_name(exc)}); rerun with --resume to continue",
-            file=sys.stderr,
-        )
+        resumable = args.command in ("run", "lottery", "train", "shrink")
+        advice = "rerun with --resume to continue" if resumable else "nothing half-written was kept"
+        print(f"compressor: interrupted ({signal_name(exc)}); {advice}", file=sys.stderr)
         return exit_code(exc)
 
 
