@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
-from deploy.results import read_results
+from deploy.results.files import read_results
 from deploy.runners import OnnxRuntimeRunner
 
 VARIANTS = ("dense", "ticket", "shrunk")

@@ -21,13 +21,13 @@ from compressor.data import load_data
 from compressor.pipeline import VARIANTS
 from compressor.recipe import recipe_from_dict
 from deploy.bench import benchmark_side_by_side
-from deploy.cpus import default_threads
 from deploy.evaluate import LabelledData, top1_accuracy
-from deploy.fingerprint import device_fingerprint
-from deploy.machine_state import MachineMonitor
-from deploy.results import format_table, write_results
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import device_fingerprint
+from deploy.machine.stability import timing_warnings
+from deploy.machine.state import MachineMonitor
+from deploy.results.files import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
-from deploy.stability import timing_warnings
 
 
 def main() -> int:

@@ -30,12 +30,12 @@ from compressor.layer_prune import LayerPruneConfig, prune_at_init
 from compressor.shrink import ShrinkConfig, count_macs_params, shrink_channels_
 from compressor.spec import ModelSpec
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
-from deploy.cpus import default_threads
-from deploy.fingerprint import device_fingerprint
-from deploy.machine_state import MachineMonitor
-from deploy.results import format_table, write_results
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import device_fingerprint
+from deploy.machine.stability import timing_warnings
+from deploy.machine.state import MachineMonitor
+from deploy.results.files import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
-from deploy.stability import timing_warnings
 from export import ExportConfig, export_onnx
 
 SIZE = 224

@@ -21,11 +21,11 @@ from compressor.deliver import time_variants
 from compressor.pipeline import VARIANTS
 from compressor.store import load_model
 from deploy.bench import LatencyRecord
-from deploy.cpus import default_threads
-from deploy.fingerprint import device_fingerprint
-from deploy.machine_state import MachineMonitor
-from deploy.results import format_table, write_results
-from deploy.stability import timing_warnings
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import device_fingerprint
+from deploy.machine.stability import timing_warnings
+from deploy.machine.state import MachineMonitor
+from deploy.results.files import format_table, write_results
 
 
 def main() -> int:

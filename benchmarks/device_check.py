@@ -290,7 +290,7 @@ def _energy(run_dir: Path, seconds: float, cuda: bool, deadline: float) -> dict[
         return {"status": "skipped", "reason": "time budget spent"}
     import torch
 
-    from deploy.power import energy_from_trace, open_power_sampler
+    from deploy.machine.power import energy_from_trace, open_power_sampler
 
     try:
         sampler = open_power_sampler("nvml")

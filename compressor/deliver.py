@@ -15,12 +15,12 @@ from compressor.recipe import Recipe
 from compressor.spec import ModelSpec
 from compressor.train_checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
-from deploy.cpus import default_threads
-from deploy.fingerprint import device_fingerprint
-from deploy.machine_state import MachineMonitor
-from deploy.results import format_table, write_results
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import device_fingerprint
+from deploy.machine.stability import timing_warnings
+from deploy.machine.state import MachineMonitor
+from deploy.results.files import format_table, write_results
 from deploy.runners import OnnxRuntimeRunner
-from deploy.stability import timing_warnings
 from export import ExportResult, export_onnx, file_sha256
 
 
@@ -166,7 +166,8 @@ def time_variants(
 
     onnxruntime runs the ONNX files on the CPU; torch runs the modules on the CPU, and again
     on CUDA when present. `threads` None: one per usable CPU (the runners decide). With a
-    `monitor`, the machine is sampled around every timed phase (`deploy.stability` reads it).
+    `monitor`, the machine is sampled around every timed phase (`deploy.machine.stability`
+    reads it).
     """
     records: list[LatencyRecord] = []
     if "onnxruntime" in backends:
@@ -196,7 +197,7 @@ def time_tensorrt(
     strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
     """
     from deploy.runners.tensorrt import TensorRTRunner
-    from deploy.trt_engine import BuildOptions, build_engine
+    from deploy.tensorrt.engine import BuildOptions, build_engine
 
     records: list[LatencyRecord] = []
     suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}
@@ -223,7 +224,7 @@ def benchmark_variants(
     """The pipeline's benchmark: the recipe's backends and batches, written to latency.json.
 
     Returns the records (as dicts), the device fingerprint and the measurement warnings
-    (`deploy.stability.timing_warnings`), which latency.json carries too.
+    (`deploy.machine.stability.timing_warnings`), which latency.json carries too.
     """
     bench = recipe.bench
     # CPU runners get an explicit thread count either way; the fingerprint must say which.

@@ -4,7 +4,8 @@ Sources, in the order "auto" tries them:
 - codecarbon (when installed): its tracker's energy for the window (RAPL/NVML/its own
   tables); CO2 uses the configured intensity, not codecarbon's country table, so every
   source converts energy to CO2 the same way;
-- NVML on a GPU server or tegrastats on a Jetson (deploy/power.py): the board's measured power;
+- NVML on a GPU server or tegrastats on a Jetson (deploy/machine/power.py): the board's
+  measured power;
 - declared: `power_watts` the user states for the device, times the time. This is an
   estimate and every result says so.
 
@@ -87,7 +88,7 @@ class EnergyMeter:
                 return self
         if self.source in ("auto", "nvml", "tegrastats"):
             from deploy.errors import DeployError
-            from deploy.power import open_power_sampler
+            from deploy.machine.power import open_power_sampler
 
             try:
                 self._sampler = open_power_sampler(self.source, interval_s=0.1)
@@ -124,7 +125,7 @@ class EnergyMeter:
             if kwh > 0:  # its energy; the intensity stays the configured one, as elsewhere
                 self._measured = (kwh * 3.6e6 / seconds, self.g_co2_per_kwh, "codecarbon")
         elif self._sampler is not None:
-            from deploy.power import energy_from_trace
+            from deploy.machine.power import energy_from_trace
 
             trace = self._sampler.stop()
             if trace.watts or trace.counter_energy_j:

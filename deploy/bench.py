@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deploy.errors import DeployConfigError, DeployInputError
-from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
+from deploy.machine.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.runners.base import Runner, TensorSpec
 from deploy.stats import latency_stats, run_to_run_cv
 from deploy.timed_runs import timed_runs, timing_method
 
 if TYPE_CHECKING:
-    from deploy.machine_state import MachineMonitor
-    from deploy.power import Energy, PowerSampler
+    from deploy.machine.power import Energy, PowerSampler
+    from deploy.machine.state import MachineMonitor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,11 +379,11 @@ def benchmark_side_by_side(
     """Time several models interleaved; one record per model x batch, models in given order.
 
     Runners not yet entered are entered here and closed afterwards; runners the caller already
-    entered are used as they are. With `power` (see `deploy.power.open_power_sampler`), each
+    entered are used as they are. With `power` (see `deploy.machine.power.open_power_sampler`), each
     model also gets an energy phase of `config.power_seconds` on its own, after its latency is
     timed, and its records carry energy per inference and mean power. With `monitor` (a
-    `deploy.machine_state.MachineMonitor`), the machine is sampled around and between the
-    timed runs; `deploy.stability.timing_warnings` reads the samples.
+    `deploy.machine.state.MachineMonitor`), the machine is sampled around and between the
+    timed runs; `deploy.machine.stability.timing_warnings` reads the samples.
     """
     if not runners:
         raise DeployConfigError("benchmark: no models to time")
@@ -432,7 +432,7 @@ def _energy_phase(
     runner: Runner, feed: dict[str, np.ndarray], config: BenchConfig, power: PowerSampler
 ) -> Energy:
     """Run one model alone for `power_seconds` while `power` samples; energy per inference."""
-    from deploy.power import energy_from_trace  # numpy-only, but only needed with a sampler
+    from deploy.machine.power import energy_from_trace  # numpy-only, but only needed with a sampler
 
     inferences = 0
     budget_ns = int(config.power_seconds * 1e9)

@@ -22,24 +22,24 @@ from dataclasses import replace
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
-from deploy.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
 from deploy.evaluate import load_labelled, top1_accuracy
 from deploy.files import file_sha256, output_lock
-from deploy.fingerprint import (
+from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
+from deploy.machine.fingerprint import (
     clock_warnings,
     device_fingerprint,
     require_locked_clocks,
     summary_line,
 )
-from deploy.machine_state import MachineMonitor
+from deploy.machine.power import open_power_sampler
+from deploy.machine.stability import StabilityLimits, timing_warnings
+from deploy.machine.state import MachineMonitor
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import PRECISIONS, inspect_onnx
 from deploy.paths import check_output_path, same_file
-from deploy.power import open_power_sampler
-from deploy.results import default_results_path, format_table, read_results, write_results
+from deploy.results.files import default_results_path, format_table, read_results, write_results
 from deploy.runners import Runner, make_runner
-from deploy.stability import StabilityLimits, timing_warnings
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
 
@@ -457,7 +457,7 @@ def _tensorrt_runner(
     if args.model.suffix == ".onnx":
         engine = _build_from_args(args, config, precision, output=None).engine_path
     elif precision is not None:
-        from deploy.trt_engine import load_engine_info
+        from deploy.tensorrt.engine import load_engine_info
 
         built = load_engine_info(engine).precision
         if built != precision:
@@ -472,7 +472,7 @@ def _bench_trtexec(
     args: argparse.Namespace, config: BenchConfig, precision: str | None, name: str
 ) -> list[LatencyRecord]:
     """trtexec times the model itself (its own warm-up and iterations); one record per batch."""
-    from deploy.trtexec import run_trtexec
+    from deploy.tensorrt.trtexec import run_trtexec
 
     return run_trtexec(
         args.model,
@@ -502,15 +502,15 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_from_args(
     args: argparse.Namespace, config: BenchConfig, precision: str | None, output: Path | None
-):  # noqa: ANN202 - deploy.trt_engine.EngineInfo, imported lazily
+):  # noqa: ANN202 - deploy.tensorrt.engine.EngineInfo, imported lazily
     """Build (or reuse) an engine whose profile spans the requested batch sizes.
 
     An engine already at the output path is reused when its sidecar says it was built from
     this very ONNX file (same SHA-256) with the same options; another or a damaged engine of
     ours is rebuilt; a file without a sidecar (a result file, a model) is never replaced.
     """
-    from deploy.trt_engine import BuildOptions, build_engine, load_engine_info
-    from deploy.trt_sidecar import sidecar_path
+    from deploy.tensorrt.engine import BuildOptions, build_engine, load_engine_info
+    from deploy.tensorrt.sidecar import sidecar_path
 
     info = inspect_onnx(args.model)
     precision = precision or info.precision  # plan_build checks the pair per TensorRT version
@@ -566,11 +566,11 @@ def _optional_int(flag: str, text: str | None, *, minimum: int = 1) -> int | Non
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from deploy.report import build_report
+    from deploy.results.report import build_report
 
     batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
     if args.baseline is not None:  # named by the user: a typo must not pass as "no baseline"
-        from deploy.report import load_result_files
+        from deploy.results.report import load_result_files
 
         files, _ = load_result_files(args.results)
         models = sorted({record.model for _, result in files for record in result.records})
@@ -586,7 +586,7 @@ def _report_command(args: argparse.Namespace) -> int:
 
 
 def _compare_command(args: argparse.Namespace) -> int:
-    from deploy.compare import compare_results, render_comparison
+    from deploy.results.compare import compare_results, render_comparison
 
     batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
     baseline, new = read_results(args.baseline), read_results(args.new)

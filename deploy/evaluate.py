@@ -19,7 +19,7 @@ import numpy as np
 
 from deploy.errors import DeployConfigError, DeployInputError, MeasurementError, first_line
 from deploy.files import atomic_file
-from deploy.memory import available_memory_bytes, format_bytes, tensor_bytes
+from deploy.machine.memory import available_memory_bytes, format_bytes, tensor_bytes
 from deploy.paths import check_readable_file
 from deploy.runners.base import Runner
 

@@ -37,7 +37,7 @@ from deploy.runners.base import Runner
 
 if TYPE_CHECKING:
     from deploy.bench import BenchConfig
-    from deploy.machine_state import MachineMonitor
+    from deploy.machine.state import MachineMonitor
 
 
 def iterations_per_run(iterations: int, repeats: int) -> list[int]:

@@ -43,7 +43,7 @@ ALLOWED = {
     ("compressor/atomic.py", "save", "obj"): "torch.save into atomic_file's handle",
     ("deploy/evaluate.py", "savez", "handle"): "np.savez into atomic_file's handle",
     ("compressor/report.py", "savefig", "buffer"): "rendered to memory, then atomic",
-    ("deploy/report_plots.py", "savefig", "buffer"): "rendered to memory, then atomic",
+    ("deploy/results/report_plots.py", "savefig", "buffer"): "rendered to memory, then atomic",
     ("compressor/lottery_summary.py", "savefig", "buffer"): "rendered to memory, then atomic",
     ("compressor/corruptions.py", "save", "buffer"): "JPEG round trip in memory",
     ("compressor/bundle.py", "replace", "staging"): "a finished staging dir renamed into place",

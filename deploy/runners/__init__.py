@@ -24,7 +24,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 # Backends that time a model but are not runners (they do not return outputs to compare).
 NOT_RUNNERS = {
     "trtexec": "trtexec runs as its own process and reports timings only; use "
-    "deploy.trtexec.run_trtexec (`deploy bench --backend trtexec`)",
+    "deploy.tensorrt.trtexec.run_trtexec (`deploy bench --backend trtexec`)",
 }
 
 

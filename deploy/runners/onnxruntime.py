@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from deploy.cpus import default_threads
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.lazy import lazy_import
+from deploy.machine.cpus import default_threads
 from deploy.runners.base import Runner, TensorSpec
 
 # How long (microseconds) an idle intra-op thread spins for more work before it sleeps.
@@ -38,7 +38,7 @@ class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file with onnxruntime.
 
     `threads` sets intra-op threads; None on the CPU provider means one per CPU this process
-    may use (`deploy.cpus.default_threads`, decided when the session is made, so after any
+    may use (`deploy.machine.cpus.default_threads`, decided when the session is made, so after any
     pinning), never onnxruntime's own default, which varies by version and machine and would
     leave the record without a thread count. Inter-op is kept at 1 because CNN graphs here
     are sequential. `optimize=False` runs the graph as written: a QDQ model then computes on

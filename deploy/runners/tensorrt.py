@@ -2,7 +2,7 @@
 
 GPU buffers, the stream, CUDA events and CUDA graphs come from torch (one small path, present
 in NVIDIA's PyTorch containers and JetPack's l4t-pytorch); a device without torch times its
-engines with trtexec (`deploy.trtexec`) instead. The engine's sidecar is checked before
+engines with trtexec (`deploy.tensorrt.trtexec`) instead. The engine's sidecar is checked before
 TensorRT deserializes it, because an engine built by another TensorRT version or for another
 GPU must be a clear error, not a crash.
 
@@ -23,8 +23,8 @@ import numpy as np
 from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
-from deploy.trt_engine import TRT_DTYPES, trt_logger
-from deploy.trt_sidecar import (
+from deploy.tensorrt.engine import TRT_DTYPES, trt_logger
+from deploy.tensorrt.sidecar import (
     REBUILD_HINT,
     check_engine_compatible,
     gpu_identity,

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deploy.cpus import default_threads
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.lazy import lazy_import
+from deploy.machine.cpus import default_threads
 from deploy.model_files import refuse_pickle
 from deploy.runners.base import Runner, TensorSpec
 
@@ -41,7 +41,7 @@ class TorchRunner(Runner):
     when `input_names` has several entries. `device="auto"` picks CUDA when available.
     `threads` sets torch's intra-op threads while the runner is active and restores the
     previous value afterwards; None on the CPU means one per CPU this process may use
-    (`deploy.cpus.default_threads`, decided when the runner is entered), so every CPU record
+    (`deploy.machine.cpus.default_threads`, decided when the runner is entered), so every CPU record
     says how many threads it ran with. torch's inter-op pool is left alone: eager modules do
     not use it, and torch allows setting it only once per process.
     """

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deploy.cli import main
-from deploy.results import read_results
+from deploy.results.files import read_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--warmup", "1", "--iterations", "5", "--threads", "1"]
@@ -326,7 +326,7 @@ def test_expected_top1_fails_the_run_but_keeps_the_results(
 def test_bench_records_runs_and_an_explicit_thread_count(
     classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from deploy.cpus import default_threads
+    from deploy.machine.cpus import default_threads
 
     output = tmp_path / "r.json"
     args = ["bench", str(classifier), "--warmup", "1", "--iterations", "6", "--repeats", "2"]
@@ -366,7 +366,7 @@ def test_busy_machine_warns_and_strict_fails_after_writing_the_results(
 def test_cpus_pins_the_benchmark_and_is_recorded(
     classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from deploy.cpus import pin_process
+    from deploy.machine.cpus import pin_process
 
     before = sorted(os.sched_getaffinity(0))
     cpu = before[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
-from deploy.results import write_results
+from deploy.results.files import write_results
 from tests.deploy.test_report import record
 
 CPU_A = {

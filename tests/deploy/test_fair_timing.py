@@ -14,7 +14,7 @@ import pytest
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark, benchmark_side_by_side
 from deploy.errors import DeployConfigError
-from deploy.results import read_results, write_results
+from deploy.results.files import read_results, write_results
 from deploy.runners import OnnxRuntimeRunner, Runner, TensorSpec
 from deploy.runners.onnxruntime import SPIN_DURATION_US
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from deploy.errors import MeasurementError
-from deploy.fingerprint import (
+from deploy.machine.fingerprint import (
     GPU_FIELDS,
     JETSON_FIELDS,
     clock_warnings,

@@ -17,7 +17,7 @@ import pytest
 from deploy.cli import main
 from deploy.evaluate import save_labelled
 from deploy.onnx_info import inspect_onnx
-from deploy.results import read_results
+from deploy.results.files import read_results
 from deploy.runners import OnnxRuntimeRunner
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from deploy.errors import DeployInputError, MeasurementError
 from deploy.evaluate import LabelledData, class_scores, load_labelled
-from deploy.results import read_results
+from deploy.results.files import read_results
 from deploy.runners.base import Runner, TensorSpec
 from tests.deploy.hostile import armed_pickle, run_deploy
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import deploy.cli
 from deploy.errors import DeployError, DeployInputError, MeasurementError
-from deploy.results import ResultFile, read_results
+from deploy.results.files import ResultFile, read_results
 from deploy.runners import OnnxRuntimeRunner
 from tests.deploy.hostile import armed_pickle, rgb_classifier, run_deploy
 

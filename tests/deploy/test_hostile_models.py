@@ -23,8 +23,8 @@ import deploy.cli
 from deploy.errors import DeployError, DeployInputError, EngineMismatchError
 from deploy.model_files import pickle_kind
 from deploy.onnx_info import inspect_onnx
-from deploy.trt_engine import BuildOptions, GpuIdentity, plan_build, save_engine, sidecar_path
-from deploy.trt_sidecar import load_engine_info, verify_engine_file
+from deploy.tensorrt.engine import BuildOptions, GpuIdentity, plan_build, save_engine, sidecar_path
+from deploy.tensorrt.sidecar import load_engine_info, verify_engine_file
 from tests.deploy.hostile import (
     armed_pickle,
     armed_torch_save_archive,

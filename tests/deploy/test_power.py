@@ -22,7 +22,7 @@ from deploy.errors import (
     MeasurementError,
     MissingDependencyError,
 )
-from deploy.power import (
+from deploy.machine.power import (
     Energy,
     NvmlPowerSampler,
     PowerTrace,

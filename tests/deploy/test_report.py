@@ -12,7 +12,8 @@ import pytest
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
-from deploy.report import (
+from deploy.results.files import ResultFile, write_results
+from deploy.results.report import (
     ACCURACY_PLOT,
     SPEEDUP_PLOT,
     build_report,
@@ -20,7 +21,6 @@ from deploy.report import (
     merge_results,
     pareto_front,
 )
-from deploy.results import ResultFile, write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

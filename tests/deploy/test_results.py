@@ -11,7 +11,13 @@ import pytest
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
-from deploy.results import SCHEMA, default_results_path, format_table, read_results, write_results
+from deploy.results.files import (
+    SCHEMA,
+    default_results_path,
+    format_table,
+    read_results,
+    write_results,
+)
 
 FINGERPRINT = {"fingerprint_id": "abc123", "cpu_model": "test cpu", "threads": 1}
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from deploy.bench import BenchConfig, benchmark
-from deploy.cpus import usable_cpus
 from deploy.errors import DeployConfigError
-from deploy.machine_state import MachineMonitor, MachineSample
+from deploy.machine.cpus import usable_cpus
+from deploy.machine.stability import StabilityLimits, timing_warnings
+from deploy.machine.state import MachineMonitor, MachineSample
 from deploy.runners import OnnxRuntimeRunner
-from deploy.stability import StabilityLimits, timing_warnings
 
 
 class SleepyRunner(OnnxRuntimeRunner):

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from deploy.bench import BenchConfig, benchmark
-from deploy.cpus import default_threads, format_cpu_list, online_cpus, parse_cpu_list, usable_cpus
 from deploy.errors import DeployConfigError
+from deploy.machine.cpus import (
+    default_threads,
+    format_cpu_list,
+    online_cpus,
+    parse_cpu_list,
+    usable_cpus,
+)
 from deploy.runners import OnnxRuntimeRunner
 
 

@@ -24,7 +24,7 @@ from deploy.errors import (
 )
 from deploy.onnx_info import inspect_onnx
 from deploy.runners import make_runner
-from deploy.trt_engine import (
+from deploy.tensorrt.engine import (
     BuildOptions,
     GpuIdentity,
     build_engine,
@@ -346,7 +346,7 @@ def test_a_missing_or_broken_sidecar_is_an_error(models: dict[str, Path], tmp_pa
 
 def test_engine_modules_import_without_torch_or_tensorrt() -> None:
     code = (
-        "import sys, deploy.trt_engine, deploy.trtexec, deploy.runners.tensorrt\n"
+        "import sys, deploy.tensorrt.engine, deploy.tensorrt.trtexec, deploy.runners.tensorrt\n"
         "print(sorted(m for m in ('torch', 'tensorrt') if m in sys.modules))"
     )
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.errors import DeployConfigError
-from deploy.trt_version import (
+from deploy.tensorrt.version import (
     TrtVersion,
     capabilities,
     parse_trt_version,

@@ -14,7 +14,7 @@ import pytest
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MissingDependencyError
-from deploy.trtexec import (
+from deploy.tensorrt.trtexec import (
     TRTEXEC_LOCATIONS,
     error_lines,
     find_trtexec,

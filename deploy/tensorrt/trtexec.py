@@ -3,7 +3,7 @@
 trtexec is not a Runner (it returns timings, not outputs), so it has its own entry point,
 `run_trtexec`, which returns the same LatencyRecords as the benchmark harness. Flags differ
 across releases (read in trtexec's sampleOptions.cpp per tag, summarised in
-`deploy.trt_version`); the numbers come from `--exportTimes` (per-iteration traces, written by
+`deploy.tensorrt.version`); the numbers come from `--exportTimes` (per-iteration traces, written by
 sampleReporting.cpp exportJSONTrace) and the "=== Performance summary ===" block
 (sampleReporting.cpp printEpilog), whose warnings are kept with the record.
 """
@@ -22,10 +22,9 @@ from typing import Any
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MissingDependencyError
 from deploy.onnx_info import inspect_onnx
-from deploy.trt_engine import BuildOptions, plan_build
-from deploy.trt_sidecar import load_engine_info, sidecar_path, verify_engine_file
-from deploy.trt_version import TrtVersion, capabilities
-from deploy.trtexec_output import (
+from deploy.tensorrt.engine import BuildOptions, plan_build
+from deploy.tensorrt.sidecar import load_engine_info, sidecar_path, verify_engine_file
+from deploy.tensorrt.trtexec_output import (
     TrtexecIteration,
     error_lines,
     parse_banner,
@@ -33,6 +32,7 @@ from deploy.trtexec_output import (
     parse_summary,
     record_from_trtexec,
 )
+from deploy.tensorrt.version import TrtVersion, capabilities
 
 # Where NVIDIA's containers and JetPack install trtexec (it is not on PATH there).
 TRTEXEC_LOCATIONS = (Path("/usr/src/tensorrt/bin/trtexec"),)

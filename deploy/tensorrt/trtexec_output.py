@@ -22,7 +22,7 @@ import numpy as np
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
 from deploy.stats import latency_stats
-from deploy.trt_version import TrtVersion, capabilities, version_from_banner_number
+from deploy.tensorrt.version import TrtVersion, capabilities, version_from_banner_number
 
 LOG_PREFIX = re.compile(r"^\[\d\d/\d\d/\d{4}-\d\d:\d\d:\d\d\] \[([FEWIV])\] ")
 _BANNER = re.compile(r"\[TensorRT v(\d+)\]")

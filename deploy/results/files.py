@@ -3,13 +3,13 @@
 Schema "deploy.results/3" (JSON object):
     schema       "deploy.results/3"
     created      ISO 8601 UTC time the file was written, e.g. "2026-05-09T07:35:25Z"
-    fingerprint  object from `deploy.fingerprint.device_fingerprint`
+    fingerprint  object from `deploy.machine.fingerprint.device_fingerprint`
     records      list of `LatencyRecord.to_dict()` objects (one per model x backend x
                  precision x batch x device). Version 2 added the optional fields
                  accuracy, accuracy_samples, gpu_compute_ms, energy_mj, avg_power_w,
                  power_source and details; version 3 added runs, run_medians_ms and run_cv
                  (run-to-run variation). Version-1 and -2 files are still read (those are None).
-    warnings     (version 3, optional) list of strings: what `deploy.stability` found wrong
+    warnings     (version 3, optional) list of strings: what `deploy.machine.stability` found wrong
                  with the measurement (noisy or drifting timings, a busy or throttled
                  machine). Absent or empty: nothing was found.
 

@@ -4,7 +4,7 @@
 flags, whether the ONNX must already be FP16 or carry Q/DQ nodes, the optimization profile)
 from the ONNX file and a version string, without importing TensorRT, so it is tested on any
 machine. `build_engine` only carries the plan out, then writes the engine and its sidecar
-(`deploy.trt_sidecar`: where the engine may run) atomically.
+(`deploy.tensorrt.sidecar`: where the engine may run) atomically.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.onnx_info import PRECISIONS, OnnxInfo, inspect_onnx
 from deploy.runners.base import TensorSpec
-from deploy.trt_sidecar import (
+from deploy.tensorrt.sidecar import (
     REBUILD_HINT,
     SIDECAR_SCHEMA,
     EngineInfo,
@@ -31,7 +31,7 @@ from deploy.trt_sidecar import (
     sidecar_path,
     write_atomic,
 )
-from deploy.trt_version import TrtVersion, capabilities
+from deploy.tensorrt.version import TrtVersion, capabilities
 
 # trt.DataType member names -> numpy dtype names ("bfloat16" has no numpy type).
 TRT_DTYPES = {

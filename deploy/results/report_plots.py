@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from deploy.errors import MissingDependencyError
 from deploy.lazy import lazy_import
 
-if TYPE_CHECKING:  # deploy.report imports this module
+if TYPE_CHECKING:  # deploy.results.report imports this module
     from deploy.bench import LatencyRecord
-    from deploy.report import Column, MergedTable
+    from deploy.results.report import Column, MergedTable
 
 ACCURACY_PLOT = "accuracy_vs_latency.png"
 SPEEDUP_PLOT = "speedup.png"

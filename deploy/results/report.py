@@ -13,8 +13,8 @@ benchmark to fix it is the common case, and a second column would double the tab
 Cells show the median latency per batch (ms), the speed-up over the baseline model in the same
 column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
 Measurement warnings the result files carry (noisy or drifting timings, a busy or throttled
-machine; see deploy.stability) are listed with the file they came from.
-matplotlib is imported lazily (in deploy.report_plots); without it (a bare Jetson) the report
+machine; see deploy.machine.stability) are listed with the file they came from.
+matplotlib is imported lazily (in deploy.results.report_plots); without it (a bare Jetson) the report
 says the plots were skipped. Every file is written atomically, so an interrupted run leaves the
 previous report.
 """
@@ -35,12 +35,12 @@ from typing import Any
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError, UnsafePathError
 from deploy.files import atomic_write_bytes
-from deploy.fingerprint import fingerprint_id
+from deploy.machine.fingerprint import fingerprint_id
 from deploy.paths import check_output_path, path_kind, read_regular_bytes
-from deploy.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
-from deploy.results import MAX_RESULTS_BYTES, ResultFile, read_results
+from deploy.results.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
+from deploy.results.files import MAX_RESULTS_BYTES, ResultFile, read_results
 
-# The plots moved to deploy.report_plots; these names are still imported from here.
+# The plots moved to deploy.results.report_plots; these names are still imported from here.
 __all__ = [
     "ACCURACY_PLOT",
     "SPEEDUP_PLOT",

@@ -3,7 +3,7 @@
 trtexec prints a warning when the GPU compute time varies by more than a few percent; a user
 comparing two models needs the same honesty from us, and more, since CPU timings on a shared
 machine go wrong in more ways. `timing_warnings` reads the records (per-iteration CV,
-run-to-run CV of the per-run medians) and the machine samples `deploy.machine_state` took
+run-to-run CV of the per-run medians) and the machine samples `deploy.machine.state` took
 around the timed runs (load average, other processes' and the hypervisor's share of our
 CPUs, thermal trip points, clocks below their ceiling) and returns one line per problem,
 saying what was seen, the limit, and what to do. No warning means no evidence of trouble,
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from deploy.bench import LatencyRecord
-from deploy.cpus import format_cpu_list
 from deploy.errors import DeployConfigError
-from deploy.machine_state import ClockReading, MachineSample
+from deploy.machine.cpus import format_cpu_list
+from deploy.machine.state import ClockReading, MachineSample
 
 # A clock this far below its ceiling counts as below it (sysfs rounds some rates).
 _CLOCK_TOLERANCE = 0.98

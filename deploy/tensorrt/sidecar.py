@@ -30,10 +30,10 @@ from deploy.lazy import lazy_import
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import PRECISIONS
 from deploy.runners.base import TensorSpec
-from deploy.trt_version import parse_trt_version
+from deploy.tensorrt.version import parse_trt_version
 
-if TYPE_CHECKING:  # pragma: no cover - types only; trt_engine imports this module
-    from deploy.trt_engine import BuildOptions, BuildPlan
+if TYPE_CHECKING:  # pragma: no cover - types only; deploy.tensorrt.engine imports this module
+    from deploy.tensorrt.engine import BuildOptions, BuildPlan
 
 SIDECAR_SCHEMA = "deploy.engine/1"
 REBUILD_HINT = "rebuild the engine on this device with `deploy build`"

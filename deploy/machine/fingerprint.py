@@ -5,9 +5,9 @@ GPU, driver, Jetson power mode and clock state behind it. `fingerprint_id` hashe
 changes timings (not the hostname or the time), so two result files with the same id are
 comparable and re-runs on a re-imaged box with the same hardware and software group together.
 
-GPU servers are probed through NVML (`deploy.nvml`, pynvml imported lazily); Jetsons through
+GPU servers are probed through NVML (`deploy.machine.nvml`, pynvml imported lazily); Jetsons through
 /proc/device-tree/model, /etc/nv_tegra_release, `nvpmodel -q` and `jetson_clocks --show`
-(`deploy.jetson`). Every probe takes its paths, module or command runner as arguments so
+(`deploy.machine.jetson`). Every probe takes its paths, module or command runner as arguments so
 tests feed it recorded text; a missing tool or file gives None fields, never an error.
 """
 
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.cpus import format_cpu_list, usable_cpus
 from deploy.errors import MeasurementError
-from deploy.jetson import (
+from deploy.machine.cpus import format_cpu_list, usable_cpus
+from deploy.machine.jetson import (
     COMMAND_TIMEOUT_S,
     JETSON_FIELDS,
     L4T_MAJOR_TO_JETPACK,
@@ -44,9 +44,10 @@ from deploy.jetson import (
     read_device_tree_model,
     run_command,
 )
-from deploy.nvml import GPU_FIELDS, nvml_gpu_info
+from deploy.machine.nvml import GPU_FIELDS, nvml_gpu_info
 
-# The probes lived here before deploy.jetson and deploy.nvml; callers still import them from here.
+# The probes lived here before deploy.machine.jetson and deploy.machine.nvml; callers still
+# import them from here.
 __all__ = [
     "COMMAND_TIMEOUT_S",
     "GPU_FIELDS",

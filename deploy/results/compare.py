@@ -2,7 +2,7 @@
 
 A speed-up between two files is only the model's (or the setting's) when both were measured
 on the same machine with the same software: two files with different fingerprint ids
-(`deploy.fingerprint.fingerprint_id`) also differ in CPU, GPU, threads or library versions,
+(`deploy.machine.fingerprint.fingerprint_id`) also differ in CPU, GPU, threads or library versions,
 and their ratio mixes that difference in. So `compare_results` refuses them, naming both
 devices and what differs, unless asked (`allow_cross_device=True`), and then labels the
 output as cross-device. Measurements are matched on model, backend, device, precision and
@@ -19,9 +19,9 @@ from typing import Any
 
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployInputError
-from deploy.fingerprint import _ID_FIELDS, _ID_FIELDS_WHEN_SET, fingerprint_id
-from deploy.report import device_label
-from deploy.results import ResultFile
+from deploy.machine.fingerprint import _ID_FIELDS, _ID_FIELDS_WHEN_SET, fingerprint_id
+from deploy.results.report import device_label
+from deploy.results.files import ResultFile
 
 RecordKey = tuple[str, str, str, str, int]  # model, backend, device, precision, batch
 _MAX_DIFFERENCES = 4  # named in the refusal; more would not fit one line

@@ -40,7 +40,7 @@ from deploy.errors import (
     MeasurementError,
     MissingDependencyError,
 )
-from deploy.nvml import import_nvml, nvml_gpu_count, shutdown_quietly
+from deploy.machine.nvml import import_nvml, nvml_gpu_count, shutdown_quietly
 
 SOURCES = ("auto", "nvml", "tegrastats", "none")
 DEFAULT_RAIL = "VDD_IN"

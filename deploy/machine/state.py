@@ -3,7 +3,7 @@
 A latency taken while another job ran, while the hypervisor stole CPU time, or while a hot
 Jetson throttled its clocks is a number about that moment, not about the model. The
 benchmark samples the machine before, between and after its timed runs
-(`benchmark_side_by_side(..., monitor=MachineMonitor())`), and `deploy.stability` turns the
+(`benchmark_side_by_side(..., monitor=MachineMonitor())`), and `deploy.machine.stability` turns the
 samples into warnings. Everything is read from files any user may read, so nothing needs
 root:
 
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.cpus import usable_cpus
+from deploy.machine.cpus import usable_cpus
 
 # devfreq device-tree node names of Jetson integrated GPUs (Nano/TX1 gm20b, TX2 gp10b,
 # Xavier gv11b, Orin ga10b; "gpu" on boards whose node is named generically), as jetson-stats

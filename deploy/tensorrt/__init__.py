@@ -1,0 +1,1 @@
+"""TensorRT: engines and their sidecars, version rules, trtexec and its output."""
