@@ -17,9 +17,9 @@ import sys
 
 from run_args import bench_config, parse_run_args
 
-from compressor.data import load_data
-from compressor.pipeline import VARIANTS
-from compressor.recipe import recipe_from_dict
+from compressor.data.splits import load_data
+from compressor.recipe.sections import recipe_from_dict
+from compressor.workflows.pipeline import VARIANTS
 from deploy.bench import benchmark_side_by_side
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.machine.cpus import default_threads

@@ -5,8 +5,8 @@
 
 Random weights: latency only, no accuracy. For each model: the dense network; the
 layer-pruned one (25% of the removable blocks removed by the project's own layer pruning at
-init, `compressor.layer_prune.prune_at_init`, SynFlow on random data); and that one with 30%
-of its channels removed by Torch-Pruning (`compressor.shrink.shrink_channels_`). Each is
+init, `compressor.prune.layers.prune_at_init`, SynFlow on random data); and that one with 30%
+of its channels removed by Torch-Pruning (`compressor.prune.shrink.shrink_channels_`). Each is
 exported with the project's exporter (`export.export_onnx`, parity checked) and the three
 files are timed side by side on onnxruntime CPU with the fair method
 (`deploy.bench.benchmark_side_by_side`: blocks of iterations per model in rotated order,
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.shrink import ShrinkConfig, count_macs_params, shrink_channels_
-from compressor.spec import ModelSpec
+from compressor.models.spec import ModelSpec
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
+from compressor.prune.shrink import ShrinkConfig, count_macs_params, shrink_channels_
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import device_fingerprint

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from run_args import bench_config, parse_run_args
 
-from compressor.deliver import time_variants
-from compressor.pipeline import VARIANTS
-from compressor.store import load_model
+from compressor.models.store import load_model
+from compressor.workflows.deliver import time_variants
+from compressor.workflows.pipeline import VARIANTS
 from deploy.bench import LatencyRecord
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import device_fingerprint

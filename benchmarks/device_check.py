@@ -169,7 +169,7 @@ def _amp_run(run_dir: Path, log: Path, timeout: float, dry_run: bool, cuda: bool
 
 
 def _load_variants(run_dir: Path) -> dict[str, Any]:
-    from compressor.store import load_model
+    from compressor.models.store import load_model
 
     return {name: load_model(run_dir / name / "model").model for name in VARIANTS}
 

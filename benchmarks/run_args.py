@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compressor.pipeline import run_pipeline
-from compressor.recipe import load_recipe
+from compressor.recipe.sections import load_recipe
+from compressor.workflows.pipeline import run_pipeline
 from deploy.bench import BenchConfig
 
 

@@ -24,7 +24,7 @@ EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_COMPARABLE = 1, 2, 3
 def _recipe(args: argparse.Namespace):  # noqa: ANN202
     """The recipe, after checking that what the command writes overwrites nothing it must not."""
     from compressor.outdir import check_outputs
-    from compressor.recipe import load_recipe
+    from compressor.recipe.sections import load_recipe
 
     recipe = load_recipe(args.recipe)
     out = getattr(args, "out", None)
@@ -67,7 +67,7 @@ def _check_onnx_output(path: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     recipe = _recipe(args)
     result = run_pipeline(recipe, args.out, resume=args.resume)
@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(Path(result.report_md).read_text())
     print(f"report: {result.report_json}")
     if result.not_comparable:
-        from compressor.accuracy_check import not_comparable_message
+        from compressor.workflows.accuracy_check import not_comparable_message
 
         print(f"compressor: {not_comparable_message(result.not_comparable)}", file=sys.stderr)
         return EXIT_NOT_COMPARABLE
@@ -86,9 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_lottery(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from compressor.data import DataConfig
-    from compressor.experiment import plan, run_experiment
-    from compressor.lottery_recipes import lottery_recipe
+    from compressor.data.splits import DataConfig
+    from compressor.workflows.lottery.experiment import plan, run_experiment
+    from compressor.workflows.lottery.recipes import lottery_recipe
 
     if args.recipe is None:
         recipe = lottery_recipe(args.cifar10)
@@ -114,28 +114,28 @@ def cmd_lottery(args: argparse.Namespace) -> int:
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
-    from compressor.stages import list_blocks
+    from compressor.workflows.stages import list_blocks
 
     print(list_blocks(_recipe(args)))
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from compressor.stages import prune_stage
+    from compressor.workflows.stages import prune_stage
 
     print(json.dumps(prune_stage(_recipe(args), Path(args.out)), indent=2))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from compressor.stages import train_stage
+    from compressor.workflows.stages import train_stage
 
     print(json.dumps(train_stage(args.model, _recipe(args), Path(args.out), args.resume), indent=2))
     return 0
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    from compressor.stages import shrink_stage
+    from compressor.workflows.stages import shrink_stage
 
     print(
         json.dumps(shrink_stage(args.model, _recipe(args), Path(args.out), args.resume), indent=2)
@@ -144,14 +144,14 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from compressor.stages import export_stage
+    from compressor.workflows.stages import export_stage
 
     print(json.dumps(export_stage(args.model, _recipe(args), Path(args.out)), indent=2))
     return 0
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from compressor.bundle import write_bundle
+    from compressor.workflows.bundle import write_bundle
 
     out = write_bundle(args.run_dir, args.out, eval_samples=args.eval_samples)
     print(f"bundle written to {out}; copy it to the device and run ./run_on_device.sh there")

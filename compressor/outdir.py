@@ -100,7 +100,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-# A stored model directory holds these two files (compressor.store writes them).
+# A stored model directory holds these two files (compressor.models.store writes them).
 _MODEL_FILES = ("spec.json", "weights.safetensors")
 
 

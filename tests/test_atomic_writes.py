@@ -42,15 +42,19 @@ ALLOWED = {
     ("deploy/files.py", "replace", "tmp_name"): "the atomic rename itself",
     ("compressor/atomic.py", "save", "obj"): "torch.save into atomic_file's handle",
     ("deploy/evaluate.py", "savez", "handle"): "np.savez into atomic_file's handle",
-    ("compressor/report.py", "savefig", "buffer"): "rendered to memory, then atomic",
+    ("compressor/workflows/report.py", "savefig", "buffer"): "rendered to memory, then atomic",
     ("deploy/results/report_plots.py", "savefig", "buffer"): "rendered to memory, then atomic",
-    ("compressor/lottery_summary.py", "savefig", "buffer"): "rendered to memory, then atomic",
-    ("compressor/corruptions.py", "save", "buffer"): "JPEG round trip in memory",
-    ("compressor/bundle.py", "replace", "staging"): "a finished staging dir renamed into place",
+    ("compressor/workflows/lottery/summary.py", "savefig", "buffer"): (
+        "rendered to memory, then atomic"
+    ),
+    ("compressor/data/corruptions.py", "save", "buffer"): "JPEG round trip in memory",
+    ("compressor/workflows/bundle.py", "replace", "staging"): (
+        "a finished staging dir renamed into place"
+    ),
     ("export/fp16.py", "replace", "work / 'fp16.onnx'"): "written by save_onnx (fsynced) beside",
-    ("compressor/bundle.py", "copytree", "source"): "copy_function=atomic_copy",
-    ("compressor/store.py", "save", "state"): "safetensors.torch.save returns bytes",
-    ("compressor/train.py", "save", "state"): "safetensors.torch.save returns bytes",
+    ("compressor/workflows/bundle.py", "copytree", "source"): "copy_function=atomic_copy",
+    ("compressor/models/store.py", "save", "state"): "safetensors.torch.save returns bytes",
+    ("compressor/train/loop.py", "save", "state"): "safetensors.torch.save returns bytes",
 }
 
 

@@ -21,9 +21,9 @@ import torch
 
 from compressor.cli import main as compressor_main
 from compressor.errors import InputError
+from compressor.models.spec import ModelSpec, build_model
+from compressor.models.store import save_model
 from compressor.outdir import exclusive_out_dir
-from compressor.spec import ModelSpec, build_model
-from compressor.store import save_model
 from deploy.cli import main as deploy_main
 from deploy.files import atomic_write_text
 from tests.deploy.conftest import build_classifier

@@ -23,12 +23,12 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compressor.cli import main as compressor_main
-from compressor.data import DataConfig, load_data
+from compressor.data.splits import DataConfig, load_data
 from compressor.errors import ConfigError, InputError
-from compressor.recipe import load_recipe
-from compressor.spec import ModelSpec, build_model
-from compressor.store import load_model, save_model
-from compressor.train import TrainConfig, train
+from compressor.models.spec import ModelSpec, build_model
+from compressor.models.store import load_model, save_model
+from compressor.recipe.sections import load_recipe
+from compressor.train.loop import TrainConfig, train
 from deploy.cli import main as deploy_main
 from tests.deploy.conftest import build_classifier
 
@@ -288,7 +288,7 @@ def test_deploy_build_never_replaces_a_file_that_is_not_its_engine(tmp_path: Pat
 
 
 def test_a_fifo_in_an_image_folder_is_named_not_waited_on(tmp_path: Path) -> None:
-    from compressor.imagefolder import read_image
+    from compressor.data.imagefolder import read_image
 
     os.mkfifo(tmp_path / "bad.png")
     with pytest.raises(InputError, match=r"bad.png is a FIFO .*; replace or remove it"):

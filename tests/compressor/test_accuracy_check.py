@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from compressor.accuracy_check import mark_comparable_
 from compressor.cli import EXIT_NOT_COMPARABLE, main
 from compressor.errors import ConfigError
-from compressor.recipe import Recipe, recipe_from_dict
-from compressor.report import write_report
+from compressor.recipe.sections import Recipe, recipe_from_dict
+from compressor.workflows.accuracy_check import mark_comparable_
+from compressor.workflows.report import write_report
 from tests.compressor.test_pipeline_cli import write_recipe
 
 
@@ -139,7 +139,7 @@ def test_run_with_a_collapsed_baseline_writes_everything_and_exits_3(
 
 def test_resume_accepts_another_report_section(tmp_path: Path) -> None:
     """The check runs again on every resume, so its threshold may change; training's may not."""
-    from compressor.pipeline import _check_out_dir
+    from compressor.workflows.pipeline import _check_out_dir
 
     (tmp_path / "recipe.json").write_text(json.dumps(Recipe().to_dict()))  # an older run's
     _check_out_dir(tmp_path, recipe_from_dict({"report": {"max_accuracy_drop": 50}}), True)

@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.analysis import (
+from compressor.errors import ConfigError
+from compressor.models.spec import remove_blocks_
+from compressor.models.zoo import create_model
+from compressor.workflows.lottery.analysis import (
     error_barrier,
     interpolate_state,
     linear_cka,
     recompute_bn_stats,
     stage_cka,
 )
-from compressor.errors import ConfigError
-from compressor.spec import remove_blocks_
-from compressor.zoo import create_model
 
 
 def _gen(seed: int = 0) -> torch.Generator:

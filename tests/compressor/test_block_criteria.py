@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.analysis import linear_cka
-from compressor.block_criteria import kl_scores, vip_scores
-from compressor.blocks import discover_blocks
-from compressor.criteria import CRITERIA, block_scores
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.spec import ModelSpec, build_model, remove_blocks_
+from compressor.models.spec import ModelSpec, build_model, remove_blocks_
+from compressor.prune.block_criteria import kl_scores, vip_scores
+from compressor.prune.blocks import discover_blocks
+from compressor.prune.criteria import CRITERIA, block_scores
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
+from compressor.workflows.lottery.analysis import linear_cka
 
 BLOCK_LEVEL = ["hrank", "expectabs", "kl", "pls", "cka"]
 # Removing a block whose residual branch is zero changes nothing: these must rank it lowest.

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compressor.bn_recalibration import recalibrate_bn_
-from compressor.data import DataConfig, load_data
+from compressor.data.splits import DataConfig, load_data
 from compressor.errors import ConfigError
-from compressor.spec import ModelSpec, build_model
-from compressor.train import TrainConfig, evaluate, train
+from compressor.models.spec import ModelSpec, build_model
+from compressor.train.bn_recalibration import recalibrate_bn_
+from compressor.train.loop import TrainConfig, evaluate, train
 
 
 @pytest.fixture(scope="module")

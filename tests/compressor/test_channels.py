@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from compressor.channels import first_layer_channels, luminance_uint8
-from compressor.data import DataConfig, load_data
+from compressor.data.splits import DataConfig, load_data
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.model_source import factory_kwargs
-from compressor.recipe import recipe_from_dict
-from compressor.stages import dense_model
+from compressor.models.channels import first_layer_channels, luminance_uint8
+from compressor.models.source import factory_kwargs
+from compressor.recipe.sections import recipe_from_dict
+from compressor.workflows.stages import dense_model
 
 # --- data side -------------------------------------------------------------------------------
 
@@ -85,7 +85,7 @@ def test_cifar_to_gray_matches_a_folder_of_the_same_pngs_read_as_gray(tmp_path):
     for i, picture in enumerate(pictures[:4]):
         (tmp_path / "png" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture, "RGB").save(tmp_path / "png" / f"c{i % 2}" / f"{i}.png")
-    from compressor.imagefolder import read_image
+    from compressor.data.imagefolder import read_image
 
     for i in range(4):
         png = read_image(tmp_path / "png" / f"c{i % 2}" / f"{i}.png", 32, 32, "L")

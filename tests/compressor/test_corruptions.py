@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from compressor.corruptions import (
+from compressor.data.corruptions import (
     CORRUPTIONS,
     PARAMETERS,
     SEVERITIES,
@@ -21,7 +21,7 @@ from compressor.corruptions import (
     load_cifar10c,
     mean_corruption_accuracy,
 )
-from compressor.data import DataConfig, load_data
+from compressor.data.splits import DataConfig, load_data
 from compressor.errors import ConfigError, InputError
 
 NOISES = ("gaussian_noise", "shot_noise", "impulse_noise")

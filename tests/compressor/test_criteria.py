@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from compressor.blocks import discover_blocks
-from compressor.criteria import CRITERIA, block_scores
 from compressor.errors import ConfigError
-from compressor.zoo import create_model
+from compressor.models.zoo import create_model
+from compressor.prune.blocks import discover_blocks
+from compressor.prune.criteria import CRITERIA, block_scores
 
 TINY = ["resnet8", "resnet14"]
 

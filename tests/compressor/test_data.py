@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from compressor.data import (
+from compressor.data.splits import (
     AugmentConfig,
     DataConfig,
     augment_batch,

@@ -21,12 +21,12 @@ import pytest
 import torch
 from torch import nn
 
-from compressor import distributed
 from compressor.atomic import atomic_torch_save
-from compressor.data import AugmentConfig, DataConfig, load_data
-from compressor.distributed import DistInfo, local_batch_size, shard_slice
+from compressor.data.splits import AugmentConfig, DataConfig, load_data
 from compressor.errors import ConfigError
-from compressor.train import TrainConfig, _epoch_layout, train
+from compressor.train import distributed
+from compressor.train.distributed import DistInfo, local_batch_size, shard_slice
+from compressor.train.loop import TrainConfig, _epoch_layout, train
 from tests.compressor.test_pipeline_cli import write_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,9 +57,9 @@ SCRIPT = textwrap.dedent(
     import torch
     from torch import nn
 
-    from compressor import distributed
-    from compressor.data import AugmentConfig, DataConfig, load_data
-    from compressor.train import TrainConfig, train
+    from compressor.train import distributed
+    from compressor.data.splits import AugmentConfig, DataConfig, load_data
+    from compressor.train.loop import TrainConfig, train
 
     MODE, BASE = sys.argv[1], Path(sys.argv[2])
     # 297 = 9 x 32 + 9: the trailing batch splits 5 + 4 over two ranks (weighted losses)
@@ -388,8 +388,8 @@ UNUSED_SCRIPT = textwrap.dedent(
     import sys
     import torch
     from torch import nn
-    from compressor.data import AugmentConfig, DataConfig, load_data
-    from compressor.train import TrainConfig, train
+    from compressor.data.splits import AugmentConfig, DataConfig, load_data
+    from compressor.train.loop import TrainConfig, train
 
     class WithAux(nn.Module):
         def __init__(self):

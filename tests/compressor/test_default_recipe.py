@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from compressor.pipeline import run_pipeline
-from compressor.recipe import BenchSection, load_recipe
+from compressor.recipe.sections import BenchSection, load_recipe
+from compressor.workflows.pipeline import run_pipeline
 
 
 @pytest.mark.slow

@@ -17,16 +17,16 @@ import yaml
 from torch import nn
 
 from compressor.cli import main
-from compressor.energy import EnergyMeter
 from compressor.errors import ConfigError, InputError
-from compressor.experiment import ExperimentConfig, plan, run_experiment
-from compressor.filter_prune import block_filters, prune_filters_at_init
-from compressor.lottery_recipes import CIFAR10, DIGITS, lottery_recipe
-from compressor.lottery_summary import summarise
+from compressor.models.zoo import create_model
 from compressor.outdir import exclusive_out_dir, lock_holder
-from compressor.recipe import load_recipe, recipe_from_dict
-from compressor.train_memory import step_memory_bytes
-from compressor.zoo import create_model
+from compressor.prune.filters import block_filters, prune_filters_at_init
+from compressor.recipe.sections import load_recipe, recipe_from_dict
+from compressor.train.memory import step_memory_bytes
+from compressor.workflows.lottery.energy import EnergyMeter
+from compressor.workflows.lottery.experiment import ExperimentConfig, plan, run_experiment
+from compressor.workflows.lottery.recipes import CIFAR10, DIGITS, lottery_recipe
+from compressor.workflows.lottery.summary import summarise
 from tests.faults import Fault, run_compressor, stale_temporaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_summary_rows_follow_from_the_cells(grid: Path) -> None:
 
 
 def test_scratch_has_the_tickets_architecture_but_other_weights(grid: Path) -> None:
-    from compressor.store import load_model
+    from compressor.models.store import load_model
 
     ticket = load_model(grid / "cells" / "init-snip-p1-s0" / "model")
     scratch = load_model(grid / "cells" / "scratch-snip-p1-s0" / "model")
@@ -289,7 +289,7 @@ def test_filter_pruning_refuses_trained_weight_criteria_and_impossible_counts() 
 
 
 def test_step_memory_counts_weights_three_times_and_falls_without_blocks() -> None:
-    from compressor.spec import remove_blocks_
+    from compressor.models.spec import remove_blocks_
 
     model = _theta0()
     images, labels = torch.randn(16, 1, 8, 8), torch.arange(16) % 10

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from compressor.cli import main
-from compressor.data import DataConfig, load_data
-from compressor.export_probe import probe_export
-from compressor.recipe import ExportSection
-from compressor.spec import ModelSpec, build_model
+from compressor.data.splits import DataConfig, load_data
+from compressor.models.spec import ModelSpec, build_model
+from compressor.recipe.sections import ExportSection
+from compressor.workflows.export_probe import probe_export
 from tests.compressor.test_pipeline_cli import write_recipe
 
 SPEC = ModelSpec(model="resnet8", kwargs={"num_classes": 10, "in_channels": 1, "width": 0.5})

@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.blocks import discover_blocks, select_patterns
-from compressor.criteria import CRITERIA, block_scores
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.shrink import ShrinkConfig, shrink_channels_
-from compressor.spec import ModelSpec, build_model, remove_blocks_
-from compressor.store import load_model, save_model
+from compressor.models.spec import ModelSpec, build_model, remove_blocks_
+from compressor.models.store import load_model, save_model
+from compressor.prune.blocks import discover_blocks, select_patterns
+from compressor.prune.criteria import CRITERIA, block_scores
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
+from compressor.prune.shrink import ShrinkConfig, shrink_channels_
 from export import ExportConfig, export_onnx
 from tests.compressor import archs
 

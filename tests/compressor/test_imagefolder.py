@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from compressor.data import AugmentConfig, DataConfig, load_data
+from compressor.data.splits import AugmentConfig, DataConfig, load_data
 from compressor.errors import ConfigError, InputError
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.recipe import Recipe, load_recipe, recipe_from_dict
-from compressor.spec import ModelSpec
+from compressor.models.spec import ModelSpec
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
+from compressor.recipe.sections import Recipe, load_recipe, recipe_from_dict
 from tests.compressor import archs
 
 # Sorted class names give the labels: blue 0, green 1, red 2; each class is its colour.

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from compressor.blocks import discover_blocks
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.spec import ModelSpec, build_model
+from compressor.models.spec import ModelSpec, build_model
+from compressor.prune.blocks import discover_blocks
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
 
 SPEC = ModelSpec(model="resnet20", kwargs={"num_classes": 5, "in_channels": 1})
 
@@ -100,8 +100,8 @@ def test_after_training_the_trained_weights_choose_and_the_rewind_weights_stay(
 ) -> None:  # noqa: ANN001
     """Algorithm 1: blocks chosen on the trained network, kept weights equal the rewind
     checkpoint (here theta_0), the trained network untouched."""
-    from compressor.layer_prune import prune_after_training
-    from compressor.spec import remove_blocks_
+    from compressor.models.spec import remove_blocks_
+    from compressor.prune.layers import prune_after_training
 
     dense, images, labels = dense_and_data
     theta0 = {k: v.clone() for k, v in dense.state_dict().items()}

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from compressor.cli import main
-from compressor.recipe import recipe_from_dict
+from compressor.recipe.sections import recipe_from_dict
 
 TINY = {
     "name": "tiny",
@@ -47,7 +47,7 @@ def write_recipe(tmp_path: Path, changes: dict, *, blocks: int, epochs: int = 2)
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:  # noqa: ANN001
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("run")
     run_pipeline(recipe_from_dict(TINY), out, log=lambda _: None)
@@ -93,7 +93,7 @@ def test_onnx_metadata_names_the_architecture(tiny_run: Path) -> None:
 
 
 def test_resume_reuses_finished_stages(tiny_run: Path) -> None:
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     before = (tiny_run / "dense" / "model" / "weights.safetensors").read_bytes()
     logs: list[str] = []
@@ -119,7 +119,7 @@ def test_rerun_without_resume_refuses_to_overwrite(tiny_run: Path, capsys) -> No
 
 def test_resume_with_another_recipe_is_refused(tiny_run: Path) -> None:
     from compressor.errors import ConfigError
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     changed = recipe_from_dict({**TINY, "train": {**TINY["train"], "epochs": 3}})
     with pytest.raises(ConfigError, match=r"recipe differs.*\['train'\]"):
@@ -128,7 +128,7 @@ def test_resume_with_another_recipe_is_refused(tiny_run: Path) -> None:
 
 def test_resume_accepts_a_changed_export_section(tiny_run: Path) -> None:
     """Export and benchmark run again on resume, so their settings may change; training's not."""
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     changed = recipe_from_dict({**TINY, "export": {"fp16": False}})
     logs: list[str] = []
@@ -244,7 +244,7 @@ def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: P
     import hashlib
     import os
 
-    from compressor.bundle import write_bundle
+    from compressor.workflows.bundle import write_bundle
 
     bundle = write_bundle(tiny_run, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -300,8 +300,8 @@ def test_bundle_uses_the_run_directory_it_is_given(
     """From another working directory, and from a copy whose files were changed."""
     import shutil
 
-    from compressor.bundle import write_bundle
     from compressor.errors import InputError
+    from compressor.workflows.bundle import write_bundle
 
     monkeypatch.chdir(tmp_path)
     copy = tmp_path / "copy"
@@ -322,8 +322,8 @@ def test_bundle_refuses_names_a_shell_would_run(tiny_run: Path, tmp_path: Path) 
     run_on_device.sh: refused at bundle time, nothing written."""
     import shutil
 
-    from compressor.bundle import write_bundle
     from compressor.errors import InputError
+    from compressor.workflows.bundle import write_bundle
 
     copy = Path(shutil.copytree(tiny_run, tmp_path / "copy"))
     hostile = "shrunk;touch PWNED"  # the script runs in the bundle's folder
@@ -346,7 +346,7 @@ def test_the_bundle_script_stops_on_a_file_that_does_not_match_its_manifest(
     import onnx
     from onnx import numpy_helper
 
-    from compressor.bundle import write_bundle
+    from compressor.workflows.bundle import write_bundle
 
     bundle = write_bundle(tiny_run, tmp_path / "bundle")
     model = onnx.load(bundle / "dense.onnx")

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import save_file
 
 from compressor.cli import main
-from compressor.data import DataSplits, load_data
+from compressor.data.splits import DataSplits, load_data
 from compressor.errors import ConfigError, InputError
-from compressor.recipe import recipe_from_dict
-from compressor.stages import dense_model
-from compressor.store import load_model
-from compressor.train import TrainConfig, evaluate, train
+from compressor.models.store import load_model
+from compressor.recipe.sections import recipe_from_dict
+from compressor.train.loop import TrainConfig, evaluate, train
+from compressor.workflows.stages import dense_model
 
 BASE = {
     "name": "pretrained",
@@ -212,7 +212,7 @@ def test_non_strict_loads_what_fits_and_records_the_rest(
 def test_resume_with_another_file_under_the_same_name_is_refused(
     source: dict, tmp_path: Path
 ) -> None:
-    from compressor.pipeline import run_pipeline
+    from compressor.workflows.pipeline import run_pipeline
 
     path = save_as("pth", source["state"], tmp_path / "w.pth")
     recipe = recipe_from_dict(with_weights(str(path)))

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from compressor.cli import build_parser, main
 from compressor.errors import ConfigError, InputError
-from compressor.recipe import _SECTIONS, Recipe, load_recipe, recipe_from_dict
-from compressor.spec import ModelSpec, build_model
-from compressor.store import load_model, save_model
+from compressor.models.spec import ModelSpec, build_model
+from compressor.models.store import load_model, save_model
+from compressor.recipe.sections import _SECTIONS, Recipe, load_recipe, recipe_from_dict
 
 FAST = settings(
     max_examples=60,
@@ -120,8 +120,8 @@ HUGE_SIZES = st.sampled_from([0, 1, 3, -1, -(10**6), 10**6, 10**12, 2**62, 2**64
 @pytest.fixture(scope="module")
 def stored_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pruned and shrunk resnet8: its spec has removed blocks and per-layer shapes."""
-    from compressor.layer_prune import LayerPruneConfig, prune_at_init
-    from compressor.shrink import ShrinkConfig, shrink_channels_
+    from compressor.prune.layers import LayerPruneConfig, prune_at_init
+    from compressor.prune.shrink import ShrinkConfig, shrink_channels_
 
     spec = ModelSpec(model="resnet8", kwargs={"num_classes": 3, "in_channels": 1, "width": 0.5})
     torch.manual_seed(0)

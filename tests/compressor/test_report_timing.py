@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from compressor.report import render_markdown
+from compressor.workflows.report import render_markdown
 
 
 def _latency(p50_ms: float, run_cv: float | None) -> dict[str, Any]:

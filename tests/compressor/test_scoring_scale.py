@@ -15,17 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-from compressor import micro_batches
-from compressor.blocks import discover_blocks
 from compressor.cli import main
-from compressor.criteria import BlockScores, block_scores, weight_scores
-from compressor.data import load_data
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError
-from compressor.layer_prune import SCORE_BATCH_SIZE, LayerPruneConfig, prune_at_init
-from compressor.recipe import load_recipe
-from compressor.score_checks import score_warnings
-from compressor.stages import dense_model
-from compressor.zoo import create_model
+from compressor.models.zoo import create_model
+from compressor.prune import micro_batches
+from compressor.prune.blocks import discover_blocks
+from compressor.prune.criteria import BlockScores, block_scores, weight_scores
+from compressor.prune.layers import SCORE_BATCH_SIZE, LayerPruneConfig, prune_at_init
+from compressor.prune.score_checks import score_warnings
+from compressor.recipe.sections import load_recipe
+from compressor.workflows.stages import dense_model
 from tests.compressor.test_pipeline_cli import write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +95,8 @@ def test_the_default_recipe_removes_the_same_blocks_in_micro_batches() -> None:
 MEMORY_SCRIPT = """
 import json, re, sys, torch
 from pathlib import Path
-from compressor.criteria import weight_scores
-from compressor.zoo import create_model
+from compressor.prune.criteria import weight_scores
+from compressor.models.zoo import create_model
 torch.manual_seed(0)
 model = create_model("resnet8", num_classes=10, in_channels=3)
 images, labels = torch.randn(64, 3, 20, 20), torch.arange(64) % 10
@@ -148,7 +148,7 @@ def test_score_batch_size_is_validated(bad: object) -> None:
 
 ZERO_INIT_FACTORY = """
 from torch import nn
-from compressor.zoo import create_model
+from compressor.models.zoo import create_model
 
 def build(num_classes, in_channels):
     # Each block's last batch norm starts at zero, as timm's ResNets do (zero_init_last).
@@ -214,7 +214,7 @@ def test_convnext_layer_scale_warns_and_a_torchvision_resnet_does_not(criterion:
         models = importlib.import_module("torchvision.models")
     except (ImportError, RuntimeError) as exc:  # RuntimeError: a build for another torch
         pytest.skip(f"timm/torchvision cannot be imported here ({type(exc).__name__})")
-    from compressor.spec import ModelSpec
+    from compressor.models.spec import ModelSpec
 
     torch.manual_seed(0)
     images, labels = torch.randn(10, 3, 64, 64), torch.arange(10) % 10

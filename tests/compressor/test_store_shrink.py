@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from compressor.errors import ConfigError, InputError
-from compressor.layer_prune import LayerPruneConfig, prune_at_init
-from compressor.recipe import load_recipe, recipe_from_dict
-from compressor.shrink import ShrinkConfig, shrink_channels_
-from compressor.spec import ModelSpec, build_model
-from compressor.store import load_model, save_model
+from compressor.models.spec import ModelSpec, build_model
+from compressor.models.store import load_model, save_model
+from compressor.prune.layers import LayerPruneConfig, prune_at_init
+from compressor.prune.shrink import ShrinkConfig, shrink_channels_
+from compressor.recipe.sections import load_recipe, recipe_from_dict
 
 SPEC = ModelSpec(model="resnet14", kwargs={"num_classes": 6, "in_channels": 1})
 
@@ -103,7 +103,7 @@ def test_recipe_maps_sections_onto_configs(tmp_path) -> None:  # noqa: ANN001
 def test_default_recipe_file_is_the_embedded_default() -> None:
     from pathlib import Path
 
-    from compressor.recipe import Recipe
+    from compressor.recipe.sections import Recipe
 
     root = Path(__file__).resolve().parents[2]
     assert load_recipe(root / "recipes" / "default.yaml") == Recipe()

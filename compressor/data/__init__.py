@@ -1,0 +1,1 @@
+"""Data: the datasets and their splits, image folders, corruptions."""

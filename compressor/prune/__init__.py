@@ -1,0 +1,2 @@
+"""Pruning: residual blocks, their criteria, layer removal, the filter baseline, channel
+shrinking."""

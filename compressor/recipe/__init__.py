@@ -1,0 +1,1 @@
+"""Recipes: their sections, loading and checking."""

@@ -1,0 +1,2 @@
+"""Training: the loop and its checkpoints, distributed training, the checks before step 1,
+memory, batch-norm recalibration."""

@@ -1,0 +1,260 @@
+"""The delivery end: export a model to checked ONNX, and time variants side by side."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.data.splits import DataSplits
+from compressor.models.spec import ModelSpec
+from compressor.recipe.sections import Recipe
+from compressor.train.checks import check_model_fits
+from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import device_fingerprint
+from deploy.machine.stability import timing_warnings
+from deploy.machine.state import MachineMonitor
+from deploy.results.files import format_table, write_results
+from deploy.runners import OnnxRuntimeRunner
+from export import ExportResult, export_onnx, file_sha256
+
+
+def export_variant(
+    model: nn.Module,
+    spec: ModelSpec,
+    info: dict[str, Any],
+    data: DataSplits,
+    recipe: Recipe,
+    onnx_path: Path,
+    log: Callable[[str], None],
+) -> ExportResult:
+    """ONNX with parity checked on the real validation images and the spec in its metadata."""
+    model = model.cpu().eval()
+    check_model_fits(model, data, torch.device("cpu"))  # not the exporter's traceback
+    config = recipe.export.export_config()  # opset, exporter, parity_atol and parity_rtol
+    metadata = {
+        "variant": info.get("variant"),
+        "spec_sha256": spec.sha256(),
+        "spec": spec.to_dict(),
+        "accuracy": info.get("accuracy"),  # None for an untrained ticket: left out
+        "params": info.get("params"),
+        "macs": info.get("macs"),
+        "dataset": data.name,
+        "input_mean": list(data.mean),
+        "input_std": list(data.std),
+        "class_names": list(data.class_names),
+    }
+    result = export_onnx(
+        model,
+        data.val.images[:2],
+        onnx_path,
+        config,
+        parity_inputs=data.val.images,
+        metadata={
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in metadata.items()
+            if v is not None
+        },
+    )
+    log(
+        f"[export] {info.get('variant', onnx_path.stem)}: {result.path} parity max abs diff "
+        f"{result.parity_max_abs_diff:.2e}, top-1 agreement {result.parity_top1_agreement:.4f}"
+    )
+    return result
+
+
+def export_precisions(
+    onnx_path: Path, data: DataSplits, recipe: Recipe, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """INT8 QDQ and FP16 siblings of an FP32 ONNX file, each with its test accuracy measured
+    by onnxruntime, and a TensorRT-readiness check of every file; returns the report entries.
+
+    The files are what TensorRT 10/11 consume for INT8 and FP16 (see ../shared/TENSORRT.md);
+    their accuracy here is what a device's engine should reproduce.
+    """
+    from deploy.evaluate import LabelledData, top1_accuracy
+    from deploy.runners import OnnxRuntimeRunner
+    from export.fp16 import FP16Config, convert_fp16
+    from export.quantize import QuantizeConfig, quantize_qdq
+    from export.readiness import check_readiness
+
+    section = recipe.export
+    test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
+    entries: dict[str, Any] = {}
+    files = {"fp32": onnx_path}
+    if section.int8:
+        path = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+        result = quantize_qdq(
+            onnx_path,
+            path,
+            data.train.images.numpy(),
+            QuantizeConfig(
+                calibration_method=section.calibration_method,
+                calibration_samples=section.calibration_samples,
+            ),
+            eval_images=test.images,
+            eval_labels=test.labels,
+        )
+        entries["int8"] = {
+            "onnx": str(path),
+            "sha256": file_sha256(path),
+            # Q/DQ computed as written (exact int8 products): the arithmetic of TensorRT INT8.
+            "accuracy": result.int8_top1,
+            # onnxruntime's fused CPU int8 kernels, which lose accuracy on x86 without VNNI.
+            "accuracy_onnxruntime_cpu": result.int8_top1_onnxruntime,
+            "fp32_accuracy_onnxruntime": result.fp32_top1,
+            "top1_agreement": result.top1_agreement,
+            "max_abs_diff": result.max_abs_diff,
+            "calibration_method": result.calibration_method,
+            "calibration_samples": result.calibration_samples,
+            "qdq_nodes": result.qdq_nodes,
+        }
+        files["int8"] = path
+        log(
+            f"[export] {onnx_path.parent.name} int8: {path} top-1 {result.int8_top1:.4f} "
+            f"(onnxruntime int8 kernels {result.int8_top1_onnxruntime:.4f}, fp32 "
+            f"{result.fp32_top1:.4f}), {result.calibration_method} calibration on "
+            f"{result.calibration_samples} images"
+        )
+    if section.fp16:
+        path = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
+        result = convert_fp16(onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy())
+        with OnnxRuntimeRunner(path) as runner:
+            accuracy = top1_accuracy(runner, test, batch_size=64).top1
+        entries["fp16"] = {
+            "onnx": str(path),
+            "sha256": file_sha256(path),
+            "accuracy": accuracy,
+            "max_abs_diff": result.max_abs_diff,
+            "top1_agreement": result.top1_agreement,
+        }
+        files["fp16"] = path
+        log(
+            f"[export] {onnx_path.parent.name} fp16: {path} top-1 {accuracy:.4f}, "
+            f"max abs diff {result.max_abs_diff:.2e}"
+        )
+    shape = tuple(data.test.images.shape[1:])
+    largest = max(recipe.bench.batch_sizes)
+    profile = ((1, *shape), (largest, *shape), (largest, *shape))
+    entries["readiness"] = {}
+    for precision, path in files.items():
+        readiness = check_readiness(
+            path, trt_version=section.trt_version, profiles={"input": profile}
+        )
+        entries["readiness"][precision] = readiness.to_dict()
+        for finding in readiness.errors:
+            log(f"[readiness] {path.parent.name}/{path.name}: {finding.message}")
+    return entries
+
+
+def time_variants(
+    models: Mapping[str, nn.Module],
+    onnx_paths: Mapping[str, Path],
+    input_shape: tuple[int | None, ...],
+    config: BenchConfig,
+    *,
+    backends: tuple[str, ...] = ("onnxruntime", "torch"),
+    threads: int | None = None,
+    monitor: MachineMonitor | None = None,
+) -> list[LatencyRecord]:
+    """Interleaved timing of all variants per backend, so load on the machine hits all alike.
+
+    onnxruntime runs the ONNX files on the CPU; torch runs the modules on the CPU, and again
+    on CUDA when present. `threads` None: one per usable CPU (the runners decide). With a
+    `monitor`, the machine is sampled around every timed phase (`deploy.machine.stability`
+    reads it).
+    """
+    records: list[LatencyRecord] = []
+    if "onnxruntime" in backends:
+        runners = {n: OnnxRuntimeRunner(p, threads=threads) for n, p in onnx_paths.items()}
+        records += benchmark_side_by_side(runners, config, monitor=monitor)
+    if "torch" in backends:
+        from deploy.runners.torch_runner import TorchRunner
+
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            runners = {
+                n: TorchRunner(m, device=device, input_shape=input_shape, threads=threads)
+                for n, m in models.items()
+            }
+            records += benchmark_side_by_side(runners, config, monitor=monitor)
+    return records
+
+
+def time_tensorrt(
+    onnx_paths: Mapping[str, Path],
+    precisions: tuple[str, ...],
+    config: BenchConfig,
+    log: Callable[[str], None],
+    monitor: MachineMonitor | None = None,
+) -> list[LatencyRecord]:
+    """Build a TensorRT engine per variant and precision, then time each precision's engines
+    interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
+    strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
+    """
+    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.tensorrt.engine import BuildOptions, build_engine
+
+    records: list[LatencyRecord] = []
+    suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}
+    for precision in precisions:
+        runners = {}
+        for name, fp32 in onnx_paths.items():
+            source = fp32.with_name(f"{fp32.stem}{suffix[precision]}.onnx")
+            engine = fp32.with_name(f"{fp32.stem}.{precision}.engine")
+            options = BuildOptions(precision=precision, max_batch=max(config.batch_sizes))
+            build_engine(source, engine, options, log=log)
+            runners[name] = TensorRTRunner(engine)
+        records += benchmark_side_by_side(runners, config, monitor=monitor)
+    return records
+
+
+def benchmark_variants(
+    models: dict[str, nn.Module],
+    onnx_paths: dict[str, Path],
+    data: DataSplits,
+    recipe: Recipe,
+    out_dir: Path,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """The pipeline's benchmark: the recipe's backends and batches, written to latency.json.
+
+    Returns the records (as dicts), the device fingerprint and the measurement warnings
+    (`deploy.machine.stability.timing_warnings`), which latency.json carries too.
+    """
+    bench = recipe.bench
+    # CPU runners get an explicit thread count either way; the fingerprint must say which.
+    threads = bench.threads if bench.threads is not None else default_threads()
+    monitor = MachineMonitor()
+    config = BenchConfig(
+        batch_sizes=tuple(bench.batch_sizes),
+        warmup_iters=bench.warmup_iters,
+        iterations=bench.iterations,
+    )
+    records = time_variants(
+        models,
+        onnx_paths,
+        (None, *data.val.images.shape[1:]),
+        config,
+        backends=tuple(b for b in bench.backends if b != "tensorrt"),
+        threads=threads,
+        monitor=monitor,
+    )
+    if "tensorrt" in bench.backends:
+        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log, monitor)
+    fingerprint = device_fingerprint(threads=threads)
+    warnings = timing_warnings(records, monitor.samples)
+    results_path = write_results(out_dir / "latency.json", records, fingerprint, warnings)
+    log(format_table(records))
+    log(
+        f"[bench] variants took turns in blocks of {config.block_iters} iterations, each "
+        f"after {1000 * config.lead_in_seconds:g} ms untimed (details.timing in the records)"
+    )
+    log(f"[bench] results written to {results_path}")
+    for line in warnings:
+        log(f"[bench] warning: {line}")
+    return [r.to_dict() for r in records], fingerprint, warnings

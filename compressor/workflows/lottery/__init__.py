@@ -1,0 +1,1 @@
+"""The layer-lottery experiment: the grid, its recipes, summary, analysis and energy."""

@@ -1,0 +1,283 @@
+"""Single stages for the CLI: each reads files, writes files, returns a small summary dict."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.atomic import atomic_write_text
+from compressor.data.splits import DataSplits, load_data
+from compressor.errors import InputError, UnsupportedModelError
+from compressor.models.channels import channel_mismatch, mismatch_message
+from compressor.models.pretrained import describe_pretrained, load_pretrained_
+from compressor.models.source import channel_kwarg
+from compressor.models.spec import ModelSpec, build_model
+from compressor.models.store import load_model, save_model
+from compressor.outdir import exclusive_out_dir
+from compressor.prune.blocks import discover_blocks, output_shape, select_patterns
+from compressor.prune.layers import prune_at_init, scoring_batch
+from compressor.prune.shrink import ShrinkResult, count_macs_params, shrink_channels_
+from compressor.recipe.sections import Recipe
+from compressor.train.bn_recalibration import BNRecalibration, recalibrate_bn_
+from compressor.train.checks import check_model_fits
+from compressor.train.distributed import is_main_process
+from compressor.train.loop import TrainConfig, TrainResult, train
+from compressor.workflows.export_probe import probe_export
+
+
+def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]:
+    """theta_0 of the recipe's model, checked against the data before anything is trained."""
+    spec = recipe.model.spec(data.num_classes, data.in_channels)
+    torch.manual_seed(recipe.seed)
+    model = build_model(spec)
+    try:
+        shape = output_shape(model, data.val.images[:1])
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        mismatch = channel_mismatch(model, data.val.images[:1], str(exc))
+        if mismatch is not None:  # "wants 3, gives 1; set data.channels: 3", not torch's text
+            key = channel_kwarg(spec.factory) if spec.factory else None
+            message = mismatch_message(spec.model, mismatch, data.name, key)
+            raise UnsupportedModelError(message) from exc
+        raise UnsupportedModelError(
+            f"model {spec.model} cannot run on this data's {tuple(data.val.images.shape[1:])} "
+            f"inputs: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+    if shape != (1, data.num_classes):
+        hint = " (set num_classes in model.kwargs)" if spec.factory else ""
+        raise UnsupportedModelError(
+            f"model {spec.model} outputs shape {shape} for one image, but the data has "
+            f"{data.num_classes} classes{hint}"
+        )
+    weights = recipe.model
+    if weights.weights is not None:  # theta_0 = the pretrained weights: scored, then trained
+        load_pretrained_(
+            model,
+            weights.weights,
+            strict=weights.weights_strict,
+            expected_sha256=weights.weights_sha256,
+            log=_log_main,
+        )
+    return model, spec
+
+
+def pretrained_info(recipe: Recipe, dense: nn.Module) -> dict[str, Any]:
+    """{"pretrained": file, sha256, tensors left out} for a stored model's info; {} without
+    model.weights. `dense` is the unpruned model dense_model built (same tensor names)."""
+    section = recipe.model
+    if section.weights is None:
+        return {}
+    return {"pretrained": describe_pretrained(dense, section.weights, section.weights_sha256)}
+
+
+def _log_main(message: str) -> None:
+    if is_main_process():  # under torchrun, one line rather than one per process
+        print(message, file=sys.stderr, flush=True)
+
+
+def list_blocks(recipe: Recipe) -> str:
+    data = load_data(recipe.data)
+    model, spec = dense_model(recipe, data)
+    blocks = select_patterns(
+        discover_blocks(model, data.val.images[:1]), recipe.prune.include, recipe.prune.exclude
+    )
+    width = max([12, *(len(b.name) + 1 for b in blocks)])
+    lines = [
+        f"{'block':<{width}} {'stage':>5} {'removable':>9} {'params':>10} {'MACs':>13}  in -> out"
+    ]
+    for b in blocks:
+        lines.append(
+            f"{b.name:<{width}} {b.stage + 1:>5} {'yes' if b.removable else 'no':>9} "
+            f"{b.params:>10,} {b.macs:>13,}  {b.in_shape} -> {b.out_shape}"
+            + (f"  ({b.reason})" if b.reason else "")
+        )
+    lines.append(
+        f"{spec.model}: {sum(b.removable for b in blocks)} of {len(blocks)} residual blocks "
+        "are removable"
+    )
+    return "\n".join(lines)
+
+
+def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """Store theta_0's ticket; `compressor train` then trains it."""
+    data = load_data(recipe.data)
+    dense, spec = dense_model(recipe, data)  # bad data or model: refused, no directory made
+    with exclusive_out_dir(out):  # before the scoring: a second run is refused without it
+        ticket, result = prune_at_init(
+            dense, spec, data.train.images, data.train.labels, recipe.prune
+        )
+        recalibrate_after_surgery_(ticket, data, recipe.train)  # as `compressor run` does
+        info = {"variant": "ticket", "stage": "pruned at init", **pretrained_info(recipe, dense)}
+        save_model(ticket, result.spec, out, info)
+        atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+    for warning in result.warnings:  # scores that cannot separate the blocks
+        print(f"[prune] warning: {warning}", file=sys.stderr, flush=True)
+    return {
+        "model": str(out),
+        "removed_blocks": list(result.removed),
+        "macs_ratio": result.macs_after / result.macs_before,
+        "warnings": list(result.warnings),
+    }
+
+
+def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
+    data = load_data(recipe.data)
+    check_model_fits(stored.model, data, torch.device("cpu"))  # its message, not export's
+    probe_export(stored.model, data, recipe.export, "stored", _quiet)  # seconds, not the run
+    with _owned(out):
+        result = train(
+            stored.model,
+            data,
+            recipe.train,
+            out / "train",
+            resume=resume,
+            describe={"spec": stored.spec.to_dict()},
+        )
+        info = save_trained(stored.model, stored.spec, data, result, out / "model")
+    return _summary(info, out / "model")
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _owned(out: Path) -> contextlib.AbstractContextManager[Any]:
+    """The output directory held by this run; under torchrun by rank 0, which alone writes
+    (every rank runs the stage, and the others would be refused the lock)."""
+    return exclusive_out_dir(out) if is_main_process() else contextlib.nullcontext()
+
+
+def save_trained(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataSplits,
+    result: TrainResult,
+    model_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Store a trained model with the facts a report needs; returns those facts.
+
+    Under torchrun every rank computes the facts (later stages need them) and rank 0 alone
+    writes the files.
+    """
+    model.cpu().eval()
+    macs, params = count_macs_params(model, data.val.images[:1])
+    info = {
+        "accuracy": result.test_acc,
+        "val_accuracy": result.final_val_acc,
+        "params": params,
+        "macs": macs,
+        "removed_blocks": list(spec.removed_blocks),
+        "train_seconds": result.train_seconds,
+        "epoch_seconds": result.median_epoch_seconds,
+        "epochs": result.epochs_run,
+        "device": result.device,
+        "bn_recalibration": result.bn_recalibration,  # before the accuracy above was measured
+        # What it was trained on, so a stage run later with another recipe can refuse it.
+        "dataset": data.name,
+        "input_shape": list(data.val.images.shape[1:]),
+        **(extra or {}),
+    }
+    if is_main_process():
+        save_model(model, spec, model_dir, info)
+    return info
+
+
+def check_same_data(info: dict[str, Any], data: DataSplits, model_dir: str | Path) -> None:
+    """A trained model only makes sense on the data it was trained on (name and input size)."""
+    shape = list(data.val.images.shape[1:])
+    want = (info.get("dataset"), info.get("input_shape"))
+    if want[0] is None or want[1] is None:  # stored before these facts were recorded
+        return
+    if want != (data.name, shape):
+        trained = f"{want[0]} {'x'.join(map(str, want[1]))}"
+        given = f"{data.name} {'x'.join(map(str, shape))}"
+        raise InputError(
+            f"{model_dir} was trained on {trained} inputs but this recipe's data is {given}; "
+            "use the recipe the model was trained with"
+        )
+
+
+def _summary(info: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    return {"model": str(model_dir), **{k: info[k] for k in ("accuracy", "params", "macs")}}
+
+
+def recalibrate_after_surgery_(
+    model: nn.Module, data: DataSplits, config: TrainConfig
+) -> BNRecalibration:
+    """Batch-norm statistics of the network as it is now, after blocks or channels were cut.
+
+    The running averages still describe the network before the cut; a model evaluated (or
+    scored, or exported) before its next training would use them. Same images and seed as
+    the recalibration at the end of training (`train.bn_recalibration_batches`, 0 = off).
+    """
+    return recalibrate_bn_(
+        model,
+        data.train.images,
+        config.bn_recalibration_batches,
+        config.batch_size,
+        seed=config.seed,
+    )
+
+
+def shrink_for_recipe(
+    model: nn.Module, data: DataSplits, recipe: Recipe, out: Path
+) -> tuple[ShrinkResult, TrainConfig]:
+    """Shrink `model` in place, write out/shrink.json, return the fine-tune settings.
+
+    Fine-tuning reuses the recipe's training settings at the shrink section's epochs and
+    (lower) learning rate, without warm-up: the weights are already trained.
+    """
+    calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
+    result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    recalibrate_after_surgery_(model, data, recipe.train)  # before fine-tuning starts
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
+    fine_tune = dataclasses.replace(
+        recipe.train,
+        epochs=recipe.shrink.fine_tune_epochs,
+        lr=recipe.shrink.fine_tune_lr,
+        warmup_epochs=0,
+    )
+    return result, fine_tune
+
+
+def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
+    data = load_data(recipe.data)
+    check_same_data(stored.info, data, model_dir)
+    model = copy.deepcopy(stored.model)
+    with _owned(out):
+        _, config = shrink_for_recipe(model, data, recipe, out)
+        probe_export(model, data, recipe.export, "shrunk", _quiet)  # before the fine-tune
+        spec = stored.spec.with_shapes(model)
+        result = train(
+            model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
+        )
+        info = save_trained(model, spec, data, result, out / "model")
+    return _summary(info, out / "model")
+
+
+def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
+    from compressor.workflows.deliver import export_precisions, export_variant
+
+    stored = load_model(model_dir, factory=recipe.model.trusted_factory())
+    data = load_data(recipe.data)
+    check_same_data(stored.info, data, model_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = export_variant(
+        stored.model, stored.spec, stored.info, data, recipe, out, log=lambda _: None
+    )
+    # INT8 QDQ and FP16 siblings (out.int8.onnx, out.fp16.onnx) as the recipe asks.
+    return {**result.to_dict(), **export_precisions(result.path, data, recipe, lambda _: None)}
