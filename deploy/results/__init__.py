@@ -1,0 +1,1 @@
+"""Result files, and the reports and comparisons made from them."""
