@@ -20,8 +20,8 @@ from typing import Any
 from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.machine.fingerprint import _ID_FIELDS, _ID_FIELDS_WHEN_SET, fingerprint_id
-from deploy.results.report import device_label
 from deploy.results.files import ResultFile
+from deploy.results.report import device_label
 
 RecordKey = tuple[str, str, str, str, int]  # model, backend, device, precision, batch
 _MAX_DIFFERENCES = 4  # named in the refusal; more would not fit one line

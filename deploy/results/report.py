@@ -14,9 +14,9 @@ Cells show the median latency per batch (ms), the speed-up over the baseline mod
 column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
 Measurement warnings the result files carry (noisy or drifting timings, a busy or throttled
 machine; see deploy.machine.stability) are listed with the file they came from.
-matplotlib is imported lazily (in deploy.results.report_plots); without it (a bare Jetson) the report
-says the plots were skipped. Every file is written atomically, so an interrupted run leaves the
-previous report.
+matplotlib is imported lazily (in deploy.results.report_plots); without it (a bare Jetson)
+the report says the plots were skipped. Every file is written atomically, so an interrupted
+run leaves the previous report.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from deploy.errors import DeployInputError, UnsafePathError
 from deploy.files import atomic_write_bytes
 from deploy.machine.fingerprint import fingerprint_id
 from deploy.paths import check_output_path, path_kind, read_regular_bytes
-from deploy.results.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 from deploy.results.files import MAX_RESULTS_BYTES, ResultFile, read_results
+from deploy.results.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 
 # The plots moved to deploy.results.report_plots; these names are still imported from here.
 __all__ = [
