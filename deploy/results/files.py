@@ -101,11 +101,17 @@ def write_results(
         raise DeployInputError(f"cannot write results to {path}: {exc.strerror or exc}") from exc
 
 
+def read_results_text(path: str | os.PathLike[str]) -> str:
+    """A result file's text: a regular file of at most MAX_RESULTS_BYTES (a FIFO is refused,
+    not waited on), decoded as UTF-8."""
+    return read_regular_bytes(path, "results file", max_bytes=MAX_RESULTS_BYTES).decode()
+
+
 def read_results(path: str | os.PathLike[str]) -> ResultFile:
     """Read and validate a result file; errors name the file and what is wrong with it."""
     path = Path(path)
     try:
-        text = read_regular_bytes(path, "results file", max_bytes=MAX_RESULTS_BYTES).decode()
+        text = read_results_text(path)
     except FileNotFoundError as exc:
         raise DeployInputError(f"results file not found: {path}") from exc
     except UnsafePathError:

@@ -36,8 +36,8 @@ from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError, UnsafePathError
 from deploy.files import atomic_write_bytes
 from deploy.machine.fingerprint import fingerprint_id
-from deploy.paths import check_output_path, path_kind, read_regular_bytes
-from deploy.results.files import MAX_RESULTS_BYTES, ResultFile, read_results
+from deploy.paths import check_output_path, path_kind
+from deploy.results.files import ResultFile, read_results, read_results_text
 from deploy.results.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 
 # The plots moved to deploy.results.report_plots; these names are still imported from here.
@@ -210,7 +210,7 @@ def load_result_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, ResultFil
 
 def _looks_like_results(path: Path) -> bool:
     try:
-        text = read_regular_bytes(path, "results file", max_bytes=MAX_RESULTS_BYTES).decode()
+        text = read_results_text(path)
     except UnsafePathError:
         raise
     except (OSError, UnicodeDecodeError) as exc:
