@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_lottery(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from compressor.data.splits import DataConfig
+    from compressor.data.config import DataConfig
     from compressor.workflows.lottery.experiment import plan, run_experiment
     from compressor.workflows.lottery.recipes import lottery_recipe
 

@@ -15,13 +15,23 @@ corrupt files), so scripts on a device can tell them apart and users see no trac
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
+from deploy.cli_options import (
+    float_option,
+    fraction_option,
+    int_option,
+    optional_int,
+    parse_batch_sizes,
+    parse_shapes,
+    precision_option,
+    threads_option,
+)
+from deploy.cli_parser import CLI_BACKENDS, build_parser
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
 from deploy.evaluate import load_labelled, top1_accuracy
 from deploy.files import file_sha256, output_lock
@@ -36,24 +46,10 @@ from deploy.machine.power import open_power_sampler
 from deploy.machine.stability import StabilityLimits, timing_warnings
 from deploy.machine.state import MachineMonitor
 from deploy.model_files import refuse_pickle
-from deploy.onnx_info import PRECISIONS, inspect_onnx
+from deploy.onnx_info import inspect_onnx
 from deploy.paths import check_output_path, same_file
 from deploy.results.files import default_results_path, format_table, read_results, write_results
 from deploy.runners import Runner, make_runner
-
-CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
-
-
-class _UsageError(DeployConfigError):
-    """argparse found a malformed command line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser that raises instead of printing usage and exiting, so `main` reports
-    every mistake the same one-line way."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: {message} (see --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,10 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deploy.signals import stop_on_termination
 
     stop_on_termination()
-    parser = _build_parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return args.handler(args)
+        return _COMMANDS[args.command](args)
     except DeployConfigError as exc:
         _report(exc)
         return 2
@@ -83,212 +79,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="deploy", description="Build, benchmark and compare models on devices.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = commands.add_parser(
-        "bench",
-        help="time a model on one backend and write a result file",
-        description=(
-            "Time a model at one or more batch sizes and write a result file. onnxruntime "
-            "runs ONNX files; tensorrt runs engines (or builds one from an ONNX file first); "
-            "trtexec times an ONNX file or engine with NVIDIA's trtexec; torch runs "
-            "torch.export (.pt2) files."
-        ),
-    )
-    bench.add_argument("model", type=Path, help="the model file to time")
-    bench.add_argument("--backend", default="onnxruntime", help=", ".join(CLI_BACKENDS))
-    bench.add_argument(
-        "--precision",
-        default=None,
-        help="fp32, fp16, bf16 or int8; onnxruntime and torch run what the file holds "
-        "(checked), tensorrt/trtexec build for it (default: the file's precision)",
-    )
-    bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
-    bench.add_argument(
-        "--threads",
-        default=None,
-        help="intra-op threads of CPU backends (default: one per CPU this process may use)",
-    )
-    bench.add_argument(
-        "--cpus",
-        default=None,
-        help="pin the benchmark to these CPUs, e.g. 0-3 or 0,2 (Linux); --threads then "
-        "defaults to their number",
-    )
-    bench.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
-    bench.add_argument("--iterations", default="100", help="timed iterations, at least")
-    bench.add_argument(
-        "--repeats",
-        default="3",
-        help="independent timed runs the iterations are split into; the spread of their "
-        "medians is the run-to-run CV (default 3)",
-    )
-    bench.add_argument(
-        "--max-cv", default="0.10", help="warn above this per-iteration CV (default 0.10)"
-    )
-    bench.add_argument(
-        "--max-run-cv", default="0.05", help="warn above this run-to-run CV (default 0.05)"
-    )
-    bench.add_argument(
-        "--max-load",
-        default="0.5",
-        help="warn above this load average per CPU besides the benchmark's own (default 0.5)",
-    )
-    bench.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 when there are measurement warnings (results are still written)",
-    )
-    bench.add_argument("--min-seconds", default="0", help="time at least this long per batch")
-    bench.add_argument("--max-seconds", default="300", help="stop timing a batch after this")
-    bench.add_argument("--seed", default="0", help="seed of the random inputs (default 0)")
-    bench.add_argument(
-        "--shapes",
-        default=None,
-        help="sizes of dynamic input dims: name:1x3x224x224[,name2:...]; axis 0 follows --batch",
-    )
-    bench.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="labelled evaluation file (.npz with images and labels): adds top-1 accuracy",
-    )
-    bench.add_argument(
-        "--expect-top1",
-        default=None,
-        help="with --data: fail (exit 1, results still written) when top-1 is further than "
-        "--top1-tolerance from this fraction, e.g. the accuracy a bundle's manifest expects",
-    )
-    bench.add_argument(
-        "--top1-tolerance", default="0.01", help="allowed |top-1 - expected| (default 0.01)"
-    )
-    bench.add_argument(
-        "--power",
-        default="auto",
-        help="power sampling for energy per inference: auto (NVML or tegrastats when "
-        "present), nvml, tegrastats, none (default auto)",
-    )
-    bench.add_argument(
-        "--power-seconds", default="2", help="seconds each model runs alone while power is sampled"
-    )
-    bench.add_argument(
-        "--require-locked-clocks",
-        action="store_true",
-        help="refuse to time when the device's clocks are not locked (Jetson: jetson_clocks)",
-    )
-    bench.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
-    bench.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="torch backend: load a .pt2 file, which torch reads with pickle (trusted files only)",
-    )
-    bench.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
-    bench.add_argument(
-        "--engine-dir",
-        type=Path,
-        default=Path("engines"),
-        help="tensorrt: where engines built from ONNX files go (default ./engines)",
-    )
-    bench.add_argument("--workspace-mib", default=None, help="TensorRT builder workspace (MiB)")
-    bench.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file")
-    bench.add_argument("--dla-core", default=None, help="run on this DLA core (Jetson)")
-    bench.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
-    bench.add_argument("--output", type=Path, default=None, help="result file path")
-    bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
-    bench.set_defaults(handler=_bench)
-
-    build = commands.add_parser(
-        "build",
-        help="build a TensorRT engine from an ONNX file",
-        description="Build a TensorRT engine (with its sidecar JSON) from an ONNX file.",
-    )
-    build.add_argument("model", type=Path, help="the ONNX file (FP16 / QDQ ONNX for fp16/int8)")
-    build.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8")
-    build.add_argument(
-        "--batch", default="1", help="batch sizes the engine must run; the profile spans them"
-    )
-    build.add_argument("--shapes", default=None, help="sizes of other dynamic dims (see bench)")
-    build.add_argument("--workspace-mib", default=None, help="builder workspace limit (MiB)")
-    build.add_argument("--timing-cache", type=Path, default=None, help="timing cache file")
-    build.add_argument("--dla-core", default=None, help="build for this DLA core (Jetson)")
-    build.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="engine path (default: MODEL's folder, <stem>.<precision>.b<max batch>.engine)",
-    )
-    build.set_defaults(handler=_build, engine_dir=None)
-
-    report = commands.add_parser(
-        "report",
-        help="merge result files from several devices into one report",
-        description=(
-            "Merge result files (or directories of them) into report.md, report.html and "
-            "plots; measurements from different device fingerprints stay in separate columns."
-        ),
-    )
-    report.add_argument("results", type=Path, nargs="+", help="result files or directories")
-    report.add_argument("--out", type=Path, default=Path("report"), help="output directory")
-    report.add_argument(
-        "--baseline",
-        default=None,
-        help="model the speed-ups are over (default: dense, when the files have it)",
-    )
-    report.add_argument("--batch", default=None, help="only this batch size")
-    report.set_defaults(handler=_report_command)
-
-    compare = commands.add_parser(
-        "compare",
-        help="speed-ups of one result file over another, measured on the same device",
-        description=(
-            "Print, per model x backend x device x precision x batch in both files, the "
-            "speed-up of NEW over BASELINE (baseline p50 / new p50) with medians, p90/p99 and "
-            "both run-to-run CVs. Files from different device fingerprints are refused unless "
-            "--allow-cross-device is given."
-        ),
-    )
-    compare.add_argument("baseline", type=Path, help="result file to compare against")
-    compare.add_argument("new", type=Path, help="result file whose speed-up is shown")
-    compare.add_argument(
-        "--allow-cross-device",
-        action="store_true",
-        help="compute speed-ups between different fingerprints (labelled as cross-device)",
-    )
-    compare.add_argument("--batch", default=None, help="only this batch size")
-    compare.set_defaults(handler=_compare_command)
-
-    info = commands.add_parser(
-        "info",
-        help="describe this device (the fingerprint results carry) and clock warnings",
-    )
-    info.set_defaults(handler=_info)
-    return parser
-
-
 def _bench(args: argparse.Namespace) -> int:
     backend = args.backend
     if backend not in CLI_BACKENDS:
         raise DeployConfigError(
             f"--backend '{backend}' is unknown; choose from {', '.join(CLI_BACKENDS)}"
         )
-    precision = _precision_option(args.precision)
-    threads = _threads_option(args.threads)
+    precision = precision_option(args.precision)
+    threads = threads_option(args.threads)
     limits = StabilityLimits(
-        max_cv=_fraction_option("--max-cv", args.max_cv),
-        max_run_cv=_fraction_option("--max-run-cv", args.max_run_cv),
-        max_load=_fraction_option("--max-load", args.max_load),
+        max_cv=fraction_option("--max-cv", args.max_cv),
+        max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
+        max_load=fraction_option("--max-load", args.max_load),
     )
     config = BenchConfig(
         batch_sizes=parse_batch_sizes(args.batch),
-        warmup_iters=_int_option("--warmup", args.warmup, minimum=0),
-        iterations=_int_option("--iterations", args.iterations, minimum=1),
-        min_seconds=_float_option("--min-seconds", args.min_seconds),
-        max_seconds=_float_option("--max-seconds", args.max_seconds),
-        seed=_int_option("--seed", args.seed, minimum=0),
-        repeats=_int_option("--repeats", args.repeats, minimum=1),
+        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
+        iterations=int_option("--iterations", args.iterations, minimum=1),
+        min_seconds=float_option("--min-seconds", args.min_seconds),
+        max_seconds=float_option("--max-seconds", args.max_seconds),
+        seed=int_option("--seed", args.seed, minimum=0),
+        repeats=int_option("--repeats", args.repeats, minimum=1),
         shapes=parse_shapes(args.shapes) if args.shapes else {},
-        power_seconds=_float_option("--power-seconds", args.power_seconds, positive=True),
+        power_seconds=float_option("--power-seconds", args.power_seconds, positive=True),
     )
     expected = _expected_top1(args)
     data = load_labelled(args.data) if args.data is not None else None
@@ -451,7 +264,7 @@ def _tensorrt_runner(
     args: argparse.Namespace, config: BenchConfig, precision: str | None
 ) -> Runner:
     """A TensorRT runner for an engine file, building the engine first from an ONNX file."""
-    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.tensorrt.runner import TensorRTRunner
 
     engine = args.model
     if args.model.suffix == ".onnx":
@@ -484,8 +297,8 @@ def _bench_trtexec(
         duration_s=max(config.min_seconds, 0) or None,
         shapes=config.shapes or None,
         timing_cache=args.timing_cache,
-        workspace_mib=_optional_int("--workspace-mib", args.workspace_mib),
-        dla_core=_optional_int("--dla-core", args.dla_core, minimum=0),
+        workspace_mib=optional_int("--workspace-mib", args.workspace_mib),
+        dla_core=optional_int("--dla-core", args.dla_core, minimum=0),
         use_cuda_graph=True if args.cuda_graph else None,
     )
 
@@ -495,7 +308,7 @@ def _build(args: argparse.Namespace) -> int:
         batch_sizes=parse_batch_sizes(args.batch),
         shapes=parse_shapes(args.shapes) if args.shapes else {},
     )
-    info = _build_from_args(args, config, _precision_option(args.precision), args.output)
+    info = _build_from_args(args, config, precision_option(args.precision), args.output)
     print(f"engine written to {info.engine_path} (sidecar {info.sidecar_path})")
     return 0
 
@@ -527,12 +340,12 @@ def _build_from_args(
         }
     options = BuildOptions(
         precision=precision,
-        workspace_mib=_optional_int("--workspace-mib", args.workspace_mib),
+        workspace_mib=optional_int("--workspace-mib", args.workspace_mib),
         min_batch=smallest,
         max_batch=largest,
         profile=profile,
         timing_cache=args.timing_cache,
-        dla_core=_optional_int("--dla-core", args.dla_core, minimum=0),
+        dla_core=optional_int("--dla-core", args.dla_core, minimum=0),
     )
     if output is None:
         dla = "" if options.dla_core is None else f".dla{options.dla_core}"
@@ -561,14 +374,10 @@ def _build_from_args(
     return build_engine(args.model, output, options, log=print)
 
 
-def _optional_int(flag: str, text: str | None, *, minimum: int = 1) -> int | None:
-    return None if text is None else _int_option(flag, text, minimum=minimum)
-
-
 def _report_command(args: argparse.Namespace) -> int:
     from deploy.results.report import build_report
 
-    batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
+    batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
     if args.baseline is not None:  # named by the user: a typo must not pass as "no baseline"
         from deploy.results.report import load_result_files
 
@@ -588,7 +397,7 @@ def _report_command(args: argparse.Namespace) -> int:
 def _compare_command(args: argparse.Namespace) -> int:
     from deploy.results.compare import compare_results, render_comparison
 
-    batch = None if args.batch is None else _int_option("--batch", args.batch, minimum=1)
+    batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
     baseline, new = read_results(args.baseline), read_results(args.new)
     names = (str(args.baseline), str(args.new))
     comparison = compare_results(
@@ -620,95 +429,18 @@ def _clock_check(fingerprint: dict, required: bool) -> None:
         print(f"deploy: warning: {line}", file=sys.stderr)
 
 
-def _precision_option(text: str | None) -> str | None:
-    if text is None:
-        return None
-    if text not in PRECISIONS:
-        raise DeployConfigError(f"--precision: choose from {', '.join(PRECISIONS)}, got {text!r}")
-    return text
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """ "1,8,32" -> (1, 8, 32); anything but distinct positive integers is a config error."""
-    sizes = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise DeployConfigError(
-                f"--batch: batch sizes must be positive integers separated by commas "
-                f"(e.g. 1,8,32), got {part!r} in {text!r}"
-            )
-        if int(part) not in sizes:
-            sizes.append(int(part))
-    return tuple(sizes)
-
-
-def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    """ "input:1x3x224x224,mask:1x224" -> {"input": (1, 3, 224, 224), "mask": (1, 224)}."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for item in text.split(","):
-        name, sep, dims = item.strip().rpartition(":")
-        parts = dims.lower().split("x")
-        if not sep or not name or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise DeployConfigError(
-                f"--shapes: expected name:DxDx... with positive integer dims "
-                f"(e.g. input:1x3x224x224), got {item.strip()!r}"
-            )
-        if name in shapes:
-            raise DeployConfigError(f"--shapes: input '{name}' is given twice")
-        shapes[name] = tuple(int(p) for p in parts)
-    return shapes
-
-
-def _int_option(flag: str, text: str, *, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise DeployConfigError(f"{flag}: expected an integer, got {text!r}") from None
-    if value < minimum:
-        raise DeployConfigError(f"{flag}: must be >= {minimum}, got {value}")
-    return value
-
-
-def _threads_option(text: str | None) -> int | None:
-    """--threads, at most 4 per CPU: beyond that the scheduler is timed, not the model, and
-    onnxruntime's spinning workers make each iteration take minutes (it looks hung)."""
-    if text is None:
-        return None
-    value = _int_option("--threads", text, minimum=1)
-    cpus = os.cpu_count() or 1
-    if value > 4 * cpus:
-        raise DeployConfigError(
-            f"--threads {value}: this machine has {cpus} CPUs, and more than 4 threads per CPU "
-            f"({4 * cpus}) times the scheduler, not the model; use at most {4 * cpus}"
-        )
-    return value
-
-
-def _fraction_option(flag: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DeployConfigError(f"{flag}: expected a number such as 0.1, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise DeployConfigError(f"{flag}: must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def _float_option(flag: str, text: str, *, positive: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DeployConfigError(f"{flag}: expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf") or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise DeployConfigError(f"{flag}: must be a finite number {bound}, got {text!r}")
-    return value
-
-
 def _report(exc: BaseException) -> None:
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"deploy: error: {message}", file=sys.stderr)
+
+
+_COMMANDS = {
+    "bench": _bench,
+    "build": _build,
+    "report": _report_command,
+    "compare": _compare_command,
+    "info": _info,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from deploy.errors import DeployInputError
 from deploy.onnx_files import check_onnx_file
-from deploy.runners.base import TensorSpec
+from deploy.tensor_spec import TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deploy.records import BenchConfig
 from deploy.runners.base import Runner
 
 if TYPE_CHECKING:
-    from deploy.bench import BenchConfig
     from deploy.machine.state import MachineMonitor
 
 

@@ -15,7 +15,7 @@ import torch
 from export.errors import OnnxValidationError, UnsupportedModelError, first_line
 
 if TYPE_CHECKING:
-    from export.onnx_export import ExportConfig
+    from export.config import ExportConfig
 
 # aten ops that only appear when forward forces training behaviour in eval mode; in eval,
 # batch norm is captured as `_native_batch_norm_legit_no_training` and dropout vanishes.

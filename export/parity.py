@@ -23,7 +23,7 @@ from deploy.runners import OnnxRuntimeRunner
 from export.errors import ExportInputError, OnnxValidationError, ParityError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from export.onnx_export import ExportConfig
+    from export.config import ExportConfig
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compressor.cli import main as compressor_main
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.config import DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError, InputError
 from compressor.models.spec import ModelSpec, build_model
 from compressor.models.store import load_model, save_model
 from compressor.recipe.sections import load_recipe
-from compressor.train.loop import TrainConfig, train
+from compressor.training.config import TrainConfig
+from compressor.training.loop import train
 from deploy.cli import main as deploy_main
 from tests.deploy.conftest import build_classifier
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
+from compressor.models.blocks import output_shape
 from compressor.models.zoo import create_model
-from compressor.prune.blocks import output_shape
 
 SPEC_FORMAT = 2
 MAX_DIMS = 8  # no layer of a vision model has a parameter of more dimensions

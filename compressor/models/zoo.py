@@ -1,7 +1,7 @@
 """Model zoo: one registry, one `create_model` entry point.
 
 Zoo models declare nothing special: layer pruning finds residual blocks in any model by
-running it (compressor/prune/blocks.py), and models the project did not write come in through
+running it (compressor/models/blocks.py), and models the project did not write come in through
 a factory import path (compressor/models/source.py).
 """
 

@@ -1,12 +1,13 @@
 """Block criteria on trained weights (the paper's Algorithm 1, tickets after training).
 
 Each criterion scores whole residual blocks from what they compute on one batch, not from
-their weights; higher means "keep", as for every criterion in `compressor.prune.criteria`, where
-these are registered. Every function takes `(model, blocks, batch, seed)` and returns one
-float per block. Activations come from forward hooks on the blocks during an eval-mode,
-no-grad forward: batch-norm statistics, weights and each module's train/eval flag are left
-as they were, and no copy of the model is made (trained models can be large). The criteria
-are deterministic; `seed` is accepted for a uniform signature.
+their weights; higher means "keep", as for every criterion in `compressor.prune.criteria`.
+Each is registered here with `compressor.prune.registry.register_criterion`, takes
+`(model, blocks, batch, seed)` and returns one float per block. Activations come from
+forward hooks on the blocks during an eval-mode, no-grad forward: batch-norm statistics,
+weights and each module's train/eval flag are left as they were, and no copy of the model
+is made (trained models can be large). The criteria are deterministic; `seed` is accepted
+for a uniform signature.
 
 The paper names the criteria but gives no formulas; we follow each original paper and
 choose where it leaves a detail open (each choice is stated with its reason below):
@@ -22,7 +23,7 @@ choose where it leaves a detail open (each choice is stated with its reason belo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.prune.blocks import BlockInfo, evaluating
-from compressor.workflows.lottery.analysis import linear_cka
-
-if TYPE_CHECKING:
-    from compressor.prune.criteria import Batch
+from compressor.models.blocks import BlockInfo, evaluating
+from compressor.prune.cka import linear_cka
+from compressor.prune.registry import Batch, register_criterion
 
 # Reduces (block input or None, block output) to what a criterion keeps of a block.
 Reducer = Callable[[torch.Tensor | None, torch.Tensor], Any]
@@ -44,6 +43,13 @@ Reducer = Callable[[torch.Tensor | None, torch.Tensor], Any]
 PLS_COMPONENTS = 2
 
 
+@register_criterion(
+    "hrank",
+    needs_data=True,
+    description="average rank of the block's output feature maps (trained weights, Algorithm 1)",
+    whole_blocks=True,
+    after_training=True,
+)
 def hrank_scores(
     model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
 ) -> dict[str, float]:
@@ -76,6 +82,13 @@ def hrank_scores(
     return _collect(model, blocks, images, reduce, with_input=False)
 
 
+@register_criterion(
+    "expectabs",
+    needs_data=True,
+    description="mean |output - input| of the block (trained weights, Algorithm 1)",
+    whole_blocks=True,
+    after_training=True,
+)
 def expectabs_scores(
     model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
 ) -> dict[str, float]:
@@ -116,6 +129,14 @@ def branch_ratios(
     return _collect(model, blocks, images, reduce, with_input=True)
 
 
+@register_criterion(
+    "kl",
+    needs_data=True,
+    description="KL divergence of the softmax when the block is skipped"
+    " (trained weights, Algorithm 1)",
+    whole_blocks=True,
+    after_training=True,
+)
 def kl_scores(
     model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
 ) -> dict[str, float]:
@@ -147,35 +168,13 @@ def kl_scores(
     return scores
 
 
-def cka_scores(
-    model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
-) -> dict[str, float]:
-    """1 - linear CKA (Kornblith et al. 2019) between the block's input and output.
-
-    Representations are flattened per image (N x C*H*W, as Kornblith et al. do for
-    convolutional layers) and CKA is their linear (biased-HSIC) form. CKA 1: the output is
-    the input up to an orthogonal transform and a scale, the block changes nothing a linear
-    read-out could use, so it goes first (score 0). Needs at least 2 images.
-    Choice: a representation constant over the batch has no CKA; we call its CKA 0 (score 1,
-    keep) so a block is never removed on no evidence.
-    """
-    images, _ = batch
-    if images.shape[0] < 2:
-        raise ConfigError(
-            f"criterion 'cka' compares images with each other; got a batch of "
-            f"{images.shape[0]}, need at least 2"
-        )
-
-    def reduce(block_input: torch.Tensor | None, output: torch.Tensor) -> float:
-        assert block_input is not None  # with_input=True guarantees it
-        try:
-            return 1.0 - linear_cka(block_input, output)
-        except ConfigError:  # a representation constant over the batch: CKA is 0/0, keep it
-            return 1.0
-
-    return _collect(model, blocks, images, reduce, with_input=True)
-
-
+@register_criterion(
+    "pls",
+    needs_data=True,
+    description="PLS + VIP: class information in the pooled output (trained weights, Algorithm 1)",
+    whole_blocks=True,
+    after_training=True,
+)
 def pls_scores(
     model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
 ) -> dict[str, float]:
@@ -236,6 +235,43 @@ def vip_scores(features: np.ndarray, labels: torch.Tensor | np.ndarray) -> np.nd
         return np.ones(n_features)
     weights = (w / np.linalg.norm(w, axis=0)) ** 2
     return np.sqrt(n_features * (weights @ explained) / explained.sum())
+
+
+@register_criterion(
+    "cka",
+    needs_data=True,
+    description="1 - linear CKA between the block's input and output"
+    " (trained weights, Algorithm 1)",
+    whole_blocks=True,
+    after_training=True,
+)
+def cka_scores(
+    model: nn.Module, blocks: list[BlockInfo], batch: Batch, seed: int
+) -> dict[str, float]:
+    """1 - linear CKA (Kornblith et al. 2019) between the block's input and output.
+
+    Representations are flattened per image (N x C*H*W, as Kornblith et al. do for
+    convolutional layers) and CKA is their linear (biased-HSIC) form. CKA 1: the output is
+    the input up to an orthogonal transform and a scale, the block changes nothing a linear
+    read-out could use, so it goes first (score 0). Needs at least 2 images.
+    Choice: a representation constant over the batch has no CKA; we call its CKA 0 (score 1,
+    keep) so a block is never removed on no evidence.
+    """
+    images, _ = batch
+    if images.shape[0] < 2:
+        raise ConfigError(
+            f"criterion 'cka' compares images with each other; got a batch of "
+            f"{images.shape[0]}, need at least 2"
+        )
+
+    def reduce(block_input: torch.Tensor | None, output: torch.Tensor) -> float:
+        assert block_input is not None  # with_input=True guarantees it
+        try:
+            return 1.0 - linear_cka(block_input, output)
+        except ConfigError:  # a representation constant over the batch: CKA is 0/0, keep it
+            return 1.0
+
+    return _collect(model, blocks, images, reduce, with_input=True)
 
 
 def _block_modules(model: nn.Module, blocks: list[BlockInfo]) -> dict[str, nn.Module]:

@@ -24,7 +24,6 @@ needs one all-ones image whatever the set.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -34,44 +33,31 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
-from compressor.prune import block_criteria
-from compressor.prune.blocks import BlockInfo
+from compressor.models.blocks import BlockInfo
+from compressor.prune import block_criteria  # noqa: F401  registers the block-level criteria
 from compressor.prune.micro_batches import MicroBatches
+from compressor.prune.registry import (
+    CRITERIA,
+    Batch,
+    Criterion,
+    add_criterion,
+    get_criterion,
+    register_criterion,
+)
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
-WeightScorer = Callable[[nn.Module, MicroBatches | None, int], dict[str, torch.Tensor]]
-BlockScorer = Callable[[nn.Module, list[BlockInfo], Batch, int], dict[str, float]]
+__all__ = [
+    "CRITERIA",
+    "Batch",
+    "BlockScores",
+    "Criterion",
+    "block_scores",
+    "get_criterion",
+    "register_criterion",
+    "score_blocks",
+    "weight_scores",
+]
 Aggregation = Literal["sum", "mean"]
 _B = TypeVar("_B")
-
-
-@dataclass(frozen=True)
-class Criterion:
-    name: str
-    score_weights: WeightScorer | None  # None: scores whole blocks (random, block-level)
-    needs_data: bool  # False for data-free criteria (SynFlow, random)
-    description: str
-    score_blocks: BlockScorer | None = None  # block-level criteria; None for weight-level
-    after_training: bool = False  # meant for trained weights (Algorithm 1), not theta_0
-
-
-CRITERIA: dict[str, Criterion] = {}
-
-
-def register_criterion(name: str, *, needs_data: bool, description: str):  # noqa: ANN201
-    def decorate(fn: WeightScorer) -> WeightScorer:
-        CRITERIA[name] = Criterion(name, fn, needs_data, description)
-        return fn
-
-    return decorate
-
-
-def get_criterion(name: str) -> Criterion:
-    if not isinstance(name, str) or name not in CRITERIA:
-        raise ConfigError(
-            f"prune.criterion: unknown criterion '{name}'; choose one of {', '.join(CRITERIA)}"
-        )
-    return CRITERIA[name]
 
 
 def _scored_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -175,27 +161,9 @@ def synflow_scores(
     }
 
 
-# Random scores whole blocks directly (one uniform draw per block, see block_scores): a
+# Random scores whole blocks directly (one uniform draw per block, see score_blocks): a
 # per-weight random score summed over a block would favour big blocks.
-CRITERIA["random"] = Criterion("random", None, False, "uniform random score per block")
-
-# Algorithm 1 (tickets after training): block-level criteria on trained weights, from the
-# activations of one batch; definitions and the choices made in compressor/prune/block_criteria.py.
-for _name, _scorer, _description in (
-    ("hrank", block_criteria.hrank_scores, "average rank of the block's output feature maps"),
-    ("expectabs", block_criteria.expectabs_scores, "mean |output - input| of the block"),
-    ("kl", block_criteria.kl_scores, "KL divergence of the softmax when the block is skipped"),
-    ("pls", block_criteria.pls_scores, "PLS + VIP: class information in the pooled output"),
-    ("cka", block_criteria.cka_scores, "1 - linear CKA between the block's input and output"),
-):
-    CRITERIA[_name] = Criterion(
-        _name,
-        None,
-        True,
-        f"{_description} (trained weights, Algorithm 1)",
-        score_blocks=_scorer,
-        after_training=True,
-    )
+add_criterion(Criterion("random", None, False, "uniform random score per block"))
 
 
 def _grad(

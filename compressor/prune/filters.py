@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.prune.blocks import output_shape
+from compressor.models.blocks import output_shape
 from compressor.prune.criteria import Batch, get_criterion, weight_scores
 from compressor.prune.shrink import count_macs_params, find_classifier
 

@@ -17,9 +17,7 @@ from torch import nn
 
 from compressor.configs import MAX_SEED, config_kwargs, is_number
 from compressor.errors import ConfigError, UnsupportedModelError
-from compressor.models.spec import ModelSpec, remove_blocks_
-from compressor.prune.block_criteria import branch_ratios
-from compressor.prune.blocks import (
+from compressor.models.blocks import (
     BlockInfo,
     discover_blocks,
     model_macs,
@@ -27,6 +25,8 @@ from compressor.prune.blocks import (
     removable_summary,
     select_patterns,
 )
+from compressor.models.spec import ModelSpec, remove_blocks_
+from compressor.prune.block_criteria import branch_ratios
 from compressor.prune.criteria import (
     CRITERIA,
     Aggregation,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from compressor.errors import ConfigError
-from compressor.train.distributed import is_main_process
+from compressor.training.distributed import is_main_process
 
 # Seconds between two progress lines: scoring that ends sooner prints nothing, a long one a
 # line every ten seconds or so (a ResNet-50 GraSP micro-batch of 8 at 224 px takes ~6 s on 2 cores).

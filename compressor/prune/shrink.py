@@ -19,7 +19,7 @@ from torch import nn
 
 from compressor.configs import config_kwargs, is_number
 from compressor.errors import CompressorError, ConfigError, InputError, UnsupportedModelError
-from compressor.prune.blocks import evaluating, output_shape
+from compressor.models.blocks import evaluating, output_shape
 from deploy.errors import first_line
 
 Importance = Literal["magnitude", "taylor", "lamp"]

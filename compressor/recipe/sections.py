@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from compressor.configs import MAX_SEED, config_kwargs, is_number, is_seed
-from compressor.data.splits import DataConfig
+from compressor.data.config import DataConfig
 from compressor.errors import ConfigError, InputError
 from compressor.models.spec import ModelSpec
 from compressor.prune.layers import LayerPruneConfig
 from compressor.prune.shrink import ShrinkConfig
-from compressor.train.loop import TrainConfig
-from compressor.workflows.lottery.experiment import ExperimentConfig
+from compressor.recipe.experiment import ExperimentConfig
+from compressor.training.config import TrainConfig
 from deploy.errors import UnsafePathError
 from deploy.paths import read_regular_bytes
-from export.onnx_export import PARITY_RTOL, ExportConfig
+from export.config import PARITY_RTOL, ExportConfig
 
 RECIPE_VERSION = 1
 MAX_RECIPE_VALUES = 100_000  # values in a recipe once YAML aliases are expanded

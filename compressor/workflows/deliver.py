@@ -13,7 +13,7 @@ from torch import nn
 from compressor.data.splits import DataSplits
 from compressor.models.spec import ModelSpec
 from compressor.recipe.sections import Recipe
-from compressor.train.checks import check_model_fits
+from compressor.training.checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import device_fingerprint
@@ -196,8 +196,8 @@ def time_tensorrt(
     interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
     strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
     """
-    from deploy.runners.tensorrt import TensorRTRunner
     from deploy.tensorrt.engine import BuildOptions, build_engine
+    from deploy.tensorrt.runner import TensorRTRunner
 
     records: list[LatencyRecord] = []
     suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}

@@ -29,8 +29,9 @@ from compressor.models.store import load_model
 from compressor.outdir import exclusive_out_dir
 from compressor.prune.layers import prune_at_init
 from compressor.recipe.sections import Recipe
-from compressor.train.distributed import barrier, cleanup, init_from_env
-from compressor.train.loop import TrainConfig, train
+from compressor.training.config import TrainConfig
+from compressor.training.distributed import barrier, cleanup, init_from_env
+from compressor.training.loop import train
 from compressor.workflows.accuracy_check import mark_comparable_
 from compressor.workflows.deliver import benchmark_variants, export_precisions, export_variant
 from compressor.workflows.export_probe import probe_export

@@ -16,20 +16,21 @@ from torch import nn
 from compressor.atomic import atomic_write_text
 from compressor.data.splits import DataSplits, load_data
 from compressor.errors import InputError, UnsupportedModelError
+from compressor.models.blocks import discover_blocks, output_shape, select_patterns
 from compressor.models.channels import channel_mismatch, mismatch_message
 from compressor.models.pretrained import describe_pretrained, load_pretrained_
 from compressor.models.source import channel_kwarg
 from compressor.models.spec import ModelSpec, build_model
 from compressor.models.store import load_model, save_model
 from compressor.outdir import exclusive_out_dir
-from compressor.prune.blocks import discover_blocks, output_shape, select_patterns
 from compressor.prune.layers import prune_at_init, scoring_batch
 from compressor.prune.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.recipe.sections import Recipe
-from compressor.train.bn_recalibration import BNRecalibration, recalibrate_bn_
-from compressor.train.checks import check_model_fits
-from compressor.train.distributed import is_main_process
-from compressor.train.loop import TrainConfig, TrainResult, train
+from compressor.training.bn_recalibration import BNRecalibration, recalibrate_bn_
+from compressor.training.checks import check_model_fits
+from compressor.training.config import TrainConfig, TrainResult
+from compressor.training.distributed import is_main_process
+from compressor.training.loop import train
 from compressor.workflows.export_probe import probe_export
 
 

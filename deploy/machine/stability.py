@@ -16,10 +16,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError
 from deploy.machine.cpus import format_cpu_list
 from deploy.machine.state import ClockReading, MachineSample
+from deploy.records import LatencyRecord
 
 # A clock this far below its ceiling counts as below it (sysfs rounds some rates).
 _CLOCK_TOLERANCE = 0.98

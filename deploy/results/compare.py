@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.machine.fingerprint import _ID_FIELDS, _ID_FIELDS_WHEN_SET, fingerprint_id
+from deploy.records import LatencyRecord
 from deploy.results.files import ResultFile
 from deploy.results.report import device_label
 

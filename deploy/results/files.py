@@ -43,10 +43,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError, UnsafePathError, first_line
 from deploy.files import atomic_write_text
 from deploy.paths import read_regular_bytes
+from deploy.records import LatencyRecord
 
 SCHEMA = "deploy.results/3"
 # A result file holds a few records per model and batch size: kilobytes. Far beyond this it

@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy.errors import MissingDependencyError
 from deploy.lazy import lazy_import
-
-if TYPE_CHECKING:  # deploy.results.report imports this module
-    from deploy.bench import LatencyRecord
-    from deploy.results.report import Column, MergedTable
+from deploy.records import LatencyRecord
+from deploy.results.table import Column, MergedTable
 
 ACCURACY_PLOT = "accuracy_vs_latency.png"
 SPEEDUP_PLOT = "speedup.png"

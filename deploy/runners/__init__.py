@@ -18,7 +18,7 @@ from deploy.runners.onnxruntime import OnnxRuntimeRunner
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("deploy.runners.onnxruntime", "OnnxRuntimeRunner", "a path to an ONNX file"),
     "torch": ("deploy.runners.torch_runner", "TorchRunner", "a torch.nn.Module"),
-    "tensorrt": ("deploy.runners.tensorrt", "TensorRTRunner", "a path to a TensorRT engine file"),
+    "tensorrt": ("deploy.tensorrt.runner", "TensorRTRunner", "a path to a TensorRT engine file"),
 }
 
 # Backends that time a model but are not runners (they do not return outputs to compare).

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deploy.errors import DeployError, DeployInputError, MeasurementError, first_line
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape and dtype of one model input or output.
-
-    Dynamic dimensions are None (the ONNX dim_param or an unset dim), so callers can pick
-    a batch size or spatial size for them.
-    """
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str  # numpy dtype name, e.g. "float32"
+from deploy.tensor_spec import TensorSpec
 
 
 class Runner:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy.errors import (
     DeployError,
@@ -29,11 +29,9 @@ from deploy.files import atomic_write_bytes, file_sha256
 from deploy.lazy import lazy_import
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import PRECISIONS
-from deploy.runners.base import TensorSpec
+from deploy.tensor_spec import TensorSpec
+from deploy.tensorrt.options import BuildOptions, BuildPlan
 from deploy.tensorrt.version import parse_trt_version
-
-if TYPE_CHECKING:  # pragma: no cover - types only; deploy.tensorrt.engine imports this module
-    from deploy.tensorrt.engine import BuildOptions, BuildPlan
 
 SIDECAR_SCHEMA = "deploy.engine/1"
 REBUILD_HINT = "rebuild the engine on this device with `deploy build`"

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.bench import LatencyRecord
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MissingDependencyError
 from deploy.onnx_info import inspect_onnx
+from deploy.records import LatencyRecord
 from deploy.tensorrt.engine import BuildOptions, plan_build
 from deploy.tensorrt.sidecar import load_engine_info, sidecar_path, verify_engine_file
 from deploy.tensorrt.trtexec_output import (

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.bench import LatencyRecord
 from deploy.errors import DeployInputError
+from deploy.records import LatencyRecord
 from deploy.stats import latency_stats
 from deploy.tensorrt.version import TrtVersion, capabilities, version_from_banner_number
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.models.blocks import discover_blocks
 from compressor.models.spec import ModelSpec, build_model, remove_blocks_
 from compressor.prune.block_criteria import kl_scores, vip_scores
-from compressor.prune.blocks import discover_blocks
 from compressor.prune.criteria import CRITERIA, block_scores
 from compressor.prune.layers import LayerPruneConfig, prune_at_init
 from compressor.workflows.lottery.analysis import linear_cka

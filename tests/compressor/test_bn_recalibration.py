@@ -11,11 +11,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.config import DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError
 from compressor.models.spec import ModelSpec, build_model
-from compressor.train.bn_recalibration import recalibrate_bn_
-from compressor.train.loop import TrainConfig, evaluate, train
+from compressor.training.bn_recalibration import recalibrate_bn_
+from compressor.training.config import TrainConfig
+from compressor.training.evaluate import evaluate
+from compressor.training.loop import train
 
 
 @pytest.fixture(scope="module")

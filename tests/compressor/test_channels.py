@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.config import DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.models.channels import first_layer_channels, luminance_uint8
 from compressor.models.source import factory_kwargs

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from compressor.data.config import DataConfig
 from compressor.data.corruptions import (
     CORRUPTIONS,
     PARAMETERS,
@@ -21,7 +22,7 @@ from compressor.data.corruptions import (
     load_cifar10c,
     mean_corruption_accuracy,
 )
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError, InputError
 
 NOISES = ("gaussian_noise", "shot_noise", "impulse_noise")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compressor.errors import ConfigError
+from compressor.models.blocks import discover_blocks
 from compressor.models.zoo import create_model
-from compressor.prune.blocks import discover_blocks
 from compressor.prune.criteria import CRITERIA, block_scores
 
 TINY = ["resnet8", "resnet14"]

@@ -12,14 +12,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from compressor.data.splits import (
-    AugmentConfig,
-    DataConfig,
-    augment_batch,
-    default_augment,
-    iterate_batches,
-    load_data,
-)
+from compressor.data.config import AugmentConfig, DataConfig, default_augment
+from compressor.data.splits import augment_batch, iterate_batches, load_data
 from compressor.errors import ConfigError, InputError
 
 

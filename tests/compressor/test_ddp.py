@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save
-from compressor.data.splits import AugmentConfig, DataConfig, load_data
+from compressor.data.config import AugmentConfig, DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError
-from compressor.train import distributed
-from compressor.train.distributed import DistInfo, local_batch_size, shard_slice
-from compressor.train.loop import TrainConfig, _epoch_layout, train
+from compressor.training import distributed
+from compressor.training.config import TrainConfig
+from compressor.training.distributed import DistInfo, local_batch_size, shard_slice
+from compressor.training.loop import train
+from compressor.training.schedule import epoch_layout
 from tests.compressor.test_pipeline_cli import write_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,9 +60,11 @@ SCRIPT = textwrap.dedent(
     import torch
     from torch import nn
 
-    from compressor.train import distributed
-    from compressor.data.splits import AugmentConfig, DataConfig, load_data
-    from compressor.train.loop import TrainConfig, train
+    from compressor.training import distributed
+    from compressor.data.splits import load_data
+    from compressor.data.config import AugmentConfig, DataConfig
+    from compressor.training.loop import train
+    from compressor.training.config import TrainConfig
 
     MODE, BASE = sys.argv[1], Path(sys.argv[2])
     # 297 = 9 x 32 + 9: the trailing batch splits 5 + 4 over two ranks (weighted losses)
@@ -271,7 +276,7 @@ def test_global_batch_must_divide_by_the_processes():
     ],
 )
 def test_trailing_batch_kept_when_every_process_gets_two_images(n, world, expected):
-    assert _epoch_layout(n, 64, world) == expected
+    assert epoch_layout(n, 64, world) == expected
 
 
 def test_without_torchrun_everything_is_one_process(monkeypatch):
@@ -388,8 +393,10 @@ UNUSED_SCRIPT = textwrap.dedent(
     import sys
     import torch
     from torch import nn
-    from compressor.data.splits import AugmentConfig, DataConfig, load_data
-    from compressor.train.loop import TrainConfig, train
+    from compressor.data.splits import load_data
+    from compressor.data.config import AugmentConfig, DataConfig
+    from compressor.training.loop import train
+    from compressor.training.config import TrainConfig
 
     class WithAux(nn.Module):
         def __init__(self):

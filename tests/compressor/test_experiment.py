@@ -22,7 +22,7 @@ from compressor.models.zoo import create_model
 from compressor.outdir import exclusive_out_dir, lock_holder
 from compressor.prune.filters import block_filters, prune_filters_at_init
 from compressor.recipe.sections import load_recipe, recipe_from_dict
-from compressor.train.memory import step_memory_bytes
+from compressor.training.memory import step_memory_bytes
 from compressor.workflows.lottery.energy import EnergyMeter
 from compressor.workflows.lottery.experiment import ExperimentConfig, plan, run_experiment
 from compressor.workflows.lottery.recipes import CIFAR10, DIGITS, lottery_recipe

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from compressor.cli import main
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.config import DataConfig
+from compressor.data.splits import load_data
 from compressor.models.spec import ModelSpec, build_model
 from compressor.recipe.sections import ExportSection
 from compressor.workflows.export_probe import probe_export

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from compressor.errors import ConfigError, InputError, UnsupportedModelError
+from compressor.models.blocks import discover_blocks, select_patterns
 from compressor.models.spec import ModelSpec, build_model, remove_blocks_
 from compressor.models.store import load_model, save_model
-from compressor.prune.blocks import discover_blocks, select_patterns
 from compressor.prune.criteria import CRITERIA, block_scores
 from compressor.prune.layers import LayerPruneConfig, prune_at_init
 from compressor.prune.shrink import ShrinkConfig, shrink_channels_

@@ -23,12 +23,14 @@ from PIL import Image
 from torch import nn
 
 from compressor.cli import main
+from compressor.data.config import DataConfig
 from compressor.data.imagefolder import read_image
-from compressor.data.splits import DataConfig, Split, load_data
+from compressor.data.splits import Split, load_data
 from compressor.errors import InputError, TrainingError
 from compressor.models.spec import ModelSpec, build_model
 from compressor.models.store import load_model, save_model
-from compressor.train.loop import TrainConfig, train
+from compressor.training.config import TrainConfig
+from compressor.training.loop import train
 
 TINY_RECIPE = {
     "model": {"name": "resnet8", "width": 0.5},

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from compressor.data.splits import AugmentConfig, DataConfig, load_data
+from compressor.data.config import AugmentConfig, DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError, InputError
 from compressor.models.spec import ModelSpec
 from compressor.prune.layers import LayerPruneConfig, prune_at_init

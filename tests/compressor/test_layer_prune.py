@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compressor.errors import ConfigError, UnsupportedModelError
+from compressor.models.blocks import discover_blocks
 from compressor.models.spec import ModelSpec, build_model
-from compressor.prune.blocks import discover_blocks
 from compressor.prune.layers import LayerPruneConfig, prune_at_init
 
 SPEC = ModelSpec(model="resnet20", kwargs={"num_classes": 5, "in_channels": 1})

@@ -22,7 +22,9 @@ from compressor.data.splits import DataSplits, load_data
 from compressor.errors import ConfigError, InputError
 from compressor.models.store import load_model
 from compressor.recipe.sections import recipe_from_dict
-from compressor.train.loop import TrainConfig, evaluate, train
+from compressor.training.config import TrainConfig
+from compressor.training.evaluate import evaluate
+from compressor.training.loop import train
 from compressor.workflows.stages import dense_model
 
 BASE = {

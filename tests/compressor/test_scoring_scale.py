@@ -18,9 +18,9 @@ from torch import nn
 from compressor.cli import main
 from compressor.data.splits import load_data
 from compressor.errors import ConfigError
+from compressor.models.blocks import discover_blocks
 from compressor.models.zoo import create_model
 from compressor.prune import micro_batches
-from compressor.prune.blocks import discover_blocks
 from compressor.prune.criteria import BlockScores, block_scores, weight_scores
 from compressor.prune.layers import SCORE_BATCH_SIZE, LayerPruneConfig, prune_at_init
 from compressor.prune.score_checks import score_warnings

@@ -11,9 +11,12 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from compressor.data.splits import DataConfig, load_data
+from compressor.data.config import DataConfig
+from compressor.data.splits import load_data
 from compressor.errors import ConfigError, InputError, TrainingError
-from compressor.train.loop import TrainConfig, evaluate, resolve_device, train
+from compressor.training.config import TrainConfig, resolve_device
+from compressor.training.evaluate import evaluate
+from compressor.training.loop import train
 
 METRIC_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
                  "epoch_seconds", "elapsed_seconds"}
@@ -287,7 +290,8 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
 def test_rewind_points_save_the_weights_reached_at_those_epochs(dt_small_digits, tmp_path):
     from safetensors.torch import load_file
 
-    from compressor.train.loop import _Run, rewind_path
+    from compressor.training.config import rewind_path
+    from compressor.training.loop import _Run
 
     seen = {}
     save = _Run.save_checkpoint

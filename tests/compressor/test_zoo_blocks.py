@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from compressor.errors import ConfigError
+from compressor.models.blocks import discover_blocks, model_macs
 from compressor.models.zoo import create_model, list_models
-from compressor.prune.blocks import discover_blocks, model_macs
 
 DEPTHS = {
     "resnet8": 1,
@@ -75,7 +75,7 @@ def test_a_model_without_residual_blocks_has_none() -> None:
 
 def test_measurements_give_back_every_module_its_own_mode() -> None:
     """A user's frozen batch norm stays in eval mode inside a model in train mode."""
-    from compressor.prune.blocks import output_shape
+    from compressor.models.blocks import output_shape
     from compressor.prune.shrink import count_macs_params, find_classifier
 
     model = create_model("resnet8", num_classes=10, in_channels=1).train()

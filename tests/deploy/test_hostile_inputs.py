@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deploy.cli
+import deploy.cli_parser
 from deploy.errors import DeployError, DeployInputError, MeasurementError
 from deploy.results.files import ResultFile, read_results
 from deploy.runners import OnnxRuntimeRunner
@@ -172,7 +173,7 @@ VALUES = {  # flag -> values; others get JUNK (never a valid small number: --cpu
 
 def _parser_options() -> dict[str, list[argparse.Action]]:
     """Every subcommand and its optional flags, read from the real parser."""
-    parser = deploy.cli._build_parser()
+    parser = deploy.cli_parser.build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return {
         name: [a for a in sub._actions if a.option_strings and a.dest != "help"]

@@ -46,7 +46,7 @@ def no_runner(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a runner was created for {args}")
 
     monkeypatch.setattr(deploy.cli, "make_runner", refuse)
-    monkeypatch.setattr("deploy.runners.tensorrt.TensorRTRunner._activate", refuse)
+    monkeypatch.setattr("deploy.tensorrt.runner.TensorRTRunner._activate", refuse)
 
 
 # --- damaged ONNX files ----------------------------------------------------------------------

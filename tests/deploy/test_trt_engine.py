@@ -236,7 +236,7 @@ def test_building_without_tensorrt_says_what_to_install(
 def test_the_tensorrt_runner_without_tensorrt_says_what_to_install(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.tensorrt.runner import TensorRTRunner
 
     engine = saved_engine(models, tmp_path)  # a sound file: only TensorRT is missing
     with pytest.raises(MissingDependencyError, match="the TensorRT runner needs the 'tensorrt'"):
@@ -346,7 +346,7 @@ def test_a_missing_or_broken_sidecar_is_an_error(models: dict[str, Path], tmp_pa
 
 def test_engine_modules_import_without_torch_or_tensorrt() -> None:
     code = (
-        "import sys, deploy.tensorrt.engine, deploy.tensorrt.trtexec, deploy.runners.tensorrt\n"
+        "import sys, deploy.tensorrt.engine, deploy.tensorrt.trtexec, deploy.tensorrt.runner\n"
         "print(sorted(m for m in ('torch', 'tensorrt') if m in sys.modules))"
     )
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
@@ -391,7 +391,7 @@ needs_device = pytest.mark.skipif(bool(_device_missing()), reason=_device_missin
 def test_built_engine_matches_onnxruntime(
     models: dict[str, Path], tmp_path: Path, model: str, precision: str, atol: float
 ) -> None:
-    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.tensorrt.runner import TensorRTRunner
 
     engine = tmp_path / f"{model}.engine"
     info = build_engine(models[model], engine, BuildOptions(precision=precision, max_batch=8))
@@ -414,7 +414,7 @@ def test_built_engine_matches_onnxruntime(
 def test_a_batch_above_the_profile_max_is_a_clear_error(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    from deploy.runners.tensorrt import TensorRTRunner
+    from deploy.tensorrt.runner import TensorRTRunner
 
     engine = tmp_path / "small.engine"
     build_engine(models["fp32"], engine, BuildOptions(max_batch=4))

@@ -17,7 +17,7 @@ import torch
 from compressor.errors import ConfigError
 from compressor.recipe.sections import recipe_from_dict
 from export import ExportConfig, ExportConfigError, ParityError, check_parity, export_onnx
-from export.onnx_export import PARITY_RTOL
+from export.config import PARITY_RTOL
 from tests.export.tiny_models import Exported, make_tiny_resnet
 
 

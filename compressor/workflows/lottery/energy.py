@@ -20,11 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from compressor.errors import ConfigError, InputError
-
-SOURCES = ("auto", "codecarbon", "nvml", "tegrastats", "declared")
-# World-average grid intensity, g CO2 per kWh, the default codecarbon itself falls back to.
-WORLD_G_CO2_PER_KWH = 475.0
+from compressor.errors import InputError
+from compressor.recipe.experiment import WORLD_G_CO2_PER_KWH, check_energy_settings
 
 
 @dataclass(frozen=True)
@@ -38,25 +35,6 @@ class EnergyReading:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_energy_settings(source: str, power_watts: float | None, g_co2_per_kwh: float) -> None:
-    if source not in SOURCES:
-        raise ConfigError(f"experiment.energy_source must be one of {SOURCES}, got {source!r}")
-    if power_watts is not None and (
-        isinstance(power_watts, bool)
-        or not isinstance(power_watts, int | float)
-        or power_watts <= 0
-    ):
-        raise ConfigError(f"experiment.power_watts must be a number > 0, got {power_watts!r}")
-    if source == "declared" and power_watts is None:
-        raise ConfigError("experiment.energy_source 'declared' needs experiment.power_watts")
-    if (
-        isinstance(g_co2_per_kwh, bool)
-        or not isinstance(g_co2_per_kwh, int | float)
-        or g_co2_per_kwh < 0
-    ):
-        raise ConfigError(f"experiment.g_co2_per_kwh must be a number >= 0, got {g_co2_per_kwh!r}")
 
 
 class EnergyMeter:

@@ -41,19 +41,27 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_write_text
-from compressor.configs import config_kwargs
-from compressor.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, load_cifar10c
+from compressor.data.corruptions import corrupt, load_cifar10c, mean_corruption_accuracy
 from compressor.data.splits import DataSplits, Split, load_data
-from compressor.errors import ConfigError, InputError
-from compressor.models.spec import ModelSpec
+from compressor.errors import CompressorError, ConfigError, InputError
+from compressor.models.blocks import discover_blocks, select_patterns
+from compressor.models.spec import ModelSpec, build_model, remove_blocks_
+from compressor.models.store import load_model, save_model
 from compressor.outdir import LOCK_NAME, exclusive_out_dir
-from compressor.prune.criteria import CRITERIA
-from compressor.train.loop import RUNTIME_ONLY_FIELDS
-from compressor.workflows.lottery.energy import (
-    WORLD_G_CO2_PER_KWH,
-    EnergyMeter,
-    check_energy_settings,
-)
+from compressor.prune.filters import block_filters, prune_filters_at_init
+from compressor.prune.layers import prune_after_training, prune_at_init, scoring_batch
+from compressor.prune.shrink import count_macs_params
+from compressor.recipe.experiment import ExperimentConfig
+from compressor.recipe.sections import Recipe
+from compressor.training.config import RUNTIME_ONLY_FIELDS, resolve_device, rewind_path
+from compressor.training.evaluate import evaluate
+from compressor.training.loop import train
+from compressor.training.memory import step_memory_bytes
+from compressor.workflows.lottery.analysis import error_barrier, recompute_bn_stats, stage_cka
+from compressor.workflows.lottery.cells import Cell, cell_result, plan
+from compressor.workflows.lottery.energy import EnergyMeter
+from compressor.workflows.lottery.summary import write_summary
+from compressor.workflows.stages import dense_model
 
 Log = Callable[[str], None]
 LMC_SEED_OFFSET = 1000  # the twin's data-order seed: seed + this
@@ -79,211 +87,13 @@ GRID_FIELDS = (
 )
 
 
-def _ints(value: Any, field_name: str, minimum: int) -> tuple[int, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ConfigError(f"experiment.{field_name} must be a list of whole numbers")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
-        raise ConfigError(
-            f"experiment.{field_name} must be whole numbers >= {minimum}, got {list(value)}"
-        )
-    if len(set(value)) != len(value):
-        raise ConfigError(f"experiment.{field_name} lists a value twice: {list(value)}")
-    return tuple(value)
-
-
-def _names(value: Any, field_name: str, *, after: bool) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ConfigError(f"experiment.{field_name} must be a list of criterion names")
-    for name in value:
-        if not isinstance(name, str):
-            raise ConfigError(f"experiment.{field_name} must be criterion names, got {name!r}")
-        fitting = [n for n, c in CRITERIA.items() if n == "random" or c.after_training == after]
-        if name not in CRITERIA:
-            raise ConfigError(
-                f"experiment.{field_name}: unknown criterion '{name}'; choose from "
-                f"{', '.join(fitting)}"
-            )
-        if name != "random" and CRITERIA[name].after_training != after:
-            kind = "trained weights" if CRITERIA[name].after_training else "initial weights"
-            raise ConfigError(
-                f"experiment.{field_name}: criterion '{name}' is meant for {kind}; "
-                f"{field_name} takes {', '.join(fitting)}"
-            )
-    if len(set(value)) != len(value):
-        raise ConfigError(f"experiment.{field_name} lists a criterion twice: {list(value)}")
-    return tuple(value)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExperimentConfig:
-    """The grid `compressor lottery` runs; maps onto a recipe's `experiment:` section."""
-
-    seeds: tuple[int, ...] = (0, 1, 2)  # theta_0 and data order of every cell
-    blocks: tuple[int, ...] = (1, 2, 3, 4, 5)  # p: blocks removed (Algorithm 2, scratch)
-    at_init: tuple[str, ...] = ("snip", "grasp", "random")
-    scratch: tuple[str, ...] = ("grasp",)  # re-initialised tickets of these criteria
-    filter_criteria: tuple[str, ...] = ("snip", "grasp")  # filter pruning at matched count
-    filter_blocks: tuple[int, ...] = (1,)  # ... of the layer tickets at these p
-    after_training: tuple[str, ...] = ("hrank", "expectabs", "kl", "pls", "cka", "random")
-    after_training_blocks: tuple[int, ...] = (3,)
-    rewind: tuple[float, ...] = (0.5,)  # fractions of training; 0 = theta_0
-    lmc_criterion: str = "grasp"  # LMC twins of dense and of this at-init ticket ...
-    lmc_blocks: tuple[int, ...] = (3,)  # ... at these p ...
-    lmc_seeds: tuple[int, ...] = (0,)  # ... for these seeds
-    xi: float | str = 1.0  # winning ticket: acc + xi >= dense acc; points, or "std"
-    corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
-    severities: tuple[int, ...] = tuple(SEVERITIES)
-    cifar10c_root: str | None = None  # CIFAR-10-C .npy folder; None = generate corruptions
-    robustness_samples: int = 2000  # test images corrupted (the first ones)
-    energy_source: str = "auto"  # auto | codecarbon | nvml | tegrastats | declared
-    power_watts: float | None = None  # declared device power for the estimate
-    g_co2_per_kwh: float = WORLD_G_CO2_PER_KWH
-
-    def __post_init__(self) -> None:
-        put = object.__setattr__
-        put(self, "seeds", _ints(self.seeds, "seeds", 0))
-        if not self.seeds:
-            raise ConfigError("experiment.seeds must list at least one seed")
-        for name in ("blocks", "filter_blocks", "after_training_blocks", "lmc_blocks"):
-            put(self, name, _ints(getattr(self, name), name, 1))
-        put(self, "lmc_seeds", _ints(self.lmc_seeds, "lmc_seeds", 0))
-        put(self, "severities", _ints(self.severities, "severities", 1))
-        put(self, "at_init", _names(self.at_init, "at_init", after=False))
-        put(self, "scratch", _names(self.scratch, "scratch", after=False))
-        put(self, "filter_criteria", _names(self.filter_criteria, "filter_criteria", after=False))
-        put(self, "after_training", _names(self.after_training, "after_training", after=True))
-        _names([self.lmc_criterion], "lmc_criterion", after=False)
-        if isinstance(self.rewind, str) or not isinstance(self.rewind, list | tuple):
-            raise ConfigError("experiment.rewind must be a list of fractions in [0, 1)")
-        rewind = tuple(self.rewind)
-        if any(
-            isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1 for r in rewind
-        ) or list(rewind) != sorted(set(rewind)):
-            raise ConfigError(
-                f"experiment.rewind must be increasing fractions in [0, 1), got {rewind}"
-            )
-        put(self, "rewind", rewind)
-        if self.after_training and not self.rewind:
-            raise ConfigError(
-                "experiment.after_training needs at least one experiment.rewind point"
-            )
-        if not (
-            self.xi == "std"
-            or (isinstance(self.xi, int | float) and not isinstance(self.xi, bool) and self.xi >= 0)
-        ):
-            raise ConfigError(f"experiment.xi must be points >= 0 or 'std', got {self.xi!r}")
-        if any(s > max(SEVERITIES) for s in self.severities):
-            raise ConfigError(f"experiment.severities must be in 1..{max(SEVERITIES)}")
-        if isinstance(self.corruptions, str) or any(c not in CORRUPTIONS for c in self.corruptions):
-            raise ConfigError(
-                f"experiment.corruptions must be a list from {list(CORRUPTIONS)}, "
-                f"got {self.corruptions!r}"
-            )
-        put(self, "corruptions", tuple(self.corruptions))
-        if (
-            isinstance(self.robustness_samples, bool)
-            or not isinstance(self.robustness_samples, int)
-            or self.robustness_samples < 1
-        ):
-            raise ConfigError(
-                "experiment.robustness_samples must be a whole number >= 1, "
-                f"got {self.robustness_samples!r}"
-            )
-        check_energy_settings(self.energy_source, self.power_watts, self.g_co2_per_kwh)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        return cls(**config_kwargs(cls, data, "experiment"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
-
-
-@dataclass(frozen=True)
-class Cell:
-    kind: str  # dense | init | scratch | filter | after | lmc
-    seed: int
-    criterion: str | None = None
-    blocks: int = 0
-    rewind: float | None = None
-    twin_of: str | None = None  # lmc: the key of the cell this one is a twin of
-
-    @property
-    def key(self) -> str:
-        if self.kind == "lmc":
-            return f"lmc-{self.twin_of}"
-        if self.kind == "dense":
-            return f"dense-s{self.seed}"
-        middle = f"{self.criterion}-p{self.blocks}"
-        if self.kind == "after":
-            middle += f"-r{round(100 * (self.rewind or 0.0))}"
-        return f"{self.kind}-{middle}-s{self.seed}"
-
-    def rewind_epoch(self, epochs: int) -> int:
-        """The epoch an Algorithm 1 cell rewinds to (0 for every other kind)."""
-        return round((self.rewind or 0.0) * epochs) if self.kind == "after" else 0
-
-    def epochs_to_train(self, epochs: int) -> int:
-        return epochs - self.rewind_epoch(epochs)
-
-
-def plan(config: ExperimentConfig) -> list[Cell]:
-    """Every cell, in the order they run: the dense networks first (the others need them)."""
-    cells = [Cell("dense", s) for s in config.seeds]
-    for s in config.seeds:
-        cells += [Cell("init", s, c, p) for c in config.at_init for p in config.blocks]
-        cells += [Cell("scratch", s, c, p) for c in config.scratch for p in config.blocks]
-        cells += [
-            Cell("filter", s, c, p) for c in config.filter_criteria for p in config.filter_blocks
-        ]
-        cells += [
-            Cell("after", s, c, p, r)
-            for c in config.after_training
-            for p in config.after_training_blocks
-            for r in config.rewind
-        ]
-    if config.lmc_seeds and (
-        config.lmc_criterion not in config.at_init
-        or not set(config.lmc_blocks) <= set(config.blocks)
-    ):
-        raise ConfigError(
-            f"experiment.lmc_criterion/lmc_blocks: the twins' tickets ({config.lmc_criterion} "
-            f"at p={list(config.lmc_blocks)}) must be cells of the grid (at_init "
-            f"{list(config.at_init)}, blocks {list(config.blocks)}); or set lmc_seeds: []"
-        )
-    for s in config.lmc_seeds:
-        if s not in config.seeds:
-            raise ConfigError(f"experiment.lmc_seeds: seed {s} is not in experiment.seeds")
-        cells.append(Cell("lmc", s, twin_of=f"dense-s{s}"))
-        cells += [
-            Cell(
-                "lmc",
-                s,
-                config.lmc_criterion,
-                p,
-                twin_of=Cell("init", s, config.lmc_criterion, p).key,
-            )
-            for p in config.lmc_blocks
-        ]
-    keys = [cell.key for cell in cells]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(
-            f"experiment.rewind: {list(config.rewind)} give the same cell names at whole "
-            "percent; use rewind points at least 1% apart"
-        )
-    return cells
-
-
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
 class _Context:
-    recipe: Any  # compressor.recipe.sections.Recipe (imported lazily: it imports this module)
+    recipe: Recipe
     data: DataSplits
     out_dir: Path
     log: Log
@@ -298,18 +108,8 @@ class _Context:
         return self.out_dir / "cells" / key
 
 
-def cell_result(out_dir: str | Path, key: str) -> dict[str, Any] | None:
-    path = Path(out_dir) / "cells" / key / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON; delete it to recompute that cell") from exc
-
-
 def run_experiment(
-    recipe: Any, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
+    recipe: Recipe, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
 ) -> Path:
     """Run (or continue) the grid of `recipe.experiment`; returns the summary.md path.
 
@@ -332,7 +132,6 @@ def run_experiment(
 
 
 def _run_cells(ctx: _Context, cells: list[Cell]) -> Path:
-    from compressor.workflows.lottery.summary import write_summary
 
     recipe, out_dir, data, log = ctx.recipe, ctx.out_dir, ctx.data, ctx.log
     atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
@@ -358,7 +157,7 @@ def _run_cells(ctx: _Context, cells: list[Cell]) -> Path:
     )
 
 
-def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
+def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     previous = out_dir / "recipe.json"
     if not previous.is_file():
         if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
@@ -405,8 +204,6 @@ def _check_out_dir(out_dir: Path, recipe: Any, resume: bool) -> None:
 
 def _preflight(ctx: _Context, cells: list[Cell]) -> None:
     """What would otherwise fail in the middle of the grid fails now, before any training."""
-    from compressor.prune.blocks import discover_blocks, select_patterns
-    from compressor.train.loop import rewind_path
 
     config, epochs = ctx.config, ctx.recipe.train.epochs
     for fraction in config.rewind if config.after_training else ():
@@ -454,7 +251,6 @@ def _preflight(ctx: _Context, cells: list[Cell]) -> None:
 
 
 def _theta0(ctx: _Context, seed: int) -> tuple[nn.Module, ModelSpec]:
-    from compressor.workflows.stages import dense_model
 
     return dense_model(dataclasses.replace(ctx.recipe, seed=seed), ctx.data)
 
@@ -472,7 +268,6 @@ def _prune_config(ctx: _Context, criterion: str, blocks: int, seed: int) -> Any:
 
 def _layer_ticket(ctx: _Context, criterion: str, blocks: int, seed: int) -> tuple[nn.Module, Any]:
     """(ticket with theta_0 weights, LayerPruneResult) of Algorithm 2."""
-    from compressor.prune.layers import prune_at_init
 
     dense, spec = _theta0(ctx, seed)
     train = ctx.data.train
@@ -490,7 +285,6 @@ def _ticket(
     Once the init cell has finished, its recorded choice is used: the scratch, filter and
     LMC cells then build on the very ticket that was trained, even when they run on another
     machine whose scoring could break a near-tie differently."""
-    from compressor.models.spec import remove_blocks_
 
     done = cell_result(ctx.out_dir, Cell("init", seed, criterion, blocks).key)
     if done is None:
@@ -503,7 +297,6 @@ def _ticket(
 
 
 def _dense_trained(ctx: _Context, seed: int) -> nn.Module:
-    from compressor.models.store import load_model
 
     if seed not in ctx.dense_trained:
         stored = load_model(
@@ -521,9 +314,6 @@ def _dense_models(ctx: _Context) -> dict[int, nn.Module]:
 
 def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, Any], Any]:
     """(model to train, its spec, facts for result.json, TrainConfig) of one cell."""
-    from compressor.models.spec import build_model
-    from compressor.prune.filters import block_filters, prune_filters_at_init
-    from compressor.prune.layers import prune_after_training, scoring_batch
 
     train_config = dataclasses.replace(ctx.recipe.train, seed=cell.seed)
     facts: dict[str, Any] = {}
@@ -555,8 +345,6 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
         facts["layer_ticket_removed"] = list(removed)
     elif cell.kind == "after":
         from safetensors.torch import load_file
-
-        from compressor.train.loop import rewind_path
 
         dense_dir = ctx.cell_dir(f"dense-s{cell.seed}")
         epoch = cell.rewind_epoch(ctx.recipe.train.epochs)
@@ -594,10 +382,6 @@ def _build(ctx: _Context, cell: Cell) -> tuple[nn.Module, ModelSpec, dict[str, A
 
 
 def _run_cell(ctx: _Context, cell: Cell) -> dict[str, Any]:
-    from compressor.models.store import save_model
-    from compressor.prune.shrink import count_macs_params
-    from compressor.train.loop import resolve_device, train
-    from compressor.train.memory import step_memory_bytes
 
     cell_dir = ctx.cell_dir(cell.key)
     model, spec, facts, config = _build(ctx, cell)
@@ -665,8 +449,6 @@ def _corrupted_sets(ctx: _Context) -> dict[tuple[str, int], Split]:
 
 
 def _robustness(ctx: _Context, model: nn.Module, device: torch.device) -> dict[str, Any] | None:
-    from compressor.data.corruptions import mean_corruption_accuracy
-    from compressor.train.loop import evaluate
 
     if not ctx.config.corruptions or not ctx.config.severities:
         return None
@@ -690,8 +472,6 @@ def _robustness(ctx: _Context, model: nn.Module, device: torch.device) -> dict[s
 
 def _cka(ctx: _Context, dense: nn.Module, model: nn.Module) -> dict[str, float] | None:
     """Per-stage CKA; None when it is undefined (a stage whose output is constant)."""
-    from compressor.errors import CompressorError
-    from compressor.workflows.lottery.analysis import stage_cka
 
     try:
         return stage_cka(dense, model.cpu(), ctx.data.test.images[:CKA_MAX_IMAGES])
@@ -701,9 +481,6 @@ def _cka(ctx: _Context, dense: nn.Module, model: nn.Module) -> dict[str, float] 
 
 
 def _lmc(ctx: _Context, cell: Cell, model: nn.Module, device: torch.device) -> dict[str, Any]:
-    from compressor.models.store import load_model
-    from compressor.train.loop import evaluate
-    from compressor.workflows.lottery.analysis import error_barrier, recompute_bn_stats
 
     twin = load_model(
         ctx.cell_dir(cell.twin_of or "") / "model", factory=ctx.recipe.model.trusted_factory()

@@ -23,6 +23,8 @@ from typing import Any
 from torch import nn
 
 from compressor.atomic import atomic_write_bytes, atomic_write_text
+from compressor.workflows.lottery.analysis import stage_cka
+from compressor.workflows.lottery.cells import cell_result
 
 NAMES = {
     "snip": "SNIP",
@@ -428,7 +430,6 @@ def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 def cka_reference(dense: dict[int, nn.Module], images: Any) -> dict[str, float] | None:
     """Per-stage CKA of dense networks of different seeds, averaged over pairs: how similar
     two independently trained networks look to linear CKA on these images (its floor here)."""
-    from compressor.workflows.lottery.analysis import stage_cka
 
     pairs = list(itertools.combinations(sorted(dense), 2))
     if not pairs:
@@ -447,7 +448,6 @@ def write_summary(
 ) -> Path:
     """Write summary.json, summary.md and the plots from the finished cells of `cells`;
     `dense_models` (trained, by seed) and test `images` give the CKA reference."""
-    from compressor.workflows.lottery.experiment import cell_result
 
     results = [r for r in (cell_result(out_dir, c.key) for c in cells) if r is not None]
     summary = summarise(results, recipe.experiment.xi)

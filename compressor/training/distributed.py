@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from compressor.errors import ConfigError
-from compressor.prune.blocks import evaluating
+from compressor.models.blocks import evaluating
 
 __all__ = [
     "DistInfo",
@@ -152,7 +152,9 @@ def _group_ready() -> bool:
     if _initialized():
         return dist.get_world_size() > 1
     if _env_info().distributed:
-        raise RuntimeError("call compressor.train.distributed.init_from_env() before collectives")
+        raise RuntimeError(
+            "call compressor.training.distributed.init_from_env() before collectives"
+        )
     return False
 
 

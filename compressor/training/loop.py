@@ -9,10 +9,10 @@
   to an uninterrupted one. An epoch whose loss or weights went non-finite writes nothing.
 - Evaluation loss is plain cross entropy (no label smoothing) so runs compare across settings.
 - After the last epoch's training pass, batch-norm running statistics are re-estimated
-  (compressor/train/bn_recalibration.py, `bn_recalibration_batches`); the final val accuracy, the
+  (compressor/training/bn_recalibration.py, `bn_recalibration_batches`); the final val accuracy, the
   last checkpoint, the returned weights and the test accuracy all use those statistics.
   Earlier epochs' val accuracy in metrics.jsonl uses the running averages as they were.
-- Under torchrun (compressor/train/distributed.py) the model trains in DistributedDataParallel:
+- Under torchrun (compressor/training/distributed.py) the model trains in DistributedDataParallel:
   `batch_size` is the global batch, every rank draws and augments the same global batch and
   trains on its share, so the update is the one-process update up to float rounding. Rank 0
   alone writes files and prints; checkpoints resume under any number of processes.
@@ -21,36 +21,46 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import statistics
 import sys
 import time
-import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from compressor.configs import MAX_SEED, config_kwargs
-from compressor.data.splits import (
-    AugmentConfig,
-    DataSplits,
-    Split,
-    augment_batch,
-    iterate_batches,
-)
+from compressor.data.config import AugmentConfig
+from compressor.data.splits import DataSplits, augment_batch, iterate_batches
 from compressor.errors import CompressorError, ConfigError, InputError, TrainingError
 from compressor.outdir import exclusive_out_dir
-from compressor.train.bn_recalibration import BNRecalibration, recalibrate_bn_
-from compressor.train.checkpoint_checks import check_checkpoint_fields, checkpoint_size_limit
-from compressor.train.checks import batch_too_big, check_model_fits, check_splits, is_out_of_memory
-from compressor.train.distributed import (
+from compressor.training.bn_recalibration import BNRecalibration, recalibrate_bn_
+from compressor.training.checkpoint_checks import (
+    check_checkpoint_fields,
+    checkpoint_size_limit,
+    load_checkpoint,
+    refuse_to_overwrite,
+)
+from compressor.training.checks import (
+    batch_too_big,
+    check_model_fits,
+    check_splits,
+    is_out_of_memory,
+)
+from compressor.training.config import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    NAN_CHECK_EVERY,
+    RUNTIME_ONLY_FIELDS,
+    TrainConfig,
+    TrainResult,
+    resolve_device,
+    rewind_path,
+)
+from compressor.training.distributed import (
     DistInfo,
     all_reduce_sum,
     average_batchnorm_statistics_,
@@ -61,242 +71,10 @@ from compressor.train.distributed import (
     synced_batchnorm,
     wrap_ddp,
 )
-from deploy.errors import UnsafePathError, first_line
-from deploy.paths import check_readable_file
+from compressor.training.evaluate import evaluate
+from compressor.training.schedule import epoch_layout, lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
-NAN_CHECK_EVERY = 25  # steps between loss-finiteness checks (each one is a device sync)
-RUNTIME_ONLY_FIELDS = ("device", "amp", "threads", "progress")  # may change on resume
-BN_RECALIBRATION_BATCHES = 20  # train.bn_recalibration_batches' default
-
-Schedule = Literal["cosine", "step"]
-DeviceName = Literal["auto", "cpu", "cuda"]
-ProgressMode = Literal["auto", "bar", "log", "none"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """How to train; maps one to one onto a recipe's `train:` section."""
-
-    epochs: int  # full passes over the training split
-    batch_size: int = 128  # images per SGD step (a smaller training split: one step per epoch)
-    lr: float = 0.1  # peak learning rate (after warm-up)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # L2 on all parameters, as in the usual CIFAR ResNet recipe
-    schedule: Schedule = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of all steps
-    gamma: float = 0.1  # step schedule: lr multiplier at each milestone
-    warmup_epochs: int = 0  # linear warm-up from lr/steps to lr
-    label_smoothing: float = 0.0  # training loss only
-    device: DeviceName = "auto"  # auto = CUDA when available
-    amp: bool | None = None  # mixed precision; None = on for CUDA, never on CPU
-    seed: int = 0  # seeds torch, the shuffling and the augmentation generators
-    threads: int | None = None  # torch.set_num_threads (process-wide); None = leave as is
-    progress: ProgressMode = "auto"  # auto = a bar on a terminal, one log line per epoch otherwise
-    # Rewinding (the paper's Algorithm 1): save the weights when training reaches these
-    # fractions of `epochs` (0 = theta_0) as rewind_eNNN.safetensors beside the checkpoint;
-    # and start the epoch count and learning-rate schedule at `start_epoch` (a ticket whose
-    # weights were rewound to that epoch retrains the remaining epochs on the original
-    # schedule; the paper calls this learning-rate rewinding).
-    rewind_points: tuple[float, ...] = ()
-    start_epoch: int = 0
-    # Batch-norm running statistics re-estimated over this many training batches (no
-    # augmentation) before the final validation and the test evaluation: short training or
-    # surgery leaves them stale, and eval-mode accuracy can fall to chance. 0 = off.
-    bn_recalibration_batches: int = BN_RECALIBRATION_BATCHES
-
-    def __post_init__(self) -> None:
-        if isinstance(self.milestones, list):  # recipes give YAML lists
-            object.__setattr__(self, "milestones", tuple(self.milestones))
-        for field, minimum in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("warmup_epochs", 0),
-            ("seed", 0),
-            ("threads", 1),
-            ("bn_recalibration_batches", 0),
-        ):
-            value = getattr(self, field)
-            if not (field == "threads" and value is None):
-                _check(field, value, lambda v, m=minimum: v >= m, f"an int >= {minimum}", int)
-        for field, ok, expected in (
-            ("lr", lambda v: v > 0, "> 0"),
-            ("weight_decay", lambda v: v >= 0, ">= 0"),
-            ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ):
-            _check(field, getattr(self, field), ok, f"a number {expected}", (int, float))
-        _check("seed", self.seed, lambda v: v <= MAX_SEED, f"an int <= {MAX_SEED}", int)
-        for field, kind in (
-            ("schedule", Schedule),
-            ("device", DeviceName),
-            ("progress", ProgressMode),
-        ):
-            if getattr(self, field) not in get_args(kind):
-                raise ConfigError(
-                    f"train.{field} must be one of {get_args(kind)}, got {getattr(self, field)!r}"
-                )
-        if not isinstance(self.nesterov, bool) or not isinstance(self.amp, (bool, type(None))):
-            raise ConfigError(
-                f"train.nesterov and train.amp must be true or false (amp also "
-                f"null), got {self.nesterov!r} and {self.amp!r}"
-            )
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("train.nesterov needs train.momentum > 0; set nesterov: false")
-        if self.warmup_epochs >= self.epochs:
-            raise ConfigError(
-                f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than "
-                f"train.epochs ({self.epochs})"
-            )
-        points = tuple(self.rewind_points)
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in points) or (
-            list(points) != sorted(set(points)) or any(not 0 <= p < 1 for p in points)
-        ):
-            raise ConfigError(
-                f"train.rewind_points must be increasing fractions in [0, 1), got {points}"
-            )
-        object.__setattr__(self, "rewind_points", points)
-        _check("start_epoch", self.start_epoch, lambda v: 0 <= v < self.epochs,
-               f"an int in [0, epochs={self.epochs})", int)  # fmt: skip
-        ms = self.milestones
-        valid = isinstance(ms, tuple) and all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms)
-        if not valid or list(ms) != sorted(set(ms)):
-            raise ConfigError(f"train.milestones must be increasing fractions in (0, 1), got {ms}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from a recipe mapping; unknown or missing keys are ConfigErrors naming them."""
-        return cls(**config_kwargs(cls, d, "train"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {**dataclasses.asdict(self), "milestones": list(self.milestones)}
-        # Left out at their defaults, so recipes and checkpoints written before rewinding
-        # and recalibration existed still compare equal on --resume.
-        for key, default in (
-            ("rewind_points", ()),
-            ("start_epoch", 0),
-            ("bn_recalibration_batches", BN_RECALIBRATION_BATCHES),
-        ):
-            if out[key] == default:
-                del out[key]
-            elif key == "rewind_points":
-                out[key] = list(out[key])
-        return out
-
-    def rewind_epochs(self) -> list[int]:
-        """The epochs at which rewind snapshots are saved."""
-        return sorted({round(p * self.epochs) for p in self.rewind_points})
-
-
-def rewind_path(out_dir: str | Path, epoch: int) -> Path:
-    """Where `train` saves the weights reached after `epoch` epochs (0: before training)."""
-    return Path(out_dir) / f"rewind_e{epoch:03d}.safetensors"
-
-
-def _check(field: str, value: Any, ok: Any, expected: str, kind: type | tuple) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kind)
-        or (isinstance(value, float) and not math.isfinite(value))
-        or not ok(value)
-    ):
-        raise ConfigError(f"train.{field} must be {expected}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced; the weights themselves stay in the model object."""
-
-    epochs_run: int  # epochs completed in total, resumed ones included
-    final_val_acc: float
-    best_val_acc: float
-    test_acc: float
-    test_loss: float
-    train_seconds: float  # sum of epoch training times (evaluation excluded)
-    epoch_seconds: list[float]
-    median_epoch_seconds: float
-    checkpoint: str
-    metrics: str
-    device: str
-    # What batch-norm recalibration did before the final evaluations (layers, batches,
-    # images; 0 layers: the model has no BatchNorm); None when it is off.
-    bn_recalibration: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; asking for absent CUDA is a ConfigError."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in get_args(DeviceName):
-        raise ConfigError(f"train.device must be one of {get_args(DeviceName)}, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto'")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy); on the model's device unless `device` moves it there."""
-    if len(split) == 0:
-        raise InputError("cannot evaluate on an empty split")
-    if device is None:
-        device = next(model.parameters(), torch.empty(0)).device
-    device = resolve_device(device)
-    was_training = model.training
-    model.to(device).eval()
-    loss_sum, correct = (torch.zeros((), device=device) for _ in range(2))
-    for images, labels in iterate_batches(split, batch_size, shuffle=False):
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images).float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(dim=1) == labels).sum()
-    model.train(was_training)
-    return correct.item() / len(split), loss_sum.item() / len(split)
-
-
-def _lr_factor(config: TrainConfig, steps_per_epoch: int):
-    """Multiplier of `config.lr` at a global step (0-based): warm-up, then cosine or steps."""
-    total = config.epochs * steps_per_epoch
-    warmup = config.warmup_epochs * steps_per_epoch
-    boundaries = [round(m * total) for m in config.milestones]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        return config.gamma ** sum(step >= b for b in boundaries)
-
-    return factor
-
-
-def _epoch_layout(n: int, batch_size: int, world: int) -> tuple[int, bool]:
-    """(steps per epoch, whether the trailing partial batch is dropped).
-
-    The trailing batch is kept when every process gets at least two of its images: a share of
-    one image breaks BatchNorm. With one process only a trailing batch of one is dropped.
-    """
-    tail = n % batch_size
-    keep = tail >= 2 * world
-    return n // batch_size + keep, tail > 0 and not keep
-
 
 class _Run:
     """Everything one training run mutates, so the epoch loop and the checkpoint see the same."""
@@ -321,7 +99,7 @@ class _Run:
         self.model = self.net = model.to(self.device)  # net: what trains (DDP when distributed)
         n, bs = len(data.train), config.batch_size
         local_batch_size(bs, world)  # refuse unequal shares before anything runs
-        self.steps_per_epoch, self.drop_last = _epoch_layout(n, bs, world)
+        self.steps_per_epoch, self.drop_last = epoch_layout(n, bs, world)
         if self.steps_per_epoch == 0:
             raise InputError(
                 f"the training split has {n} image(s); at least {2 * world} are needed"
@@ -333,7 +111,7 @@ class _Run:
             weight_decay=config.weight_decay,
             nesterov=config.nesterov,
         )
-        factor, offset = _lr_factor(config, self.steps_per_epoch), self.steps_per_epoch
+        factor, offset = lr_factor(config, self.steps_per_epoch), self.steps_per_epoch
         offset *= config.start_epoch  # the schedule rewinds with the weights: resume it there
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: factor(step + offset)
@@ -549,7 +327,7 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
                 " use the same data settings or choose another output directory"
             )
     world, n = state.get("world_size", 1), len(run.data.train)
-    steps = state.get("steps_per_epoch", _epoch_layout(n, run.config.batch_size, world)[0])
+    steps = state.get("steps_per_epoch", epoch_layout(n, run.config.batch_size, world)[0])
     if steps != run.steps_per_epoch:  # the lr schedule is a function of steps per epoch
         raise ConfigError(
             f"cannot resume {path}: it ran {steps} steps per epoch on {world} process(es), "
@@ -557,39 +335,6 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
             f"{n % run.config.batch_size} images form a batch only when every process gets "
             f"2 of them); resume with {world} process(es)"
         )
-
-
-def _load_checkpoint(path: Path, max_bytes: int) -> dict[str, Any]:
-    """The checkpoint's contents; a damaged file is an InputError and stays as it is.
-
-    torch.load does not check the zip's CRCs, so flipped bytes inside a tensor would resume
-    from silently corrupted weights: zipfile checks them first. Unpickling damaged data can
-    raise almost any exception type; to the user they all mean the same.
-    """
-    advice = "delete it to start over or choose another output directory"
-    try:  # a link to /dev/zero or a FIFO would be read forever, a huge file into memory
-        check_readable_file(path, "checkpoint", max_bytes=max_bytes)
-    except UnsafePathError as exc:
-        raise InputError(f"cannot resume: {str(exc).split('; ')[0]}; {advice}") from exc
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-        if damaged is not None:
-            raise InputError(
-                f"cannot read checkpoint {path}: its record {damaged} fails its CRC check "
-                f"(the file is damaged); {advice}"
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except InputError:
-        raise
-    except Exception as exc:
-        first = first_line(exc)
-        if "Weights only load failed" in first:  # torch's 1,000-character explanation
-            first = "it holds Python objects besides tensors, which could run code: not loaded"
-        raise InputError(f"cannot read checkpoint {path} ({first}); {advice}") from exc
-    if not isinstance(state, dict):
-        raise InputError(f"{path} holds a {type(state).__name__}, not a checkpoint; {advice}")
-    return state
 
 
 def train(
@@ -625,7 +370,7 @@ def train(
         raise ConfigError(f"describe must be JSON-serialisable ({exc})") from exc
     info = init_from_env(config.device)
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    _refuse_to_overwrite(checkpoint_path, resume)
+    refuse_to_overwrite(checkpoint_path, resume)
     check_splits(data)  # NaN pixels, empty splits, labels beyond the classes: before anything
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -635,9 +380,9 @@ def train(
     # Rank 0 alone writes, so it alone holds the directory; a second run on it is refused.
     owner = exclusive_out_dir(out_dir) if info.is_main else contextlib.nullcontext()
     with owner:
-        _refuse_to_overwrite(checkpoint_path, resume)  # again: another run may have finished
+        refuse_to_overwrite(checkpoint_path, resume)  # again: another run may have finished
         if resume and checkpoint_path.exists():
-            run.restore(_load_checkpoint(checkpoint_path, checkpoint_size_limit(model)))
+            run.restore(load_checkpoint(checkpoint_path, checkpoint_size_limit(model)))
             if info.is_main:  # a kill between the checkpoint's rename and the metrics' left
                 run.write_metrics()  # them an epoch apart; the checkpoint is what counts
         barrier()  # every rank has read the checkpoint (or seen none) before rank 0 writes
@@ -652,14 +397,6 @@ def train(
                 run.net = run.model  # drop the wrapper and its gradient hooks
         barrier()  # rank 0's last checkpoint is complete before any rank returns
     return result
-
-
-def _refuse_to_overwrite(checkpoint_path: Path, resume: bool) -> None:
-    if checkpoint_path.exists() and not resume:
-        raise InputError(
-            f"{checkpoint_path} already exists; pass --resume to continue that run "
-            "or choose another output directory"
-        )
 
 
 def _train_loop(run: _Run) -> TrainResult:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from compressor.errors import ConfigError
-from compressor.prune.blocks import evaluating
+from compressor.models.blocks import evaluating
 
 __all__ = ["BNRecalibration", "batchnorm_layers", "recalibrate_bn_"]
 

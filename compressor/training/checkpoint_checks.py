@@ -1,7 +1,7 @@
 """A checkpoint is an input like any other: its size, its fields and its weights are checked
 before `--resume` trusts them.
 
-The zip CRCs (train._load_checkpoint) catch flipped bytes; they cannot catch a checkpoint
+The zip CRCs (load_checkpoint) catch flipped bytes; they cannot catch a checkpoint
 that was written by hand, by another tool, or by an older run that went wrong: an epoch of
 -3 trains 3 epochs too many, metrics that are not a list of numbers fail later with a
 TypeError, weights that are NaN would be "resumed" only to fail at the first step with advice
@@ -11,6 +11,7 @@ to resume from the very same file.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from compressor.errors import InputError
+from deploy.errors import UnsafePathError, first_line
+from deploy.paths import check_readable_file
 
 # The numbers every metrics row holds (train._train_loop writes them).
 METRIC_FIELDS = (
@@ -102,3 +105,44 @@ def _show(value: Any) -> str:
     if isinstance(value, bool | int | float | str) or value is None:
         return repr(value)[:40]
     return f"of type {type(value).__name__}"
+
+
+def load_checkpoint(path: Path, max_bytes: int) -> dict[str, Any]:
+    """The checkpoint's contents; a damaged file is an InputError and stays as it is.
+
+    torch.load does not check the zip's CRCs, so flipped bytes inside a tensor would resume
+    from silently corrupted weights: zipfile checks them first. Unpickling damaged data can
+    raise almost any exception type; to the user they all mean the same.
+    """
+    advice = "delete it to start over or choose another output directory"
+    try:  # a link to /dev/zero or a FIFO would be read forever, a huge file into memory
+        check_readable_file(path, "checkpoint", max_bytes=max_bytes)
+    except UnsafePathError as exc:
+        raise InputError(f"cannot resume: {str(exc).split('; ')[0]}; {advice}") from exc
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise InputError(
+                f"cannot read checkpoint {path}: its record {damaged} fails its CRC check "
+                f"(the file is damaged); {advice}"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:
+        first = first_line(exc)
+        if "Weights only load failed" in first:  # torch's 1,000-character explanation
+            first = "it holds Python objects besides tensors, which could run code: not loaded"
+        raise InputError(f"cannot read checkpoint {path} ({first}); {advice}") from exc
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a {type(state).__name__}, not a checkpoint; {advice}")
+    return state
+
+
+def refuse_to_overwrite(checkpoint_path: Path, resume: bool) -> None:
+    if checkpoint_path.exists() and not resume:
+        raise InputError(
+            f"{checkpoint_path} already exists; pass --resume to continue that run "
+            "or choose another output directory"
+        )

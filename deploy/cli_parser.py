@@ -1,0 +1,205 @@
+"""The `deploy` command line's parser: its commands and flags, with no behaviour of its own.
+
+`deploy.cli.main` parses with it and runs the command; the flags' values are checked there
+(deploy.cli_options), so every mistake is reported the same one-line way.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deploy.errors import DeployConfigError
+
+CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
+
+
+class UsageError(DeployConfigError):
+    """argparse found a malformed command line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises instead of printing usage and exiting, so `main` reports
+    every mistake the same one-line way."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="deploy", description="Build, benchmark and compare models on devices.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench = commands.add_parser(
+        "bench",
+        help="time a model on one backend and write a result file",
+        description=(
+            "Time a model at one or more batch sizes and write a result file. onnxruntime "
+            "runs ONNX files; tensorrt runs engines (or builds one from an ONNX file first); "
+            "trtexec times an ONNX file or engine with NVIDIA's trtexec; torch runs "
+            "torch.export (.pt2) files."
+        ),
+    )
+    bench.add_argument("model", type=Path, help="the model file to time")
+    bench.add_argument("--backend", default="onnxruntime", help=", ".join(CLI_BACKENDS))
+    bench.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, fp16, bf16 or int8; onnxruntime and torch run what the file holds "
+        "(checked), tensorrt/trtexec build for it (default: the file's precision)",
+    )
+    bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    bench.add_argument(
+        "--threads",
+        default=None,
+        help="intra-op threads of CPU backends (default: one per CPU this process may use)",
+    )
+    bench.add_argument(
+        "--cpus",
+        default=None,
+        help="pin the benchmark to these CPUs, e.g. 0-3 or 0,2 (Linux); --threads then "
+        "defaults to their number",
+    )
+    bench.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
+    bench.add_argument("--iterations", default="100", help="timed iterations, at least")
+    bench.add_argument(
+        "--repeats",
+        default="3",
+        help="independent timed runs the iterations are split into; the spread of their "
+        "medians is the run-to-run CV (default 3)",
+    )
+    bench.add_argument(
+        "--max-cv", default="0.10", help="warn above this per-iteration CV (default 0.10)"
+    )
+    bench.add_argument(
+        "--max-run-cv", default="0.05", help="warn above this run-to-run CV (default 0.05)"
+    )
+    bench.add_argument(
+        "--max-load",
+        default="0.5",
+        help="warn above this load average per CPU besides the benchmark's own (default 0.5)",
+    )
+    bench.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when there are measurement warnings (results are still written)",
+    )
+    bench.add_argument("--min-seconds", default="0", help="time at least this long per batch")
+    bench.add_argument("--max-seconds", default="300", help="stop timing a batch after this")
+    bench.add_argument("--seed", default="0", help="seed of the random inputs (default 0)")
+    bench.add_argument(
+        "--shapes",
+        default=None,
+        help="sizes of dynamic input dims: name:1x3x224x224[,name2:...]; axis 0 follows --batch",
+    )
+    bench.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="labelled evaluation file (.npz with images and labels): adds top-1 accuracy",
+    )
+    bench.add_argument(
+        "--expect-top1",
+        default=None,
+        help="with --data: fail (exit 1, results still written) when top-1 is further than "
+        "--top1-tolerance from this fraction, e.g. the accuracy a bundle's manifest expects",
+    )
+    bench.add_argument(
+        "--top1-tolerance", default="0.01", help="allowed |top-1 - expected| (default 0.01)"
+    )
+    bench.add_argument(
+        "--power",
+        default="auto",
+        help="power sampling for energy per inference: auto (NVML or tegrastats when "
+        "present), nvml, tegrastats, none (default auto)",
+    )
+    bench.add_argument(
+        "--power-seconds", default="2", help="seconds each model runs alone while power is sampled"
+    )
+    bench.add_argument(
+        "--require-locked-clocks",
+        action="store_true",
+        help="refuse to time when the device's clocks are not locked (Jetson: jetson_clocks)",
+    )
+    bench.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
+    bench.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="torch backend: load a .pt2 file, which torch reads with pickle (trusted files only)",
+    )
+    bench.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
+    bench.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=Path("engines"),
+        help="tensorrt: where engines built from ONNX files go (default ./engines)",
+    )
+    bench.add_argument("--workspace-mib", default=None, help="TensorRT builder workspace (MiB)")
+    bench.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file")
+    bench.add_argument("--dla-core", default=None, help="run on this DLA core (Jetson)")
+    bench.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
+    bench.add_argument("--output", type=Path, default=None, help="result file path")
+    bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+
+    build = commands.add_parser(
+        "build",
+        help="build a TensorRT engine from an ONNX file",
+        description="Build a TensorRT engine (with its sidecar JSON) from an ONNX file.",
+    )
+    build.add_argument("model", type=Path, help="the ONNX file (FP16 / QDQ ONNX for fp16/int8)")
+    build.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8")
+    build.add_argument(
+        "--batch", default="1", help="batch sizes the engine must run; the profile spans them"
+    )
+    build.add_argument("--shapes", default=None, help="sizes of other dynamic dims (see bench)")
+    build.add_argument("--workspace-mib", default=None, help="builder workspace limit (MiB)")
+    build.add_argument("--timing-cache", type=Path, default=None, help="timing cache file")
+    build.add_argument("--dla-core", default=None, help="build for this DLA core (Jetson)")
+    build.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="engine path (default: MODEL's folder, <stem>.<precision>.b<max batch>.engine)",
+    )
+    build.set_defaults(engine_dir=None)
+
+    report = commands.add_parser(
+        "report",
+        help="merge result files from several devices into one report",
+        description=(
+            "Merge result files (or directories of them) into report.md, report.html and "
+            "plots; measurements from different device fingerprints stay in separate columns."
+        ),
+    )
+    report.add_argument("results", type=Path, nargs="+", help="result files or directories")
+    report.add_argument("--out", type=Path, default=Path("report"), help="output directory")
+    report.add_argument(
+        "--baseline",
+        default=None,
+        help="model the speed-ups are over (default: dense, when the files have it)",
+    )
+    report.add_argument("--batch", default=None, help="only this batch size")
+
+    compare = commands.add_parser(
+        "compare",
+        help="speed-ups of one result file over another, measured on the same device",
+        description=(
+            "Print, per model x backend x device x precision x batch in both files, the "
+            "speed-up of NEW over BASELINE (baseline p50 / new p50) with medians, p90/p99 and "
+            "both run-to-run CVs. Files from different device fingerprints are refused unless "
+            "--allow-cross-device is given."
+        ),
+    )
+    compare.add_argument("baseline", type=Path, help="result file to compare against")
+    compare.add_argument("new", type=Path, help="result file whose speed-up is shown")
+    compare.add_argument(
+        "--allow-cross-device",
+        action="store_true",
+        help="compute speed-ups between different fingerprints (labelled as cross-device)",
+    )
+    compare.add_argument("--batch", default=None, help="only this batch size")
+
+    commands.add_parser(
+        "info",
+        help="describe this device (the fingerprint results carry) and clock warnings",
+    )
+    return parser

@@ -1,0 +1,229 @@
+"""What one benchmark is asked to do (`BenchConfig`) and the record it returns per model and
+batch size (`LatencyRecord`). A leaf module: the harness, its timed runs and the result files
+all read these, so they live below all of them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployConfigError, DeployInputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """How to time a model. Timing stops once both `iterations` and `min_seconds` are met.
+
+    The timed phase is `repeats` runs, each with its share of `iterations`, `min_seconds` and
+    `max_seconds` (at least one iteration each); medians and percentiles are over all of them.
+    """
+
+    batch_sizes: tuple[int, ...] = (1,)
+    warmup_iters: int = 20  # untimed runs per model and batch: allocator, caches, clocks
+    iterations: int = 100  # timed runs per model and batch, at least
+    min_seconds: float = 0.0  # ...and keep timing until each model has this much timed time
+    max_seconds: float = 300.0  # safety cap on the timed phase of one batch size (wall clock)
+    seed: int = 0  # for the random inputs, so reruns feed the same data
+    # Independent timed runs per model and batch; their medians' spread is the run-to-run CV.
+    # Three is the fewest that shows a drifting median without tripling short benchmarks.
+    repeats: int = 3
+    # Side by side, models take turns in blocks of this many timed iterations, each turn
+    # after untimed iterations for `lead_in_seconds` (one at least) so the previous model's
+    # threads go idle (1 and 0: one iteration per model per round, the method before blocks,
+    # which timed models slower than they run alone). See deploy/timed_runs.py.
+    block_iters: int = 20
+    lead_in_seconds: float = 0.005
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
+    # With a power sampler, each model then runs alone for this long while power is sampled
+    # (interleaving would mix the models' power draw); energy per inference comes from it.
+    power_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        batches = tuple(self.batch_sizes)
+        if not batches or any(not is_int(b) or b < 1 for b in batches):
+            raise DeployConfigError(
+                f"batch_sizes must be a non-empty list of integers >= 1, got {self.batch_sizes!r}"
+            )
+        if len(set(batches)) != len(batches):
+            raise DeployConfigError(f"batch_sizes has duplicates: {batches}")
+        object.__setattr__(self, "batch_sizes", batches)
+        if not is_int(self.warmup_iters) or self.warmup_iters < 0:
+            raise DeployConfigError(
+                f"warmup_iters must be an integer >= 0, got {self.warmup_iters!r}"
+            )
+        if not is_int(self.iterations) or self.iterations < 1:
+            raise DeployConfigError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        if not is_number(self.min_seconds) or self.min_seconds < 0:
+            raise DeployConfigError(f"min_seconds must be a number >= 0, got {self.min_seconds!r}")
+        if not is_number(self.max_seconds) or self.max_seconds <= 0:
+            raise DeployConfigError(f"max_seconds must be a number > 0, got {self.max_seconds!r}")
+        if self.max_seconds < self.min_seconds:
+            raise DeployConfigError(
+                f"max_seconds ({self.max_seconds}) must not be below min_seconds "
+                f"({self.min_seconds})"
+            )
+        if not is_int(self.seed):
+            raise DeployConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not is_int(self.repeats) or self.repeats < 1:
+            raise DeployConfigError(f"repeats must be an integer >= 1, got {self.repeats!r}")
+        if not is_int(self.block_iters) or self.block_iters < 1:
+            raise DeployConfigError(
+                f"block_iters must be an integer >= 1, got {self.block_iters!r}"
+            )
+        if not is_number(self.lead_in_seconds) or self.lead_in_seconds < 0:
+            raise DeployConfigError(
+                f"lead_in_seconds must be a number >= 0, got {self.lead_in_seconds!r}"
+            )
+        shapes = {}
+        for name, shape in dict(self.shapes).items():
+            dims = tuple(shape)
+            if not dims or any(not is_int(d) or d < 1 for d in dims):
+                raise DeployConfigError(
+                    f"shapes['{name}'] must be a tuple of integers >= 1, got {shape!r}"
+                )
+            shapes[str(name)] = dims
+        object.__setattr__(self, "shapes", shapes)
+        if not is_number(self.power_seconds) or self.power_seconds <= 0:
+            raise DeployConfigError(
+                f"power_seconds must be a number > 0, got {self.power_seconds!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyRecord:
+    """One measurement: a model on a backend, device, precision and batch size."""
+
+    model: str
+    backend: str
+    device: str
+    precision: str
+    batch: int
+    threads: int | None  # intra-op threads; CPU runners always set it, None for GPU backends
+    warmup_iters: int
+    iterations: int  # timed iterations run, over all runs (fewer than asked if max_seconds hit)
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    cv: float
+    throughput_ips: float
+    # Optional figures; None when the run did not measure them. The *_ms fields above are
+    # host latency (what the caller waits for, transfers included on a GPU).
+    accuracy: float | None = None  # top-1 fraction on a labelled evaluation file
+    accuracy_samples: int | None = None  # how many labelled images `accuracy` is over
+    gpu_compute_ms: float | None = None  # median GPU compute time alone (CUDA events, trtexec)
+    energy_mj: float | None = None  # energy per inference call (one whole batch), millijoules
+    avg_power_w: float | None = None  # mean power while the energy was measured
+    power_source: str | None = None  # what measured it, e.g. "nvml" or "tegrastats:VDD_IN"
+    # Run-to-run variation: the timed phase split into `runs` independent runs, the median
+    # of each, and std/mean of those medians (None with one run, and in older files).
+    runs: int | None = None
+    run_medians_ms: tuple[float, ...] | None = None
+    run_cv: float | None = None
+    # Backend-specific figures and settings, JSON-safe (trtexec's enqueue and transfer times,
+    # whether a CUDA graph was used, the engine's sidecar hash, ...).
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> LatencyRecord:
+        """Rebuild a record from `to_dict` output, saying which fields are missing or wrong."""
+        if not isinstance(data, Mapping):
+            raise DeployInputError(f"a record must be an object, got {type(data).__name__}")
+        names = {f.name: f for f in fields(cls)}
+        required = {name for name in names if name not in _OPTIONAL_FIELDS}
+        missing = sorted(required - set(data))
+        unknown = sorted(set(data) - set(names))
+        if missing or unknown:
+            raise DeployInputError(f"record fields: missing {missing}, unknown {unknown}")
+        for name in ("model", "backend", "device", "precision"):
+            if not isinstance(data[name], str):
+                raise DeployInputError(
+                    f"record field '{name}' must be a string, got {data[name]!r}"
+                )
+        for name in ("batch", "warmup_iters", "iterations"):
+            if not is_int(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be an integer, got {data[name]!r}"
+                )
+        if data["threads"] is not None and not is_int(data["threads"]):
+            raise DeployInputError(
+                f"record field 'threads' must be an integer or null, got {data['threads']!r}"
+            )
+        for name in names:
+            is_measurement = name.endswith("_ms") or name in ("cv", "throughput_ips")
+            is_measurement = is_measurement and name in required
+            if is_measurement and not is_number(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be a number, got {data[name]!r}"
+                )
+        for name in ("accuracy", "gpu_compute_ms", "energy_mj", "avg_power_w", "run_cv"):
+            if data.get(name) is not None and not is_number(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be a number or null, got {data[name]!r}"
+                )
+        for name in ("accuracy_samples", "runs"):
+            if data.get(name) is not None and not is_int(data[name]):
+                raise DeployInputError(
+                    f"record field '{name}' must be an integer or null, got {data[name]!r}"
+                )
+        medians = data.get("run_medians_ms")
+        if medians is not None and (
+            not isinstance(medians, Sequence)
+            or isinstance(medians, str)
+            or not all(is_number(m) for m in medians)
+            or (data.get("runs") is not None and len(medians) != data["runs"])
+        ):
+            raise DeployInputError(
+                "record field 'run_medians_ms' must be a list of numbers, one per run, or "
+                f"null, got {medians!r}"
+            )
+        if data.get("power_source") is not None and not isinstance(data["power_source"], str):
+            raise DeployInputError(
+                f"record field 'power_source' must be a string or null, got "
+                f"{data['power_source']!r}"
+            )
+        if not isinstance(data.get("details", {}), Mapping):
+            raise DeployInputError(
+                f"record field 'details' must be an object, got {data['details']!r}"
+            )
+        values = dict(data)
+        values["details"] = dict(values.get("details", {}))
+        if medians is not None:
+            values["run_medians_ms"] = tuple(float(m) for m in medians)
+        return cls(**values)
+
+
+# Fields a record may leave out (older result files, runs that did not measure them).
+_OPTIONAL_FIELDS = frozenset(
+    (
+        "accuracy",
+        "accuracy_samples",
+        "gpu_compute_ms",
+        "energy_mj",
+        "avg_power_w",
+        "power_source",
+        "runs",
+        "run_medians_ms",
+        "run_cv",
+        "details",
+    )
+)
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
