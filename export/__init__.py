@@ -1,43 +1,33 @@
-"""Export: nn.Module -> checked ONNX file with parity against torch and metadata."""
+"""Export: nn.Module -> checked ONNX file with parity against torch and metadata.
 
-from deploy.files import file_sha256
-from export.errors import (
-    ExportConfigError,
-    ExportError,
-    ExportInputError,
-    OnnxValidationError,
-    ParityError,
-    UnsupportedModelError,
-)
-from export.fp16 import FP16Config, FP16Result, convert_fp16
-from export.metadata import read_metadata, write_metadata
-from export.onnx_export import ExportConfig, ExportResult, export_onnx
-from export.parity import Parity, check_parity
-from export.quantize import QuantizeConfig, QuantizeResult, quantize_qdq
-from export.readiness import Finding, ReadinessReport, check_readiness
+    import export
+    result = export.export_onnx(model, example_images, "model.onnx")
+    export.check_readiness("model.onnx", trt_version="10.3").format()
 
-__all__ = [
-    "ExportConfig",
-    "ExportConfigError",
-    "ExportError",
-    "ExportInputError",
-    "ExportResult",
-    "OnnxValidationError",
-    "Parity",
-    "ParityError",
-    "UnsupportedModelError",
-    "check_parity",
-    "export_onnx",
-    "file_sha256",
-    "read_metadata",
-    "write_metadata",
-    "FP16Config",
-    "FP16Result",
-    "QuantizeConfig",
-    "QuantizeResult",
-    "convert_fp16",
-    "quantize_qdq",
-    "Finding",
-    "ReadinessReport",
-    "check_readiness",
-]
+Each public name is imported on first use, so `import export` (or its error types) loads no
+torch until an export is asked for.
+"""
+
+from deploy.lazy import lazy_attributes
+
+_API = {
+    "export.errors": (
+        "ExportConfigError",
+        "ExportError",
+        "ExportInputError",
+        "OnnxValidationError",
+        "ParityError",
+        "UnsupportedModelError",
+    ),
+    "export.config": ("ExportConfig", "ExportResult"),
+    "export.onnx_export": ("export_onnx",),
+    "export.parity": ("Parity", "check_parity"),
+    "export.metadata": ("read_metadata", "write_metadata"),
+    "export.fp16": ("FP16Config", "FP16Result", "convert_fp16"),
+    "export.quantize": ("QuantizeConfig", "QuantizeResult", "quantize_qdq"),
+    "export.findings": ("Finding", "ReadinessReport"),
+    "export.readiness": ("check_readiness",),
+    "deploy.files": ("file_sha256",),
+}
+__all__ = sorted(name for names in _API.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, _API)
