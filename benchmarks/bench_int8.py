@@ -23,11 +23,9 @@ from compressor.workflows.pipeline import VARIANTS
 from deploy.bench import benchmark_side_by_side
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.machine.cpus import default_threads
-from deploy.machine.fingerprint import device_fingerprint
-from deploy.machine.stability import timing_warnings
-from deploy.machine.state import MachineMonitor
-from deploy.results.files import format_table, write_results
+from deploy.results.files import format_table
 from deploy.runners import OnnxRuntimeRunner
+from deploy.session import BenchSession
 
 
 def main() -> int:
@@ -54,11 +52,11 @@ def main() -> int:
     for variant in VARIANTS:
         with OnnxRuntimeRunner(files[f"{variant}/int8"], optimize=False) as runner:
             as_written[variant] = top1_accuracy(runner, test, batch_size=64).top1
-    monitor = MachineMonitor()
+    session = BenchSession(threads)
+    monitor = session.monitor
     records = benchmark_side_by_side(runners, config, monitor=monitor)
-    fingerprint = device_fingerprint(threads=threads)
-    warnings = timing_warnings(records, monitor.samples)
-    path = write_results(run_dir / "bench_int8.json", records, fingerprint, warnings)
+    written = session.finish(records, run_dir / "bench_int8.json")
+    fingerprint, path, warnings = session.fingerprint, written.path, written.warnings
     print(format_table(records))
     machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
     print(f"\nresults: {path}\nmachine: {machine}, {threads} threads")

@@ -22,10 +22,8 @@ from compressor.workflows.deliver import time_variants
 from compressor.workflows.pipeline import VARIANTS
 from deploy.bench import LatencyRecord
 from deploy.machine.cpus import default_threads
-from deploy.machine.fingerprint import device_fingerprint
-from deploy.machine.stability import timing_warnings
-from deploy.machine.state import MachineMonitor
-from deploy.results.files import format_table, write_results
+from deploy.results.files import format_table
+from deploy.session import BenchSession
 
 
 def main() -> int:
@@ -33,7 +31,8 @@ def main() -> int:
     stored = {name: load_model(run_dir / name / "model") for name in VARIANTS}
     config = bench_config(args)
     threads = args.threads or default_threads()
-    monitor = MachineMonitor()
+    session = BenchSession(threads)
+    monitor = session.monitor
     records = time_variants(
         {n: s.model for n, s in stored.items()},
         {n: run_dir / n / "model.onnx" for n in VARIANTS},
@@ -42,9 +41,8 @@ def main() -> int:
         threads=threads,
         monitor=monitor,
     )
-    fingerprint = device_fingerprint(threads=threads)
-    warnings = timing_warnings(records, monitor.samples)
-    path = write_results(run_dir / "bench_variants.json", records, fingerprint, warnings)
+    written = session.finish(records, run_dir / "bench_variants.json")
+    fingerprint, path, warnings = session.fingerprint, written.path, written.warnings
     print(format_table(records))
     machine = f"{fingerprint.get('cpu_model')} ({fingerprint.get('fingerprint_id')})"
     print(f"\nresults: {path}\nmachine: {machine}, {threads} threads")

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from compressor.errors import CompressorError, ConfigError
 
@@ -213,27 +213,75 @@ def build_parser() -> argparse.ArgumentParser:
         "bundled 8x8 digits, offline).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, help_text: str, func, *, model: bool = False, out: str | None = None):  # noqa: ANN001, ANN202
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if model:
-            p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
-        p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
-        if out is not None:
-            p.add_argument(
-                "--out", default=out, type=_output, help=f"output location (default: {out})"
-            )
-        p.set_defaults(func=func)
-        return p
-
-    resume_help = "continue from what an interrupted run left in --out"
-    add(
+    _add_command(
+        sub,
         "run",
         "run the whole pipeline: dense, ticket, shrunk ticket, report",
         cmd_run,
         out="runs/default",
-    ).add_argument("--resume", action="store_true", help=resume_help)
-    lottery = add(
+    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    _add_lottery(sub)
+    _add_stage_commands(sub)
+    _add_bundle(sub)
+    _add_lint(sub)
+    # Parsed by `deploy` (see main); listed here so --help shows it.
+    sub.add_parser("bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False)
+    return parser
+
+
+_RESUME_HELP = "continue from what an interrupted run left in --out"
+
+
+def _add_command(  # noqa: ANN202
+    sub: Any, name: str, help_text: str, func: Any, *, model: bool = False, out: str | None = None
+):
+    """A command that takes an optional recipe (and a stored model, and --out)."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if model:
+        p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
+    p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
+    if out is not None:
+        p.add_argument("--out", default=out, type=_output, help=f"output location (default: {out})")
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_stage_commands(sub: Any) -> None:
+    """The stages one at a time, as `run` runs them."""
+    _add_command(
+        sub, "blocks", "list the model's residual blocks and which can be removed", cmd_blocks
+    )
+    _add_command(
+        sub,
+        "prune",
+        "layer pruning at init: store the ticket (theta_0 weights)",
+        cmd_prune,
+        out="runs/prune",
+    )
+    _add_command(
+        sub, "train", "train a stored model", cmd_train, model=True, out="runs/train"
+    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    _add_command(
+        sub,
+        "shrink",
+        "shrink channels of a trained model and fine-tune",
+        cmd_shrink,
+        model=True,
+        out="runs/shrink",
+    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
+    _add_command(
+        sub,
+        "export",
+        "export a stored model to ONNX with parity check",
+        cmd_export,
+        model=True,
+        out="model.onnx",
+    )
+
+
+def _add_lottery(sub: Any) -> None:
+    lottery = _add_command(
+        sub,
         "lottery",
         "the layer-lottery experiment: criteria x blocks removed x seeds, baselines, "
         "robustness, LMC and CKA, in one resumable grid (default: ResNet-32 on the digits)",
@@ -251,30 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     lottery.add_argument(
         "--plan", action="store_true", help="print the cells and epochs to train, then stop"
     )
-    add("blocks", "list the model's residual blocks and which can be removed", cmd_blocks)
-    add(
-        "prune",
-        "layer pruning at init: store the ticket (theta_0 weights)",
-        cmd_prune,
-        out="runs/prune",
-    )
-    add("train", "train a stored model", cmd_train, model=True, out="runs/train").add_argument(
-        "--resume", action="store_true", help=resume_help
-    )
-    add(
-        "shrink",
-        "shrink channels of a trained model and fine-tune",
-        cmd_shrink,
-        model=True,
-        out="runs/shrink",
-    ).add_argument("--resume", action="store_true", help=resume_help)
-    add(
-        "export",
-        "export a stored model to ONNX with parity check",
-        cmd_export,
-        model=True,
-        out="model.onnx",
-    )
+
+
+def _add_bundle(sub: Any) -> None:
     bundle = sub.add_parser(
         "bundle",
         help="write a folder to copy to a Jetson or GPU server: ONNX, INT8 and FP16 ONNX, "
@@ -288,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-samples", type=int, default=360, help="test images in eval.npz (default 360)"
     )
     bundle.set_defaults(func=cmd_bundle)
+
+
+def _add_lint(sub: Any) -> None:
     lint = sub.add_parser(
         "lint",
         help="check an ONNX file for what TensorRT's parser would refuse (no TensorRT needed)",
@@ -301,9 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
         "32x1x16x16 (several inputs separated by ';')",
     )
     lint.set_defaults(func=cmd_lint)
-    # Parsed by `deploy` (see main); listed here so --help shows it.
-    sub.add_parser("bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

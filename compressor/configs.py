@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from compressor.errors import ConfigError
@@ -50,3 +50,16 @@ def is_number(value: Any, *, whole: bool = False) -> bool:
 def is_seed(value: Any) -> bool:
     """A whole number torch, numpy and scikit-learn all accept as a seed."""
     return is_number(value, whole=True) and 0 <= value <= MAX_SEED
+
+
+def changed_keys(
+    before: Mapping[str, Any], now: Mapping[str, Any], *, free: Collection[str] = ()
+) -> list[str]:
+    """Keys whose values differ between two saved configs, sorted; those in `free` may change.
+
+    The one comparison behind every "is this resume the same run?" check: a recipe against
+    the recipe.json its run started with, a training config against its checkpoint's.
+    """
+    return sorted(
+        k for k in before.keys() | now.keys() if k not in free and before.get(k) != now.get(k)
+    )

@@ -15,20 +15,18 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.machine.memory import available_memory_bytes, format_bytes, tensor_bytes
+from deploy.machine.power import Energy, PowerSampler, energy_from_trace
+from deploy.machine.state import MachineMonitor
 from deploy.records import BenchConfig, LatencyRecord
 from deploy.runners.base import Runner, TensorSpec
 from deploy.stats import latency_stats, run_to_run_cv
 from deploy.timed_runs import timed_runs, timing_method
-
-if TYPE_CHECKING:
-    from deploy.machine.power import Energy, PowerSampler
-    from deploy.machine.state import MachineMonitor
 
 
 def make_inputs(
@@ -224,8 +222,6 @@ def _energy_phase(
     runner: Runner, feed: dict[str, np.ndarray], config: BenchConfig, power: PowerSampler
 ) -> Energy:
     """Run one model alone for `power_seconds` while `power` samples; energy per inference."""
-    from deploy.machine.power import energy_from_trace  # numpy-only, but only needed with a sampler
-
     inferences = 0
     budget_ns = int(config.power_seconds * 1e9)
     power.start()

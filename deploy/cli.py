@@ -43,18 +43,24 @@ from deploy.machine.fingerprint import (
     summary_line,
 )
 from deploy.machine.power import open_power_sampler
-from deploy.machine.stability import StabilityLimits, timing_warnings
-from deploy.machine.state import MachineMonitor
+from deploy.machine.stability import StabilityLimits
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import inspect_onnx
 from deploy.paths import check_output_path, same_file
-from deploy.results.files import default_results_path, format_table, read_results, write_results
+from deploy.results.compare import compare_results, render_comparison
+from deploy.results.files import default_results_path, format_table, read_results
+from deploy.results.report import build_report, load_result_files
 from deploy.runners import Runner, make_runner
+from deploy.session import BenchSession
+from deploy.signals import exit_code, signal_name, stop_on_termination
+from deploy.tensorrt.engine import BuildOptions, build_engine, load_engine_info
+from deploy.tensorrt.runner import TensorRTRunner
+from deploy.tensorrt.sidecar import sidecar_path
+from deploy.tensorrt.trtexec import run_trtexec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deploy` console script; returns the process exit code."""
-    from deploy.signals import stop_on_termination
 
     stop_on_termination()
     parser = build_parser()
@@ -68,8 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc)
         return 1
     except KeyboardInterrupt as exc:
-        from deploy.signals import exit_code, signal_name
-
         print(
             f"deploy: interrupted ({signal_name(exc)}); nothing half-written was kept",
             file=sys.stderr,
@@ -92,17 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
         max_load=fraction_option("--max-load", args.max_load),
     )
-    config = BenchConfig(
-        batch_sizes=parse_batch_sizes(args.batch),
-        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
-        iterations=int_option("--iterations", args.iterations, minimum=1),
-        min_seconds=float_option("--min-seconds", args.min_seconds),
-        max_seconds=float_option("--max-seconds", args.max_seconds),
-        seed=int_option("--seed", args.seed, minimum=0),
-        repeats=int_option("--repeats", args.repeats, minimum=1),
-        shapes=parse_shapes(args.shapes) if args.shapes else {},
-        power_seconds=float_option("--power-seconds", args.power_seconds, positive=True),
-    )
+    config = _bench_config(args)
     expected = _expected_top1(args)
     data = load_labelled(args.data) if args.data is not None else None
     if data is not None and backend == "trtexec":
@@ -120,9 +114,9 @@ def _bench(args: argparse.Namespace) -> int:
         pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
         if threads is None and backend in ("onnxruntime", "torch"):  # CPU backends: explicit
             threads = default_threads()
-        fingerprint = device_fingerprint(threads=threads, pinned_cpus=pinned)
-        _clock_check(fingerprint, args.require_locked_clocks)
-        monitor = MachineMonitor()
+        session = BenchSession(threads, pinned, limits)
+        _clock_check(session.fingerprint, args.require_locked_clocks)
+        monitor = session.monitor
         if backend == "trtexec":
             monitor.sample("start")
             records = _bench_trtexec(args, config, precision, name)
@@ -138,29 +132,53 @@ def _bench(args: argparse.Namespace) -> int:
                         replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
                         for r in records
                     ]
-        warnings = timing_warnings(records, monitor.samples, limits)
-        path = write_results(output, records, fingerprint, warnings)
-        print(summary_line(fingerprint))
+        written = session.finish(records, output)
+        path, warnings = written.path, written.warnings
+        print(summary_line(session.fingerprint))
         print(format_table(records))
         print(f"results written to {path}")
         for line in warnings:
             print(f"deploy: warning: {line}", file=sys.stderr)
-        measured = records[0].accuracy if records else None
-        if expected is not None and measured is not None:
-            target, tolerance = expected
-            if abs(measured - target) > tolerance:
-                raise DeployError(
-                    f"top-1 {measured:.4f} on {args.data} is {100 * abs(measured - target):.2f} "
-                    f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
-                    f"{args.model.name} on {backend} computes something else; "
-                    "it is broken, not slow"
-                )
+        _check_expected_top1(args, records, expected)
         if args.strict and warnings:
             raise MeasurementError(
                 f"--strict: {len(warnings)} measurement warning(s) above; the results are kept in "
                 f"{path} (with the warnings) but should not be trusted as they stand"
             )
         return 0
+
+
+def _bench_config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        batch_sizes=parse_batch_sizes(args.batch),
+        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
+        iterations=int_option("--iterations", args.iterations, minimum=1),
+        min_seconds=float_option("--min-seconds", args.min_seconds),
+        max_seconds=float_option("--max-seconds", args.max_seconds),
+        seed=int_option("--seed", args.seed, minimum=0),
+        repeats=int_option("--repeats", args.repeats, minimum=1),
+        shapes=parse_shapes(args.shapes) if args.shapes else {},
+        power_seconds=float_option("--power-seconds", args.power_seconds, positive=True),
+    )
+
+
+def _check_expected_top1(
+    args: argparse.Namespace,
+    records: list[LatencyRecord],
+    expected: tuple[float, float] | None,
+) -> None:
+    """--expect-top1: a model that computes something else is broken, not slow."""
+    measured = records[0].accuracy if records else None
+    if expected is None or measured is None:
+        return
+    target, tolerance = expected
+    if abs(measured - target) > tolerance:
+        raise DeployError(
+            f"top-1 {measured:.4f} on {args.data} is {100 * abs(measured - target):.2f} "
+            f"points from the expected {target:.4f} (tolerance {100 * tolerance:.2f}): "
+            f"{args.model.name} on {args.backend} computes something else; "
+            "it is broken, not slow"
+        )
 
 
 def _expected_top1(args: argparse.Namespace) -> tuple[float, float] | None:
@@ -264,14 +282,11 @@ def _tensorrt_runner(
     args: argparse.Namespace, config: BenchConfig, precision: str | None
 ) -> Runner:
     """A TensorRT runner for an engine file, building the engine first from an ONNX file."""
-    from deploy.tensorrt.runner import TensorRTRunner
 
     engine = args.model
     if args.model.suffix == ".onnx":
         engine = _build_from_args(args, config, precision, output=None).engine_path
     elif precision is not None:
-        from deploy.tensorrt.engine import load_engine_info
-
         built = load_engine_info(engine).precision
         if built != precision:
             raise DeployConfigError(
@@ -285,7 +300,6 @@ def _bench_trtexec(
     args: argparse.Namespace, config: BenchConfig, precision: str | None, name: str
 ) -> list[LatencyRecord]:
     """trtexec times the model itself (its own warm-up and iterations); one record per batch."""
-    from deploy.tensorrt.trtexec import run_trtexec
 
     return run_trtexec(
         args.model,
@@ -322,8 +336,6 @@ def _build_from_args(
     this very ONNX file (same SHA-256) with the same options; another or a damaged engine of
     ours is rebuilt; a file without a sidecar (a result file, a model) is never replaced.
     """
-    from deploy.tensorrt.engine import BuildOptions, build_engine, load_engine_info
-    from deploy.tensorrt.sidecar import sidecar_path
 
     info = inspect_onnx(args.model)
     precision = precision or info.precision  # plan_build checks the pair per TensorRT version
@@ -375,12 +387,9 @@ def _build_from_args(
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from deploy.results.report import build_report
 
     batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
     if args.baseline is not None:  # named by the user: a typo must not pass as "no baseline"
-        from deploy.results.report import load_result_files
-
         files, _ = load_result_files(args.results)
         models = sorted({record.model for _, result in files for record in result.records})
         if args.baseline not in models:
@@ -395,7 +404,6 @@ def _report_command(args: argparse.Namespace) -> int:
 
 
 def _compare_command(args: argparse.Namespace) -> int:
-    from deploy.results.compare import compare_results, render_comparison
 
     batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
     baseline, new = read_results(args.baseline), read_results(args.new)

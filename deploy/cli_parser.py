@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from deploy.errors import DeployConfigError
 
@@ -29,6 +30,18 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="deploy", description="Build, benchmark and compare models on devices.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_bench(commands)
+    _add_build(commands)
+    _add_report(commands)
+    _add_compare(commands)
+    commands.add_parser(
+        "info",
+        help="describe this device (the fingerprint results carry) and clock warnings",
+    )
+    return parser
+
+
+def _add_bench(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
         help="time a model on one backend and write a result file",
@@ -48,98 +61,131 @@ def build_parser() -> argparse.ArgumentParser:
         "(checked), tensorrt/trtexec build for it (default: the file's precision)",
     )
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
-    bench.add_argument(
+    _timing_group(bench)
+    _stability_group(bench)
+    _accuracy_group(bench)
+    _power_group(bench)
+    _backend_group(bench)
+    _tensorrt_build_group(bench)
+    bench.add_argument("--output", type=Path, default=None, help="result file path")
+    bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+
+
+def _timing_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("timing")
+    group.add_argument(
         "--threads",
         default=None,
         help="intra-op threads of CPU backends (default: one per CPU this process may use)",
     )
-    bench.add_argument(
+    group.add_argument(
         "--cpus",
         default=None,
         help="pin the benchmark to these CPUs, e.g. 0-3 or 0,2 (Linux); --threads then "
         "defaults to their number",
     )
-    bench.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
-    bench.add_argument("--iterations", default="100", help="timed iterations, at least")
-    bench.add_argument(
+    group.add_argument("--warmup", default="20", help="untimed iterations first (default 20)")
+    group.add_argument("--iterations", default="100", help="timed iterations, at least")
+    group.add_argument(
         "--repeats",
         default="3",
         help="independent timed runs the iterations are split into; the spread of their "
         "medians is the run-to-run CV (default 3)",
     )
-    bench.add_argument(
-        "--max-cv", default="0.10", help="warn above this per-iteration CV (default 0.10)"
-    )
-    bench.add_argument(
-        "--max-run-cv", default="0.05", help="warn above this run-to-run CV (default 0.05)"
-    )
-    bench.add_argument(
-        "--max-load",
-        default="0.5",
-        help="warn above this load average per CPU besides the benchmark's own (default 0.5)",
-    )
-    bench.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 when there are measurement warnings (results are still written)",
-    )
-    bench.add_argument("--min-seconds", default="0", help="time at least this long per batch")
-    bench.add_argument("--max-seconds", default="300", help="stop timing a batch after this")
-    bench.add_argument("--seed", default="0", help="seed of the random inputs (default 0)")
-    bench.add_argument(
+    group.add_argument("--min-seconds", default="0", help="time at least this long per batch")
+    group.add_argument("--max-seconds", default="300", help="stop timing a batch after this")
+    group.add_argument("--seed", default="0", help="seed of the random inputs (default 0)")
+    group.add_argument(
         "--shapes",
         default=None,
         help="sizes of dynamic input dims: name:1x3x224x224[,name2:...]; axis 0 follows --batch",
     )
-    bench.add_argument(
+
+
+def _stability_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("measurement warnings")
+    group.add_argument(
+        "--max-cv", default="0.10", help="warn above this per-iteration CV (default 0.10)"
+    )
+    group.add_argument(
+        "--max-run-cv", default="0.05", help="warn above this run-to-run CV (default 0.05)"
+    )
+    group.add_argument(
+        "--max-load",
+        default="0.5",
+        help="warn above this load average per CPU besides the benchmark's own (default 0.5)",
+    )
+    group.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when there are measurement warnings (results are still written)",
+    )
+    group.add_argument(
+        "--require-locked-clocks",
+        action="store_true",
+        help="refuse to time when the device's clocks are not locked (Jetson: jetson_clocks)",
+    )
+
+
+def _accuracy_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("accuracy")
+    group.add_argument(
         "--data",
         type=Path,
         default=None,
         help="labelled evaluation file (.npz with images and labels): adds top-1 accuracy",
     )
-    bench.add_argument(
+    group.add_argument(
         "--expect-top1",
         default=None,
         help="with --data: fail (exit 1, results still written) when top-1 is further than "
         "--top1-tolerance from this fraction, e.g. the accuracy a bundle's manifest expects",
     )
-    bench.add_argument(
+    group.add_argument(
         "--top1-tolerance", default="0.01", help="allowed |top-1 - expected| (default 0.01)"
     )
-    bench.add_argument(
+
+
+def _power_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("energy")
+    group.add_argument(
         "--power",
         default="auto",
         help="power sampling for energy per inference: auto (NVML or tegrastats when "
         "present), nvml, tegrastats, none (default auto)",
     )
-    bench.add_argument(
+    group.add_argument(
         "--power-seconds", default="2", help="seconds each model runs alone while power is sampled"
     )
-    bench.add_argument(
-        "--require-locked-clocks",
-        action="store_true",
-        help="refuse to time when the device's clocks are not locked (Jetson: jetson_clocks)",
-    )
-    bench.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
-    bench.add_argument(
+
+
+def _backend_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backends")
+    group.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
+    group.add_argument(
         "--allow-pickle",
         action="store_true",
         help="torch backend: load a .pt2 file, which torch reads with pickle (trusted files only)",
     )
-    bench.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
-    bench.add_argument(
+    group.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
+    group.add_argument(
         "--engine-dir",
         type=Path,
         default=Path("engines"),
         help="tensorrt: where engines built from ONNX files go (default ./engines)",
     )
-    bench.add_argument("--workspace-mib", default=None, help="TensorRT builder workspace (MiB)")
-    bench.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file")
-    bench.add_argument("--dla-core", default=None, help="run on this DLA core (Jetson)")
-    bench.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
-    bench.add_argument("--output", type=Path, default=None, help="result file path")
-    bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+    group.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
 
+
+def _tensorrt_build_group(parser: argparse.ArgumentParser) -> None:
+    """The engine-build flags `deploy bench` (for ONNX files) and `deploy build` share."""
+    group = parser.add_argument_group("TensorRT engine build")
+    group.add_argument("--workspace-mib", default=None, help="TensorRT builder workspace (MiB)")
+    group.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file")
+    group.add_argument("--dla-core", default=None, help="run on this DLA core (Jetson)")
+
+
+def _add_build(commands: Any) -> None:
     build = commands.add_parser(
         "build",
         help="build a TensorRT engine from an ONNX file",
@@ -151,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", default="1", help="batch sizes the engine must run; the profile spans them"
     )
     build.add_argument("--shapes", default=None, help="sizes of other dynamic dims (see bench)")
-    build.add_argument("--workspace-mib", default=None, help="builder workspace limit (MiB)")
-    build.add_argument("--timing-cache", type=Path, default=None, help="timing cache file")
-    build.add_argument("--dla-core", default=None, help="build for this DLA core (Jetson)")
+    _tensorrt_build_group(build)
     build.add_argument(
         "--output",
         type=Path,
@@ -162,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(engine_dir=None)
 
+
+def _add_report(commands: Any) -> None:
     report = commands.add_parser(
         "report",
         help="merge result files from several devices into one report",
@@ -179,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--batch", default=None, help="only this batch size")
 
+
+def _add_compare(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
         help="speed-ups of one result file over another, measured on the same device",
@@ -197,9 +245,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute speed-ups between different fingerprints (labelled as cross-device)",
     )
     compare.add_argument("--batch", default=None, help="only this batch size")
-
-    commands.add_parser(
-        "info",
-        help="describe this device (the fingerprint results carry) and clock warnings",
-    )
-    return parser

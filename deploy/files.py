@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from deploy.errors import UnsafePathError
-from deploy.paths import check_write_target, disk_full_error
+from deploy.paths import check_readable_file, check_write_target, disk_full_error
 
 __all__ = [
     "atomic_copy",
@@ -94,8 +94,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 
 def atomic_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
     """Copy a file atomically (fsynced before the rename), streaming: engines can be large."""
-    from deploy.paths import check_readable_file
-
     check_readable_file(source, "file to copy")  # a FIFO or device would never end
     with open(source, "rb") as reader, atomic_file(target) as writer:
         for chunk in iter(lambda: reader.read(1 << 20), b""):
@@ -264,8 +262,6 @@ def output_lock(path: str | os.PathLike[str], what: str = "output") -> Iterator[
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (engines can be large); a FIFO or
     device is refused (UnsafePathError), not read until it ends."""
-    from deploy.paths import check_readable_file
-
     check_readable_file(path, "file to hash")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

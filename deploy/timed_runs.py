@@ -29,15 +29,13 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from deploy.machine.state import MachineMonitor
 from deploy.records import BenchConfig
 from deploy.runners.base import Runner
-
-if TYPE_CHECKING:
-    from deploy.machine.state import MachineMonitor
 
 
 def iterations_per_run(iterations: int, repeats: int) -> list[int]:

@@ -7,15 +7,12 @@ wrong for deployment: a batch size baked in, or ops that only make sense in trai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 import torch
 
+from export.config import ExportConfig
 from export.errors import OnnxValidationError, UnsupportedModelError, first_line
-
-if TYPE_CHECKING:
-    from export.config import ExportConfig
 
 # aten ops that only appear when forward forces training behaviour in eval mode; in eval,
 # batch norm is captured as `_native_batch_norm_legit_no_training` and dropout vanishes.

@@ -12,7 +12,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +19,8 @@ from torch import nn
 
 from deploy.errors import DeployError
 from deploy.runners import OnnxRuntimeRunner
+from export.config import ExportConfig
 from export.errors import ExportInputError, OnnxValidationError, ParityError, UnsupportedModelError
-
-if TYPE_CHECKING:
-    from export.config import ExportConfig
 
 
 @dataclass(frozen=True)

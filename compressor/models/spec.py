@@ -21,6 +21,7 @@ from torch import nn
 
 from compressor.errors import CompressorError, ConfigError, UnsupportedModelError
 from compressor.models.blocks import output_shape
+from compressor.models.source import build_from_factory, load_factory
 from compressor.models.zoo import create_model
 
 SPEC_FORMAT = 2
@@ -252,8 +253,6 @@ def build_for_weights(spec: ModelSpec, shapes: Mapping[str, Sequence[int]]) -> n
     buffers no state dict holds); if it cannot run on the meta device, unchecked, as before.
     """
     if spec.factory is not None:
-        from compressor.models.source import load_factory
-
         load_factory(spec.factory)  # imported for real first: its module-level tensors too
     dry, base_bytes = _dry_run(spec)
     if dry is not None:
@@ -289,8 +288,6 @@ def _dry_run(spec: ModelSpec) -> tuple[nn.Module | None, int]:
 
 def _base_model(spec: ModelSpec) -> nn.Module:
     if spec.factory is not None:
-        from compressor.models.source import build_from_factory
-
         return build_from_factory(spec.factory, dict(spec.kwargs))
     return create_model(spec.model, **spec.kwargs)
 

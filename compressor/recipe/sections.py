@@ -16,6 +16,8 @@ from typing import Any
 from compressor.configs import MAX_SEED, config_kwargs, is_number, is_seed
 from compressor.data.config import DataConfig
 from compressor.errors import ConfigError, InputError
+from compressor.models.pretrained import weights_sha256
+from compressor.models.source import factory_kwargs, resolve_target, split_target
 from compressor.models.spec import ModelSpec
 from compressor.prune.layers import LayerPruneConfig
 from compressor.prune.shrink import ShrinkConfig
@@ -24,6 +26,7 @@ from compressor.training.config import TrainConfig
 from deploy.errors import UnsafePathError
 from deploy.paths import read_regular_bytes
 from export.config import PARITY_RTOL, ExportConfig
+from export.trt_ops import parse_trt_version
 
 RECIPE_VERSION = 1
 MAX_RECIPE_VALUES = 100_000  # values in a recipe once YAML aliases are expanded
@@ -65,8 +68,6 @@ class ModelSection:
             object.__setattr__(self, "name", self.name or "resnet56")
             object.__setattr__(self, "width", 1.0 if self.width is None else self.width)
             return
-        from compressor.models.source import split_target
-
         split_target(self.factory)
         if self.width is not None:
             raise ConfigError(
@@ -94,8 +95,6 @@ class ModelSection:
         refused even under the same name."""
         out = {key: _plain(getattr(self, key)) for key in ("name", "width", "factory", "kwargs")}
         if self.weights is not None:
-            from compressor.models.pretrained import weights_sha256
-
             out["weights"] = self.weights
             out["weights_sha256"] = (self.weights_sha256 or weights_sha256(self.weights)).lower()
             if not self.weights_strict:
@@ -106,8 +105,6 @@ class ModelSection:
         """The factory a stored model may call when loaded for this recipe (store.py)."""
         if self.factory is None:
             return None
-        from compressor.models.source import resolve_target
-
         return resolve_target(self.factory)
 
     def spec(self, num_classes: int, in_channels: int) -> ModelSpec:
@@ -115,8 +112,6 @@ class ModelSection:
         if self.factory is None:
             kwargs = {"num_classes": num_classes, "in_channels": in_channels}
             return ModelSpec(model=str(self.name), kwargs={**kwargs, "width": self.width})
-        from compressor.models.source import factory_kwargs, resolve_target
-
         target = resolve_target(self.factory)
         return ModelSpec(
             model=self.name or self.factory,
@@ -144,7 +139,6 @@ class ExportSection:
     def __post_init__(self) -> None:
         """Check every value now, so a typo fails before training, not after it."""
         from export import ExportConfig, ExportError, QuantizeConfig
-        from export.trt_ops import parse_trt_version
 
         checks = (
             ("exporter", lambda: ExportConfig(exporter=self.exporter)),

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from compressor.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from compressor.configs import changed_keys
 from compressor.data.config import AugmentConfig
 from compressor.data.splits import DataSplits, augment_batch, iterate_batches
 from compressor.errors import CompressorError, ConfigError, InputError, TrainingError
@@ -75,6 +76,7 @@ from compressor.training.evaluate import evaluate
 from compressor.training.schedule import epoch_layout, lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "resolve_device", "rewind_path", "train"]
+
 
 class _Run:
     """Everything one training run mutates, so the epoch loop and the checkpoint see the same."""
@@ -314,10 +316,13 @@ def _check_resumable(state: dict[str, Any], run: _Run, path: Path) -> None:
             f"{path} has checkpoint format {state.get('format')!r}, this version "
             f"reads {CHECKPOINT_FORMAT}; choose another output directory"
         )
-    saved, now = dict(state["config"]), run.config.to_dict()
-    for k in (k for k in now if k not in RUNTIME_ONLY_FIELDS and saved.get(k) != now[k]):
+    now = run.config.to_dict()
+    saved = {k: state["config"].get(k) for k in now}  # a key left out now is not compared
+    changed = changed_keys(saved, now, free=RUNTIME_ONLY_FIELDS)
+    if changed:
+        k = changed[0]
         raise ConfigError(
-            f"cannot resume {path}: train.{k} was {saved.get(k)!r}, now {now[k]!r};"
+            f"cannot resume {path}: train.{k} was {saved.get(k)!r}, now {now.get(k)!r};"
             " use the same training config or choose another output directory"
         )
     for key, current in (("augment", run.augment.to_dict()), ("data", run.data_fingerprint())):

@@ -18,8 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import deploy
 from compressor.atomic import atomic_write_text
+from compressor.data.splits import load_data
 from compressor.errors import InputError
+from compressor.recipe.sections import recipe_from_dict
+from deploy.evaluate import save_labelled
 from deploy.files import atomic_copy, file_sha256, work_directory
 from deploy.paths import check_output_path
 
@@ -29,10 +33,6 @@ PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
 
 def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int = 360) -> Path:
     """Bundle a finished `compressor run` directory into `out_dir` (which must not exist)."""
-    from compressor.data.splits import load_data
-    from compressor.recipe.sections import recipe_from_dict
-    from deploy.evaluate import save_labelled
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report = _read_report(run_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -164,8 +164,6 @@ def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[s
 
 def _copy_deploy_package(target: Path) -> None:
     """The torch-free `deploy` package, so `python3 -m deploy` works from the bundle."""
-    import deploy
-
     source = Path(deploy.__file__).parent
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(source, target, ignore=ignore, copy_function=atomic_copy)

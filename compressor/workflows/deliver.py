@@ -12,16 +12,24 @@ from torch import nn
 
 from compressor.data.splits import DataSplits
 from compressor.models.spec import ModelSpec
-from compressor.recipe.sections import Recipe
+from compressor.recipe.sections import BenchSection, ExportSection
 from compressor.training.checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
+from deploy.evaluate import LabelledData, top1_accuracy
+from deploy.files import file_sha256
 from deploy.machine.cpus import default_threads
-from deploy.machine.fingerprint import device_fingerprint
-from deploy.machine.stability import timing_warnings
 from deploy.machine.state import MachineMonitor
-from deploy.results.files import format_table, write_results
+from deploy.results.files import format_table
 from deploy.runners import OnnxRuntimeRunner
-from export import ExportResult, export_onnx, file_sha256
+from deploy.runners.torch_runner import TorchRunner
+from deploy.session import BenchSession
+from deploy.tensorrt.engine import BuildOptions, build_engine
+from deploy.tensorrt.runner import TensorRTRunner
+from export.config import ExportResult
+from export.fp16 import FP16Config, convert_fp16
+from export.onnx_export import export_onnx
+from export.quantize import QuantizeConfig, quantize_qdq
+from export.readiness import check_readiness
 
 
 def export_variant(
@@ -29,14 +37,14 @@ def export_variant(
     spec: ModelSpec,
     info: dict[str, Any],
     data: DataSplits,
-    recipe: Recipe,
+    section: ExportSection,
     onnx_path: Path,
     log: Callable[[str], None],
 ) -> ExportResult:
     """ONNX with parity checked on the real validation images and the spec in its metadata."""
     model = model.cpu().eval()
     check_model_fits(model, data, torch.device("cpu"))  # not the exporter's traceback
-    config = recipe.export.export_config()  # opset, exporter, parity_atol and parity_rtol
+    config = section.export_config()  # opset, exporter, parity_atol and parity_rtol
     metadata = {
         "variant": info.get("variant"),
         "spec_sha256": spec.sha256(),
@@ -69,78 +77,30 @@ def export_variant(
 
 
 def export_precisions(
-    onnx_path: Path, data: DataSplits, recipe: Recipe, log: Callable[[str], None]
+    onnx_path: Path,
+    data: DataSplits,
+    section: ExportSection,
+    max_batch: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """INT8 QDQ and FP16 siblings of an FP32 ONNX file, each with its test accuracy measured
     by onnxruntime, and a TensorRT-readiness check of every file; returns the report entries.
 
     The files are what TensorRT 10/11 consume for INT8 and FP16 (see ../shared/TENSORRT.md);
-    their accuracy here is what a device's engine should reproduce.
+    their accuracy here is what a device's engine should reproduce. The readiness check
+    assumes a dynamic batch from 1 to `max_batch`, the largest the benchmark times.
     """
-    from deploy.evaluate import LabelledData, top1_accuracy
-    from deploy.runners import OnnxRuntimeRunner
-    from export.fp16 import FP16Config, convert_fp16
-    from export.quantize import QuantizeConfig, quantize_qdq
-    from export.readiness import check_readiness
-
-    section = recipe.export
     test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
     entries: dict[str, Any] = {}
     files = {"fp32": onnx_path}
     if section.int8:
-        path = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
-        result = quantize_qdq(
-            onnx_path,
-            path,
-            data.train.images.numpy(),
-            QuantizeConfig(
-                calibration_method=section.calibration_method,
-                calibration_samples=section.calibration_samples,
-            ),
-            eval_images=test.images,
-            eval_labels=test.labels,
-        )
-        entries["int8"] = {
-            "onnx": str(path),
-            "sha256": file_sha256(path),
-            # Q/DQ computed as written (exact int8 products): the arithmetic of TensorRT INT8.
-            "accuracy": result.int8_top1,
-            # onnxruntime's fused CPU int8 kernels, which lose accuracy on x86 without VNNI.
-            "accuracy_onnxruntime_cpu": result.int8_top1_onnxruntime,
-            "fp32_accuracy_onnxruntime": result.fp32_top1,
-            "top1_agreement": result.top1_agreement,
-            "max_abs_diff": result.max_abs_diff,
-            "calibration_method": result.calibration_method,
-            "calibration_samples": result.calibration_samples,
-            "qdq_nodes": result.qdq_nodes,
-        }
-        files["int8"] = path
-        log(
-            f"[export] {onnx_path.parent.name} int8: {path} top-1 {result.int8_top1:.4f} "
-            f"(onnxruntime int8 kernels {result.int8_top1_onnxruntime:.4f}, fp32 "
-            f"{result.fp32_top1:.4f}), {result.calibration_method} calibration on "
-            f"{result.calibration_samples} images"
-        )
+        files["int8"] = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+        entries["int8"] = _int8_sibling(onnx_path, files["int8"], data, test, section, log)
     if section.fp16:
-        path = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
-        result = convert_fp16(onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy())
-        with OnnxRuntimeRunner(path) as runner:
-            accuracy = top1_accuracy(runner, test, batch_size=64).top1
-        entries["fp16"] = {
-            "onnx": str(path),
-            "sha256": file_sha256(path),
-            "accuracy": accuracy,
-            "max_abs_diff": result.max_abs_diff,
-            "top1_agreement": result.top1_agreement,
-        }
-        files["fp16"] = path
-        log(
-            f"[export] {onnx_path.parent.name} fp16: {path} top-1 {accuracy:.4f}, "
-            f"max abs diff {result.max_abs_diff:.2e}"
-        )
+        files["fp16"] = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
+        entries["fp16"] = _fp16_sibling(onnx_path, files["fp16"], data, test, log)
     shape = tuple(data.test.images.shape[1:])
-    largest = max(recipe.bench.batch_sizes)
-    profile = ((1, *shape), (largest, *shape), (largest, *shape))
+    profile = ((1, *shape), (max_batch, *shape), (max_batch, *shape))
     entries["readiness"] = {}
     for precision, path in files.items():
         readiness = check_readiness(
@@ -150,6 +110,66 @@ def export_precisions(
         for finding in readiness.errors:
             log(f"[readiness] {path.parent.name}/{path.name}: {finding.message}")
     return entries
+
+
+def _int8_sibling(
+    onnx_path: Path,
+    path: Path,
+    data: DataSplits,
+    test: LabelledData,
+    section: ExportSection,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    result = quantize_qdq(
+        onnx_path,
+        path,
+        data.train.images.numpy(),
+        QuantizeConfig(
+            calibration_method=section.calibration_method,
+            calibration_samples=section.calibration_samples,
+        ),
+        eval_images=test.images,
+        eval_labels=test.labels,
+    )
+    log(
+        f"[export] {onnx_path.parent.name} int8: {path} top-1 {result.int8_top1:.4f} "
+        f"(onnxruntime int8 kernels {result.int8_top1_onnxruntime:.4f}, fp32 "
+        f"{result.fp32_top1:.4f}), {result.calibration_method} calibration on "
+        f"{result.calibration_samples} images"
+    )
+    return {
+        "onnx": str(path),
+        "sha256": file_sha256(path),
+        # Q/DQ computed as written (exact int8 products): the arithmetic of TensorRT INT8.
+        "accuracy": result.int8_top1,
+        # onnxruntime's fused CPU int8 kernels, which lose accuracy on x86 without VNNI.
+        "accuracy_onnxruntime_cpu": result.int8_top1_onnxruntime,
+        "fp32_accuracy_onnxruntime": result.fp32_top1,
+        "top1_agreement": result.top1_agreement,
+        "max_abs_diff": result.max_abs_diff,
+        "calibration_method": result.calibration_method,
+        "calibration_samples": result.calibration_samples,
+        "qdq_nodes": result.qdq_nodes,
+    }
+
+
+def _fp16_sibling(
+    onnx_path: Path, path: Path, data: DataSplits, test: LabelledData, log: Callable[[str], None]
+) -> dict[str, Any]:
+    result = convert_fp16(onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy())
+    with OnnxRuntimeRunner(path) as runner:
+        accuracy = top1_accuracy(runner, test, batch_size=64).top1
+    log(
+        f"[export] {onnx_path.parent.name} fp16: {path} top-1 {accuracy:.4f}, "
+        f"max abs diff {result.max_abs_diff:.2e}"
+    )
+    return {
+        "onnx": str(path),
+        "sha256": file_sha256(path),
+        "accuracy": accuracy,
+        "max_abs_diff": result.max_abs_diff,
+        "top1_agreement": result.top1_agreement,
+    }
 
 
 def time_variants(
@@ -174,8 +194,6 @@ def time_variants(
         runners = {n: OnnxRuntimeRunner(p, threads=threads) for n, p in onnx_paths.items()}
         records += benchmark_side_by_side(runners, config, monitor=monitor)
     if "torch" in backends:
-        from deploy.runners.torch_runner import TorchRunner
-
         for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
             runners = {
                 n: TorchRunner(m, device=device, input_shape=input_shape, threads=threads)
@@ -196,8 +214,6 @@ def time_tensorrt(
     interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
     strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
     """
-    from deploy.tensorrt.engine import BuildOptions, build_engine
-    from deploy.tensorrt.runner import TensorRTRunner
 
     records: list[LatencyRecord] = []
     suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}
@@ -217,19 +233,18 @@ def benchmark_variants(
     models: dict[str, nn.Module],
     onnx_paths: dict[str, Path],
     data: DataSplits,
-    recipe: Recipe,
+    bench: BenchSection,
     out_dir: Path,
     log: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+) -> tuple[list[LatencyRecord], dict[str, Any], list[str]]:
     """The pipeline's benchmark: the recipe's backends and batches, written to latency.json.
 
-    Returns the records (as dicts), the device fingerprint and the measurement warnings
+    Returns the records, the device fingerprint and the measurement warnings
     (`deploy.machine.stability.timing_warnings`), which latency.json carries too.
     """
-    bench = recipe.bench
     # CPU runners get an explicit thread count either way; the fingerprint must say which.
     threads = bench.threads if bench.threads is not None else default_threads()
-    monitor = MachineMonitor()
+    session = BenchSession(threads)
     config = BenchConfig(
         batch_sizes=tuple(bench.batch_sizes),
         warmup_iters=bench.warmup_iters,
@@ -242,19 +257,17 @@ def benchmark_variants(
         config,
         backends=tuple(b for b in bench.backends if b != "tensorrt"),
         threads=threads,
-        monitor=monitor,
+        monitor=session.monitor,
     )
     if "tensorrt" in bench.backends:
-        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log, monitor)
-    fingerprint = device_fingerprint(threads=threads)
-    warnings = timing_warnings(records, monitor.samples)
-    results_path = write_results(out_dir / "latency.json", records, fingerprint, warnings)
+        records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log, session.monitor)
+    written = session.finish(records, out_dir / "latency.json")
     log(format_table(records))
     log(
         f"[bench] variants took turns in blocks of {config.block_iters} iterations, each "
         f"after {1000 * config.lead_in_seconds:g} ms untimed (details.timing in the records)"
     )
-    log(f"[bench] results written to {results_path}")
-    for line in warnings:
+    log(f"[bench] results written to {written.path}")
+    for line in written.warnings:
         log(f"[bench] warning: {line}")
-    return [r.to_dict() for r in records], fingerprint, warnings
+    return records, session.fingerprint, written.warnings

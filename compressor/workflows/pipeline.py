@@ -9,7 +9,6 @@ network's initial weights before anything is trained.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import sys
 import time
@@ -27,22 +26,25 @@ from compressor.errors import ConfigError, InputError
 from compressor.models.spec import ModelSpec
 from compressor.models.store import load_model
 from compressor.outdir import exclusive_out_dir
-from compressor.prune.layers import prune_at_init
+from compressor.recipe.resume import RECIPE_FILE, recipe_changes, started_recipe
 from compressor.recipe.sections import Recipe
 from compressor.training.config import TrainConfig
 from compressor.training.distributed import barrier, cleanup, init_from_env
-from compressor.training.loop import train
 from compressor.workflows.accuracy_check import mark_comparable_
 from compressor.workflows.deliver import benchmark_variants, export_precisions, export_variant
 from compressor.workflows.export_probe import probe_export
+from compressor.workflows.facts import TrainedFacts
 from compressor.workflows.report import write_report
 from compressor.workflows.stages import (
     dense_model,
     pretrained_info,
-    recalibrate_after_surgery_,
-    save_trained,
-    shrink_for_recipe,
+    prune_ticket,
+    shrink_ticket,
+    train_variant,
 )
+from deploy.lazy import lazy_import
+from deploy.records import LatencyRecord
+from export.config import ExportResult
 
 Log = Callable[[str], None]
 VARIANTS = ("dense", "ticket", "shrunk")
@@ -69,7 +71,7 @@ class _Variant:
     name: str
     model: nn.Module
     spec: ModelSpec
-    info: dict[str, Any]
+    facts: TrainedFacts
 
 
 def _train_stage(
@@ -88,25 +90,25 @@ def _train_stage(
     if resume and (model_dir / "spec.json").is_file():
         stored = load_model(model_dir, factory=spec.factory)
         log(f"[{name}] reusing finished stage {model_dir}")
-        return _Variant(name, stored.model, stored.spec, stored.info)
+        facts = TrainedFacts.from_info(stored.info, str(model_dir))
+        return _Variant(name, stored.model, stored.spec, facts)
     log(
         f"[{name}] training {config.epochs} epochs ({spec.model}, "
         f"{len(spec.removed_blocks)} blocks removed)"
     )
-    result = train(
+    describe = {"variant": name, "spec": spec.to_dict()}
+    facts = train_variant(
         model,
+        spec,
         data,
         config,
-        out_dir / name / "train",
+        out_dir / name,
         resume=resume,
-        describe={"variant": name, "spec": spec.to_dict()},
+        describe=describe,
+        extra={"variant": name, **extra},
     )
-    info = save_trained(model, spec, data, result, model_dir, {"variant": name, **extra})
-    log(
-        f"[{name}] test accuracy {result.test_acc:.4f}, "
-        f"median epoch {result.median_epoch_seconds:.2f}s"
-    )
-    return _Variant(name, model, spec, info)
+    log(f"[{name}] test accuracy {facts.accuracy:.4f}, median epoch {facts.epoch_seconds:.2f}s")
+    return _Variant(name, model, spec, facts)
 
 
 def run_pipeline(
@@ -142,13 +144,11 @@ def _run(
 ) -> PipelineResult | None:
     _check_out_dir(out_dir, recipe, resume)
     if "tensorrt" in recipe.bench.backends:  # fail now, not after an hour of training
-        from deploy.lazy import lazy_import
-
         lazy_import("tensorrt", "bench.backends: tensorrt")
     barrier()  # every rank has looked at out_dir before rank 0 writes into it
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        atomic_write_text(out_dir / RECIPE_FILE, json.dumps(recipe.to_dict(), indent=2))
     started = time.perf_counter()
     data = load_data(recipe.data)
     log(
@@ -156,60 +156,74 @@ def _run(
         f"test images, {data.in_channels}x{data.image_size}x{data.image_size}, "
         f"{data.num_classes} classes"
     )
+    variants = _trained_variants(recipe, data, out_dir, resume, log)
+    if not is_main:  # training is over: export, benchmark and report are rank 0's alone
+        return None
+    return _deliver(variants, data, recipe, out_dir, log, started)
+
+
+def _trained_variants(
+    recipe: Recipe, data: DataSplits, out_dir: Path, resume: bool, log: Log
+) -> list[_Variant]:
+    """Dense, ticket and shrunk ticket, trained (or reused on resume), all from one theta_0."""
     dense, spec = dense_model(recipe, data)  # theta_0, shared by the dense run and the ticket
     # An export fault (untraceable op, parity) fails now, in seconds, not after the training.
     probe_export(dense, data, recipe.export, "untrained dense", log)
     pretrained = pretrained_info(recipe, dense)  # model.weights: file, sha256, left out
 
     # Algorithm 2: score blocks on theta_0, remove the lowest, before any training.
-    tick = time.perf_counter()
-    ticket, pruned = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
-    prune_seconds = time.perf_counter() - tick
-    recalibrate_after_surgery_(ticket, data, recipe.train)  # the removed blocks' statistics
-    if is_main:
-        (out_dir / "ticket").mkdir(parents=True, exist_ok=True)
-        text = json.dumps(pruned.to_dict(), indent=2)
-        atomic_write_text(out_dir / "ticket" / "prune.json", text)
+    ticket, pruned, prune_seconds = prune_ticket(dense, spec, data, recipe, out_dir / "ticket", log)
     log(
         f"[prune] {recipe.prune.criterion}: removed {len(pruned.removed)} of "
         f"{sum(b.removable for b in pruned.blocks)} removable blocks in {prune_seconds:.1f}s "
         f"(MACs {pruned.macs_after / pruned.macs_before:.2f}x of dense)"
     )
-    for warning in pruned.warnings:  # scores that cannot separate the blocks (prune.json too)
-        log(f"[prune] warning: {warning}")
-
+    ticket_facts = {
+        "criterion": recipe.prune.criterion,
+        "prune_seconds": prune_seconds,
+        **pretrained,
+    }
     variants = [
         _train_stage("dense", dense, spec, data, recipe.train, out_dir, resume, log, pretrained),
         _train_stage(
-            "ticket",
-            ticket,
-            pruned.spec,
-            data,
-            recipe.train,
-            out_dir,
-            resume,
-            log,
-            {"criterion": recipe.prune.criterion, "prune_seconds": prune_seconds, **pretrained},
+            "ticket", ticket, pruned.spec, data, recipe.train, out_dir, resume, log, ticket_facts
         ),
     ]
     variants.append(_shrink_stage(variants[1], data, recipe, out_dir, resume, log))
-    if not is_main:  # training is over: export, benchmark and report are rank 0's alone
-        return None
+    return variants
 
+
+def _deliver(
+    variants: list[_Variant],
+    data: DataSplits,
+    recipe: Recipe,
+    out_dir: Path,
+    log: Log,
+    started: float,
+) -> PipelineResult:
+    """Export every variant (FP32, INT8, FP16), time them side by side, write the report."""
     exports = {
         v.name: export_variant(
-            v.model, v.spec, v.info, data, recipe, out_dir / v.name / "model.onnx", log
+            v.model,
+            v.spec,
+            v.facts.to_info(),
+            data,
+            recipe.export,
+            out_dir / v.name / "model.onnx",
+            log,
         )
         for v in variants
     }
+    largest = max(recipe.bench.batch_sizes)
     precisions = {
-        name: export_precisions(result.path, data, recipe, log) for name, result in exports.items()
+        name: export_precisions(result.path, data, recipe.export, largest, log)
+        for name, result in exports.items()
     }
     records, fingerprint, warnings = benchmark_variants(
         {v.name: v.model for v in variants},
         {name: result.path for name, result in exports.items()},
         data,
-        recipe,
+        recipe.bench,
         out_dir,
         log,
     )
@@ -225,23 +239,16 @@ def _run(
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     """Refuse, before writing anything, to mix two runs in one directory."""
-    previous = out_dir / "recipe.json"
-    if not previous.is_file():
+    before = started_recipe(out_dir)
+    if before is None:
         return
     if not resume:
         raise InputError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    try:
-        before = json.loads(previous.read_text())
-    except ValueError as exc:
-        raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
-    now = json.loads(json.dumps(recipe.to_dict()))  # tuples -> lists, as on disk
     # Export, benchmark and report run again on every resume, so changing them is safe.
-    changed = sorted(
-        k
-        for k in before.keys() | now.keys()
-        if before.get(k) != now.get(k) and k not in ("export", "bench", "experiment", "report")
+    changed = recipe_changes(
+        before, recipe, free_sections=("export", "bench", "experiment", "report")
     )
     if changed:
         raise ConfigError(
@@ -253,73 +260,77 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
 def _shrink_stage(
     ticket: _Variant, data: DataSplits, recipe: Recipe, out_dir: Path, resume: bool, log: Log
 ) -> _Variant:
-    if resume and (out_dir / "shrunk" / "model" / "spec.json").is_file():
-        stored = load_model(out_dir / "shrunk" / "model", factory=recipe.model.trusted_factory())
+    model_dir = out_dir / "shrunk" / "model"
+    if resume and (model_dir / "spec.json").is_file():
+        stored = load_model(model_dir, factory=recipe.model.trusted_factory())
         log("[shrunk] reusing finished stage")
-        return _Variant("shrunk", stored.model, stored.spec, stored.info)
-    model = copy.deepcopy(ticket.model).cpu()
-    result, fine_tune = shrink_for_recipe(model, data, recipe, out_dir / "shrunk")
+        facts = TrainedFacts.from_info(stored.info, str(model_dir))
+        return _Variant("shrunk", stored.model, stored.spec, facts)
+    model, spec, result, fine_tune = shrink_ticket(
+        ticket.model, ticket.spec, data, recipe, out_dir / "shrunk"
+    )
     log(
         f"[shrink] {recipe.shrink.importance}: "
         f"MACs {result.macs_before:,} -> {result.macs_after:,}, "
         f"params {result.params_before:,} -> {result.params_after:,}"
     )
-    spec = ticket.spec.with_shapes(model)
     extra = {
         "shrink": result.to_dict(),
         "fine_tune_epochs": recipe.shrink.fine_tune_epochs,
-        "ticket_train_seconds": ticket.info["train_seconds"],
+        "ticket_train_seconds": ticket.facts.train_seconds,
     }
     return _train_stage("shrunk", model, spec, data, fine_tune, out_dir, resume, log, extra)
 
 
+_LATENCY_FIELDS = (
+    "backend",
+    "device",
+    "precision",
+    "batch",
+    "mean_ms",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "std_ms",
+    "throughput_ips",
+    # How far the median moved between the benchmark's runs (None: one run).
+    "cv",
+    "runs",
+    "run_medians_ms",
+    "run_cv",
+)
+
+
 def _build_report(
     variants: list[_Variant],
-    exports: dict[str, Any],
+    exports: dict[str, ExportResult],
     precisions: dict[str, dict[str, Any]],
-    records: list[dict[str, Any]],
+    records: list[LatencyRecord],
     fingerprint: dict[str, Any],
     recipe: Recipe,
     seconds: float,
 ) -> dict[str, Any]:
     rows = []
     for variant in variants:
-        export = exports[variant.name]
+        export, facts = exports[variant.name], variant.facts
         latency = [
-            {
-                key: record[key]
-                for key in (
-                    "backend",
-                    "device",
-                    "precision",
-                    "batch",
-                    "mean_ms",
-                    "p50_ms",
-                    "p90_ms",
-                    "p95_ms",
-                    "p99_ms",
-                    "std_ms",
-                    "throughput_ips",
-                )
-            }
-            # How far the median moved between the benchmark's runs (None: one run).
-            | {key: record.get(key) for key in ("cv", "runs", "run_medians_ms", "run_cv")}
+            {key: getattr(record, key) for key in _LATENCY_FIELDS}
             for record in records
-            if record["model"] == variant.name
+            if record.model == variant.name
         ]
-        info = variant.info
         rows.append(
             {
                 "name": variant.name,
-                "accuracy": info["accuracy"],
-                "val_accuracy": info["val_accuracy"],
-                "params": info["params"],
-                "macs": info["macs"],
-                "removed_blocks": info["removed_blocks"],
-                "train_seconds": info["train_seconds"],
-                "epoch_seconds": info["epoch_seconds"],
-                "epochs": info["epochs"],
-                "bn_recalibration": info.get("bn_recalibration"),  # None: off, or an old stage
+                "accuracy": facts.accuracy,
+                "val_accuracy": facts.val_accuracy,
+                "params": facts.params,
+                "macs": facts.macs,
+                "removed_blocks": facts.removed_blocks,
+                "train_seconds": facts.train_seconds,
+                "epoch_seconds": facts.epoch_seconds,
+                "epochs": facts.epochs,
+                "bn_recalibration": facts.bn_recalibration,  # None: off, or an old stage
                 "onnx": str(export.path),
                 "onnx_sha256": export.sha256,
                 "parity_max_abs_diff": export.parity_max_abs_diff,
@@ -337,7 +348,7 @@ def _build_report(
         "environment": {
             **fingerprint,
             "torch_version": torch.__version__,
-            "train_device": variants[0].info.get("device"),
+            "train_device": variants[0].facts.device,
         },
         "pipeline_seconds": seconds,
     }

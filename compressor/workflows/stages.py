@@ -1,4 +1,7 @@
-"""Single stages for the CLI: each reads files, writes files, returns a small summary dict."""
+"""The stages, written once: the pipeline (`compressor run`) calls the cores (prune_ticket,
+train_variant, shrink_ticket) on models in memory; the single-stage commands (`compressor
+prune|train|shrink|export`) read a stored model, call the same cores, and return a small
+summary dict."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import copy
 import dataclasses
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ from compressor.models.source import channel_kwarg
 from compressor.models.spec import ModelSpec, build_model
 from compressor.models.store import load_model, save_model
 from compressor.outdir import exclusive_out_dir
-from compressor.prune.layers import prune_at_init, scoring_batch
+from compressor.prune.layers import LayerPruneResult, prune_at_init, scoring_batch
 from compressor.prune.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.recipe.sections import Recipe
 from compressor.training.bn_recalibration import BNRecalibration, recalibrate_bn_
@@ -31,7 +36,11 @@ from compressor.training.checks import check_model_fits
 from compressor.training.config import TrainConfig, TrainResult
 from compressor.training.distributed import is_main_process
 from compressor.training.loop import train
+from compressor.workflows.deliver import export_precisions, export_variant
 from compressor.workflows.export_probe import probe_export
+from compressor.workflows.facts import TrainedFacts
+
+Log = Callable[[str], None]
 
 
 def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]:
@@ -108,20 +117,34 @@ def list_blocks(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+def prune_ticket(
+    dense: nn.Module, spec: ModelSpec, data: DataSplits, recipe: Recipe, out: Path, log: Log
+) -> tuple[nn.Module, LayerPruneResult, float]:
+    """Algorithm 2: score theta_0's blocks, remove the lowest, recalibrate batch norm.
+
+    Writes out/prune.json (rank 0) and logs the warnings of scores that cannot separate
+    the blocks; returns the ticket, what was removed and the seconds the scoring took.
+    """
+    tick = time.perf_counter()
+    ticket, result = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
+    seconds = time.perf_counter() - tick
+    recalibrate_after_surgery_(ticket, data, recipe.train)  # the removed blocks' statistics
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+    for warning in result.warnings:  # scores that cannot separate the blocks
+        log(f"[prune] warning: {warning}")
+    return ticket, result, seconds
+
+
 def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
     """Store theta_0's ticket; `compressor train` then trains it."""
     data = load_data(recipe.data)
     dense, spec = dense_model(recipe, data)  # bad data or model: refused, no directory made
     with exclusive_out_dir(out):  # before the scoring: a second run is refused without it
-        ticket, result = prune_at_init(
-            dense, spec, data.train.images, data.train.labels, recipe.prune
-        )
-        recalibrate_after_surgery_(ticket, data, recipe.train)  # as `compressor run` does
+        ticket, result, _ = prune_ticket(dense, spec, data, recipe, out, _log_main)
         info = {"variant": "ticket", "stage": "pruned at init", **pretrained_info(recipe, dense)}
         save_model(ticket, result.spec, out, info)
-        atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
-    for warning in result.warnings:  # scores that cannot separate the blocks
-        print(f"[prune] warning: {warning}", file=sys.stderr, flush=True)
     return {
         "model": str(out),
         "removed_blocks": list(result.removed),
@@ -130,22 +153,33 @@ def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
     }
 
 
+def train_variant(
+    model: nn.Module,
+    spec: ModelSpec,
+    data: DataSplits,
+    config: TrainConfig,
+    stage_dir: Path,
+    *,
+    resume: bool,
+    describe: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> TrainedFacts:
+    """Train `model` in place under stage_dir/train and store it in stage_dir/model."""
+    result = train(model, data, config, stage_dir / "train", resume=resume, describe=describe)
+    return save_trained(model, spec, data, result, stage_dir / "model", extra)
+
+
 def train_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
     stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     check_model_fits(stored.model, data, torch.device("cpu"))  # its message, not export's
     probe_export(stored.model, data, recipe.export, "stored", _quiet)  # seconds, not the run
     with _owned(out):
-        result = train(
-            stored.model,
-            data,
-            recipe.train,
-            out / "train",
-            resume=resume,
-            describe={"spec": stored.spec.to_dict()},
+        describe = {"spec": stored.spec.to_dict()}
+        facts = train_variant(
+            stored.model, stored.spec, data, recipe.train, out, resume=resume, describe=describe
         )
-        info = save_trained(stored.model, stored.spec, data, result, out / "model")
-    return _summary(info, out / "model")
+    return _summary(facts, out / "model")
 
 
 def _quiet(message: str) -> None:
@@ -165,7 +199,7 @@ def save_trained(
     result: TrainResult,
     model_dir: Path,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> TrainedFacts:
     """Store a trained model with the facts a report needs; returns those facts.
 
     Under torchrun every rank computes the facts (later stages need them) and rank 0 alone
@@ -173,25 +207,24 @@ def save_trained(
     """
     model.cpu().eval()
     macs, params = count_macs_params(model, data.val.images[:1])
-    info = {
-        "accuracy": result.test_acc,
-        "val_accuracy": result.final_val_acc,
-        "params": params,
-        "macs": macs,
-        "removed_blocks": list(spec.removed_blocks),
-        "train_seconds": result.train_seconds,
-        "epoch_seconds": result.median_epoch_seconds,
-        "epochs": result.epochs_run,
-        "device": result.device,
-        "bn_recalibration": result.bn_recalibration,  # before the accuracy above was measured
-        # What it was trained on, so a stage run later with another recipe can refuse it.
-        "dataset": data.name,
-        "input_shape": list(data.val.images.shape[1:]),
-        **(extra or {}),
-    }
+    facts = TrainedFacts(
+        accuracy=result.test_acc,
+        val_accuracy=result.final_val_acc,
+        params=params,
+        macs=macs,
+        removed_blocks=list(spec.removed_blocks),
+        train_seconds=result.train_seconds,
+        epoch_seconds=result.median_epoch_seconds,
+        epochs=result.epochs_run,
+        device=result.device,
+        bn_recalibration=result.bn_recalibration,  # before the accuracy above was measured
+        dataset=data.name,
+        input_shape=list(data.val.images.shape[1:]),
+        extra=dict(extra or {}),
+    )
     if is_main_process():
-        save_model(model, spec, model_dir, info)
-    return info
+        save_model(model, spec, model_dir, facts.to_info())
+    return facts
 
 
 def check_same_data(info: dict[str, Any], data: DataSplits, model_dir: str | Path) -> None:
@@ -209,8 +242,13 @@ def check_same_data(info: dict[str, Any], data: DataSplits, model_dir: str | Pat
         )
 
 
-def _summary(info: dict[str, Any], model_dir: Path) -> dict[str, Any]:
-    return {"model": str(model_dir), **{k: info[k] for k in ("accuracy", "params", "macs")}}
+def _summary(facts: TrainedFacts, model_dir: Path) -> dict[str, Any]:
+    return {
+        "model": str(model_dir),
+        "accuracy": facts.accuracy,
+        "params": facts.params,
+        "macs": facts.macs,
+    }
 
 
 def recalibrate_after_surgery_(
@@ -254,31 +292,39 @@ def shrink_for_recipe(
     return result, fine_tune
 
 
+def shrink_ticket(
+    ticket: nn.Module, spec: ModelSpec, data: DataSplits, recipe: Recipe, out: Path
+) -> tuple[nn.Module, ModelSpec, ShrinkResult, TrainConfig]:
+    """A shrunk copy of `ticket` (on the CPU), its spec, what was removed and the
+    fine-tune settings; `ticket` itself is left as it is."""
+    model = copy.deepcopy(ticket).cpu()
+    result, fine_tune = shrink_for_recipe(model, data, recipe, out)
+    return model, spec.with_shapes(model), result, fine_tune
+
+
 def shrink_stage(model_dir: str, recipe: Recipe, out: Path, resume: bool) -> dict[str, Any]:
     stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     check_same_data(stored.info, data, model_dir)
-    model = copy.deepcopy(stored.model)
     with _owned(out):
-        _, config = shrink_for_recipe(model, data, recipe, out)
+        model, spec, _, config = shrink_ticket(stored.model, stored.spec, data, recipe, out)
         probe_export(model, data, recipe.export, "shrunk", _quiet)  # before the fine-tune
-        spec = stored.spec.with_shapes(model)
-        result = train(
-            model, data, config, out / "train", resume=resume, describe={"spec": spec.to_dict()}
-        )
-        info = save_trained(model, spec, data, result, out / "model")
-    return _summary(info, out / "model")
+        describe = {"spec": spec.to_dict()}
+        facts = train_variant(model, spec, data, config, out, resume=resume, describe=describe)
+    return _summary(facts, out / "model")
 
 
 def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
-    from compressor.workflows.deliver import export_precisions, export_variant
-
     stored = load_model(model_dir, factory=recipe.model.trusted_factory())
     data = load_data(recipe.data)
     check_same_data(stored.info, data, model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = export_variant(
-        stored.model, stored.spec, stored.info, data, recipe, out, log=lambda _: None
+        stored.model, stored.spec, stored.info, data, recipe.export, out, log=_quiet
     )
     # INT8 QDQ and FP16 siblings (out.int8.onnx, out.fp16.onnx) as the recipe asks.
-    return {**result.to_dict(), **export_precisions(result.path, data, recipe, lambda _: None)}
+    largest = max(recipe.bench.batch_sizes)
+    return {
+        **result.to_dict(),
+        **export_precisions(result.path, data, recipe.export, largest, _quiet),
+    }

@@ -74,6 +74,9 @@ class MergedTable:
         return self.cells.get((model, column.key))
 
 
+_Chosen = dict[tuple[str, ColumnKey], tuple[tuple[str, str], Path, LatencyRecord]]
+
+
 def merge_results(
     files: Sequence[tuple[Path | str, ResultFile]],
     *,
@@ -81,42 +84,7 @@ def merge_results(
     batch: int | None = None,
 ) -> MergedTable:
     """Merge (path, result file) pairs into one table; pure, no file access."""
-    chosen: dict[tuple[str, ColumnKey], tuple[tuple[str, str], Path, LatencyRecord]] = {}
-    fingerprints: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
-    model_order: list[str] = []
-    batches: set[int] = set()
-    for raw_path, result in files:
-        path = Path(raw_path)
-        fid = str(result.fingerprint.get("fingerprint_id") or fingerprint_id(result.fingerprint))
-        fingerprints.setdefault(fid, result.fingerprint)
-        for record in result.records:
-            batches.add(record.batch)
-            if batch is not None and record.batch != batch:
-                continue
-            key = (
-                record.model,
-                (fid, record.device, record.backend, record.precision, record.batch),
-            )
-            age = (result.created, str(path))
-            if key in chosen:
-                kept, dropped = sorted([(age, path), (chosen[key][0], chosen[key][1])])[::-1]
-                notes.append(
-                    f"{record.model} on {record.backend} {record.precision} batch {record.batch} "
-                    f"(fingerprint {fid}) is in {kept[1]} and {dropped[1]}: kept the newer, "
-                    f"{kept[1]}"
-                )
-                if kept[1] != path:
-                    continue
-            chosen[key] = (age, path, record)
-            if record.model not in model_order:
-                model_order.append(record.model)
-    if not chosen:
-        raise DeployInputError(
-            f"no records for batch {batch}; the files hold batches {sorted(batches)}"
-            if batch is not None
-            else "the result files hold no records"
-        )
+    chosen, fingerprints, notes, model_order = _choose_records(files, batch)
     sources: dict[tuple[str, str], set[Path]] = {}
     for (_, key), (_, path, _) in chosen.items():
         sources.setdefault(key[:2], set()).add(path)
@@ -163,6 +131,51 @@ def merge_results(
         notes=tuple(notes),
         warnings=warnings,
     )
+
+
+def _choose_records(
+    files: Sequence[tuple[Path | str, ResultFile]], batch: int | None
+) -> tuple[_Chosen, dict[str, dict[str, Any]], list[str], list[str]]:
+    """One record per (model, column): a measurement repeated in two files is the newer
+    file's, with a note naming the other. Returns the records, the fingerprints by id, the
+    notes and the models in the order the files list them."""
+    chosen: _Chosen = {}
+    fingerprints: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    model_order: list[str] = []
+    batches: set[int] = set()
+    for raw_path, result in files:
+        path = Path(raw_path)
+        fid = str(result.fingerprint.get("fingerprint_id") or fingerprint_id(result.fingerprint))
+        fingerprints.setdefault(fid, result.fingerprint)
+        for record in result.records:
+            batches.add(record.batch)
+            if batch is not None and record.batch != batch:
+                continue
+            key = (
+                record.model,
+                (fid, record.device, record.backend, record.precision, record.batch),
+            )
+            age = (result.created, str(path))
+            if key in chosen:
+                kept, dropped = sorted([(age, path), (chosen[key][0], chosen[key][1])])[::-1]
+                notes.append(
+                    f"{record.model} on {record.backend} {record.precision} batch {record.batch} "
+                    f"(fingerprint {fid}) is in {kept[1]} and {dropped[1]}: kept the newer, "
+                    f"{kept[1]}"
+                )
+                if kept[1] != path:
+                    continue
+            chosen[key] = (age, path, record)
+            if record.model not in model_order:
+                model_order.append(record.model)
+    if not chosen:
+        raise DeployInputError(
+            f"no records for batch {batch}; the files hold batches {sorted(batches)}"
+            if batch is not None
+            else "the result files hold no records"
+        )
+    return chosen, fingerprints, notes, model_order
 
 
 def _device_labels(

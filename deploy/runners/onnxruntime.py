@@ -11,6 +11,8 @@ import numpy as np
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.machine.cpus import default_threads
+from deploy.onnx_files import check_onnx_file
+from deploy.onnx_info import inspect_onnx
 from deploy.runners.base import Runner, TensorSpec
 
 # How long (microseconds) an idle intra-op thread spins for more work before it sleeps.
@@ -109,8 +111,6 @@ class OnnxRuntimeRunner(Runner):
             if self.optimize
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
-        from deploy.onnx_files import check_onnx_file
-
         check_onnx_file(self.model_path)  # before onnxruntime reads what it declares
         try:
             self._session = ort.InferenceSession(
@@ -122,8 +122,6 @@ class OnnxRuntimeRunner(Runner):
                 f"onnxruntime cannot load {self.model_path}: {first_line}"
             ) from exc
         # What the file computes in (Q/DQ nodes: int8; FP16 weights: fp16), for the records.
-        from deploy.onnx_info import inspect_onnx
-
         self.precision = inspect_onnx(self.model_path).precision
         self._input_specs = [_spec(node) for node in self._session.get_inputs()]
         self._output_names = [node.name for node in self._session.get_outputs()]

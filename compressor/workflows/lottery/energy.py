@@ -22,6 +22,8 @@ from typing import Any
 
 from compressor.errors import InputError
 from compressor.recipe.experiment import WORLD_G_CO2_PER_KWH, check_energy_settings
+from deploy.errors import DeployError
+from deploy.machine.power import energy_from_trace
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,6 @@ class EnergyMeter:
             if self._tracker is not None:
                 return self
         if self.source in ("auto", "nvml", "tegrastats"):
-            from deploy.errors import DeployError
             from deploy.machine.power import open_power_sampler
 
             try:
@@ -103,8 +104,6 @@ class EnergyMeter:
             if kwh > 0:  # its energy; the intensity stays the configured one, as elsewhere
                 self._measured = (kwh * 3.6e6 / seconds, self.g_co2_per_kwh, "codecarbon")
         elif self._sampler is not None:
-            from deploy.machine.power import energy_from_trace
-
             trace = self._sampler.stop()
             if trace.watts or trace.counter_energy_j:
                 energy = energy_from_trace(trace, inferences=1)

@@ -52,6 +52,7 @@ from compressor.prune.filters import block_filters, prune_filters_at_init
 from compressor.prune.layers import prune_after_training, prune_at_init, scoring_batch
 from compressor.prune.shrink import count_macs_params
 from compressor.recipe.experiment import ExperimentConfig
+from compressor.recipe.resume import recipe_changes, started_recipe
 from compressor.recipe.sections import Recipe
 from compressor.training.config import RUNTIME_ONLY_FIELDS, resolve_device, rewind_path
 from compressor.training.evaluate import evaluate
@@ -158,8 +159,8 @@ def _run_cells(ctx: _Context, cells: list[Cell]) -> Path:
 
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
-    previous = out_dir / "recipe.json"
-    if not previous.is_file():
+    before = started_recipe(out_dir)
+    if before is None:
         if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
             raise InputError(
                 f"{out_dir} is not empty and holds no experiment; choose another --out"
@@ -170,30 +171,14 @@ def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
             f"{out_dir} already holds an experiment; pass --resume to continue or grow it, "
             "or choose another --out"
         )
-    try:
-        before = json.loads(previous.read_text())
-    except ValueError as exc:
-        raise InputError(f"{previous} is not valid JSON; choose another --out") from exc
-    now = json.loads(json.dumps(recipe.to_dict()))
-    changed = sorted(
-        k
-        for k in before.keys() | now.keys()
-        if k not in ("name", "experiment", "export", "bench", "shrink", "train")
-        and before.get(k) != now.get(k)
-    )
-    defaults = ExperimentConfig().to_dict()  # a recipe at the default grid leaves it out
-    old_grid = {**defaults, **before.get("experiment", {})}
-    new_grid = {**defaults, **now.get("experiment", {})}
-    old_train, new_train = before.get("train", {}), now.get("train", {})
-    changed += sorted(  # device, threads, progress may change (the trainer allows it)
-        f"train.{k}"
-        for k in old_train.keys() | new_train.keys()
-        if k not in RUNTIME_ONLY_FIELDS and old_train.get(k) != new_train.get(k)
-    )
-    changed += sorted(
-        f"experiment.{k}"
-        for k in old_grid.keys() | new_grid.keys()
-        if k not in GRID_FIELDS and old_grid.get(k) != new_grid.get(k)
+    changed = recipe_changes(
+        before,
+        recipe,
+        free_sections=("name", "export", "bench", "shrink"),
+        # device, threads, progress may change (the trainer allows it); so may the grid.
+        free_fields={"train": RUNTIME_ONLY_FIELDS, "experiment": GRID_FIELDS},
+        # a recipe at the default grid leaves it out
+        defaults={"experiment": ExperimentConfig().to_dict()},
     )
     if changed:
         raise ConfigError(

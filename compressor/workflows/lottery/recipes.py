@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressor.recipe.sections import recipe_from_dict
+
 _GRID = {
     "seeds": [0, 1, 2],
     "blocks": [1, 2, 3, 4, 5],
@@ -68,8 +70,6 @@ CIFAR10: dict[str, Any] = {
 
 def lottery_recipe(cifar10: str | None = None) -> Any:
     """The digits recipe, or the CIFAR-10 one reading the batches from `cifar10`."""
-    from compressor.recipe.sections import recipe_from_dict
-
     if cifar10 is None:
         return recipe_from_dict(DIGITS)
     return recipe_from_dict({**CIFAR10, "data": {"name": "cifar10", "root": cifar10}})

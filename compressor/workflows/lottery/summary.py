@@ -16,7 +16,7 @@ import io
 import itertools
 import json
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,8 @@ from torch import nn
 from compressor.atomic import atomic_write_bytes, atomic_write_text
 from compressor.workflows.lottery.analysis import stage_cka
 from compressor.workflows.lottery.cells import cell_result
+from compressor.workflows.lottery.summary_tables import NAMES, render_markdown
 
-NAMES = {
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "synflow": "SynFlow",
-    "random": "random",
-    "hrank": "HRank",
-    "expectabs": "expectABS",
-    "kl": "KL",
-    "pls": "PLS+VIP",
-    "cka": "CKA",
-}
 KIND_LABEL = {
     "init": "{c} at init",
     "scratch": "scratch ({c} arch.)",
@@ -71,21 +61,7 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
     dense = [r for r in results if r["kind"] == "dense"]
     if not dense:
         return {"rows": [], "dense": None}
-    dense_acc = [100 * r["accuracy"] for r in dense]
-    base = {
-        "accuracy": _mean(dense_acc),
-        "accuracy_std": _std(dense_acc),
-        "macs": _mean([r["macs"] for r in dense]),
-        "params": _mean([r["params"] for r in dense]),
-        "memory": _mean([r["step_memory_bytes"]["total"] for r in dense]),
-        "train_seconds": _mean([r["train_seconds"] for r in dense]),
-        "co2_g": _mean([_energy(r, "co2_g") for r in dense])
-        if all(r.get("energy") for r in dense)
-        else None,
-        "corrupted": _mean([100 * r["corruptions"]["mean"] for r in dense])
-        if all(r.get("corruptions") for r in dense)
-        else None,
-    }
+    base = _dense_base(dense)
     margin = base["accuracy_std"] if xi == "std" else float(xi)
     by_seed = {r["seed"]: r for r in dense}
 
@@ -127,28 +103,7 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
         for name in ("macs", "params", "memory", "train_seconds"):
             row[f"{name}_saved"] = 1 - row[name] / base[name]
         row["speedup"] = base["train_seconds"] / row["train_seconds"]
-        co2 = [cost(r, "co2_g") for r in members]
-        if base["co2_g"] is not None and all(value is not None for value in co2):
-            row["co2_g"] = _mean(co2)
-            row["co2_saved"] = 1 - row["co2_g"] / base["co2_g"] if base["co2_g"] else None
-            row["energy_method"] = members[0]["energy"]["method"]
-            row["energy_estimate"] = members[0]["energy"]["estimate"]
-        if base["corrupted"] is not None and all(r.get("corruptions") for r in members):
-            corrupted = [100 * r["corruptions"]["mean"] for r in members]
-            row["corrupted"] = _mean(corrupted)
-            row["corrupted_delta"] = row["corrupted"] - base["corrupted"]
-            row["corrupted_by_name"] = _by_corruption(members)
-        if all(r.get("cka_vs_dense") for r in members):
-            stages = members[0]["cka_vs_dense"].keys()
-            row["cka"] = {s: _mean([r["cka_vs_dense"][s] for r in members]) for s in stages}
-        if kind == "filter":
-            row["target_filters"] = _mean([r["filters"]["target_filters"] for r in members])
-            row["removed_filters"] = _mean([r["filters"]["removed_filters"] for r in members])
-        if kind == "lmc":
-            row["twin_of"] = members[0]["lmc"]["twin_of"].rsplit("-s", 1)[0]
-            row["barrier"] = _mean([100 * r["lmc"]["barrier"] for r in members])
-            row["barrier_std"] = _std([100 * r["lmc"]["barrier"] for r in members])
-            row["barrier_mean"] = _mean([100 * r["lmc"]["barrier_mean"] for r in members])
+        _measured_extras(row, members, base, cost)
         rows.append(row)
     if rows and rows[0]["kind"] == "dense" and base["corrupted"] is not None:
         rows[0]["corrupted_by_name"] = _by_corruption(dense)
@@ -164,6 +119,56 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
     }
 
 
+def _dense_base(dense: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dense networks' means over seeds: what every other row is compared with."""
+    dense_acc = [100 * r["accuracy"] for r in dense]
+    return {
+        "accuracy": _mean(dense_acc),
+        "accuracy_std": _std(dense_acc),
+        "macs": _mean([r["macs"] for r in dense]),
+        "params": _mean([r["params"] for r in dense]),
+        "memory": _mean([r["step_memory_bytes"]["total"] for r in dense]),
+        "train_seconds": _mean([r["train_seconds"] for r in dense]),
+        "co2_g": _mean([_energy(r, "co2_g") for r in dense])
+        if all(r.get("energy") for r in dense)
+        else None,
+        "corrupted": _mean([100 * r["corruptions"]["mean"] for r in dense])
+        if all(r.get("corruptions") for r in dense)
+        else None,
+    }
+
+
+def _measured_extras(
+    row: dict[str, Any],
+    members: list[dict[str, Any]],
+    base: dict[str, Any],
+    cost: Callable[[dict[str, Any], str], float | None],
+) -> None:
+    """Columns only some cells have: CO2, corruptions, CKA, filter counts, LMC barriers."""
+    co2 = [cost(r, "co2_g") for r in members]
+    if base["co2_g"] is not None and all(value is not None for value in co2):
+        row["co2_g"] = _mean(co2)
+        row["co2_saved"] = 1 - row["co2_g"] / base["co2_g"] if base["co2_g"] else None
+        row["energy_method"] = members[0]["energy"]["method"]
+        row["energy_estimate"] = members[0]["energy"]["estimate"]
+    if base["corrupted"] is not None and all(r.get("corruptions") for r in members):
+        corrupted = [100 * r["corruptions"]["mean"] for r in members]
+        row["corrupted"] = _mean(corrupted)
+        row["corrupted_delta"] = row["corrupted"] - base["corrupted"]
+        row["corrupted_by_name"] = _by_corruption(members)
+    if all(r.get("cka_vs_dense") for r in members):
+        stages = members[0]["cka_vs_dense"].keys()
+        row["cka"] = {s: _mean([r["cka_vs_dense"][s] for r in members]) for s in stages}
+    if row["kind"] == "filter":
+        row["target_filters"] = _mean([r["filters"]["target_filters"] for r in members])
+        row["removed_filters"] = _mean([r["filters"]["removed_filters"] for r in members])
+    if row["kind"] == "lmc":
+        row["twin_of"] = members[0]["lmc"]["twin_of"].rsplit("-s", 1)[0]
+        row["barrier"] = _mean([100 * r["lmc"]["barrier"] for r in members])
+        row["barrier_std"] = _std([100 * r["lmc"]["barrier"] for r in members])
+        row["barrier_mean"] = _mean([100 * r["lmc"]["barrier_mean"] for r in members])
+
+
 def _by_corruption(members: list[dict[str, Any]]) -> dict[str, float]:
     """Mean accuracy (points) per corruption over severities and seeds."""
     table: dict[str, list[float]] = {}
@@ -172,187 +177,6 @@ def _by_corruption(members: list[dict[str, Any]]) -> dict[str, float]:
             if row["severity"] > 0:
                 table.setdefault(row["corruption"], []).append(100 * row["accuracy"])
     return {name: _mean(values) for name, values in table.items()}
-
-
-def _header(*columns: str) -> list[str]:
-    """A markdown table's header and separator lines."""
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
-def _main_table(rows: Iterable[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    lines = _header(
-        "method", "p", "seeds", "top-1 % (mean ± std)", "Δ vs dense", "wins", "MACs saved %",
-        "params saved %", "memory saved %", "train s (speed-up)", "CO2 g (saved %)",
-        "corrupted % (Δ)",
-    )  # fmt: skip
-    for row in rows:
-        dense = row["kind"] == "dense"
-        base = summary["dense"]
-        if dense:
-            co2 = "n/a" if base["co2_g"] is None else f"{base['co2_g']:.3g}"
-            corrupted = "n/a" if base["corrupted"] is None else f"{base['corrupted']:.2f}"
-        else:
-            co2 = f"{row['co2_g']:.3g} ({_pct(row['co2_saved'])})" if "co2_g" in row else "n/a"
-            corrupted = (
-                f"{row['corrupted']:.2f} ({row['corrupted_delta']:+.2f})"
-                if "corrupted" in row
-                else "n/a"
-            )
-        delta = "" if dense else f"{row['delta']:+.2f}"
-        wins = "" if dense else ("yes" if row["wins"] else "no")
-        lines.append(
-            f"| {row['method']} | {row['blocks'] or '-'} | {len(row['seeds'])} "
-            f"| {row['accuracy']:.2f} ± {row['accuracy_std']:.2f} "
-            f"| {delta} | {wins} | {_pct(row['macs_saved'])} | {_pct(row['params_saved'])} "
-            f"| {_pct(row['memory_saved'])} "
-            f"| {row['train_seconds']:.1f} ({row['speedup']:.2f}x) | {co2} | {corrupted} |"
-        )
-    return lines
-
-
-def _markdown(summary: dict[str, Any], recipe: Any, cka_reference: dict[str, float] | None) -> str:
-    rows = summary["rows"]
-    dense = [r for r in rows if r["kind"] == "dense"]
-    pick = lambda *kinds: dense + [r for r in rows if r["kind"] in kinds]  # noqa: E731
-    data = recipe.data
-    lines = [
-        f"# Layer lottery: {recipe.model.name or recipe.model.factory} on {data.name}",
-        "",
-        f"{recipe.train.epochs} epochs per network; accuracy on the test split; a ticket "
-        f"wins when its mean + xi >= the dense mean (xi = {summary['xi_points']:.2f} points"
-        f"{' = the dense std' if summary['xi'] == 'std' else ''}). Memory: one training step "
-        "(saved activations + weights, gradients, momentum). Train s: the epochs' training "
-        "time, evaluation excluded.",
-        "",
-        "## Tickets at initialization (Algorithm 2; the paper's Table 2), and from scratch",
-        "",
-        *_main_table(pick("init", "scratch"), summary),
-    ]
-    filters = [r for r in rows if r["kind"] == "filter"]
-    if filters:
-        lines += [
-            "",
-            "## Layers vs filters at a matched filter count (the paper's Table 3)",
-            "",
-            *_header(
-                "criterion",
-                "p",
-                "layer removal Δ",
-                "filter removal Δ",
-                "filters (target → removed)",
-                "layer MACs saved %",
-                "filter MACs saved %",
-            ),  # fmt: skip
-        ]
-        for f in filters:
-            layer = next(
-                (
-                    r
-                    for r in rows
-                    if r["kind"] == "init"
-                    and (r["criterion"], r["blocks"]) == (f["criterion"], f["blocks"])
-                ),
-                None,
-            )
-            layer_delta = (
-                "" if layer is None else f"{layer['delta']:+.2f} ± {layer['accuracy_std']:.2f}"
-            )
-            layer_macs = "" if layer is None else _pct(layer["macs_saved"])
-            lines.append(
-                f"| {NAMES.get(f['criterion'], f['criterion'])} | {f['blocks']} "
-                f"| {layer_delta} "
-                f"| {f['delta']:+.2f} ± {f['accuracy_std']:.2f} "
-                f"| {f['target_filters']:.0f} → {f['removed_filters']:.0f} "
-                f"| {layer_macs} | {_pct(f['macs_saved'])} |"
-            )
-    after = pick("after")
-    if len(after) > len(dense):
-        lines += [
-            "",
-            "## Tickets after training with rewinding (Algorithm 1)",
-            "",
-            "Train s and CO2 include the dense training the blocks were chosen on (then the "
-            "retraining from the rewind point): Algorithm 1 costs more than dense training.",
-            "",
-            *_main_table(after, summary),
-        ]
-    lmc = [r for r in rows if r["kind"] == "lmc"]
-    if lmc:
-        lines += [
-            "",
-            "## Linear mode connectivity (two copies from the same weights, other data order)",
-            "",
-            *_header(
-                "network",
-                "seeds",
-                "error barrier, points (mean ± std)",
-                "max error − mean of ends",
-            ),  # fmt: skip
-        ]
-        for r in lmc:
-            lines.append(
-                f"| {r['twin_of']} | {len(r['seeds'])} "
-                f"| {r['barrier']:.2f} ± {r['barrier_std']:.2f} | {r['barrier_mean']:.2f} |"
-            )
-    with_cka = [
-        r for r in rows if "cka" in r and r["kind"] in ("init", "scratch", "filter", "after")
-    ]
-    if with_cka:
-        stages = list(with_cka[0]["cka"])
-        lines += [
-            "",
-            "## Linear CKA with the dense network of the same seed, per stage",
-            "",
-            *_header("network", *stages),
-        ]
-        if cka_reference:
-            lines.append(
-                "| two dense networks, other seeds (reference) | "
-                + " | ".join(f"{cka_reference.get(s, float('nan')):.3f}" for s in stages)
-                + " |"
-            )
-        for r in with_cka:
-            lines.append(
-                f"| {r['method']}, p={r['blocks']} | "
-                + " | ".join(f"{r['cka'].get(s, float('nan')):.3f}" for s in stages)
-                + " |"
-            )
-    robust = [r for r in rows if "corrupted_by_name" in r and r["kind"] in ("dense", "init")]
-    if robust:
-        names = list(robust[0]["corrupted_by_name"])
-        lines += [
-            "",
-            "## Accuracy under corruptions, % (mean over severities and seeds)",
-            "",
-            *_header("network", "p", *names),
-        ]
-        for r in robust:
-            lines.append(
-                f"| {r['method']} | {r['blocks'] or '-'} | "
-                + " | ".join(f"{r['corrupted_by_name'][n]:.2f}" for n in names)
-                + " |"
-            )
-    energy = next((r for r in rows if "energy_method" in r), None)
-    lines += [""]
-    if len(summary["devices"]) > 1 or len(summary["energy_methods"]) > 1:
-        lines += [
-            f"**Warning:** the cells ran on {summary['devices']} with energy from "
-            f"{summary['energy_methods']}; time and CO2 ratios across them mean little.",
-            "",
-        ]
-    if energy is not None:
-        kind = "an estimate (declared power x time)" if energy["energy_estimate"] else "measured"
-        lines.append(f"Energy and CO2: {energy['energy_method']}, {kind}.")
-    else:
-        lines.append(
-            "Energy and CO2: not measured (no codecarbon, NVML or tegrastats here) and no "
-            "experiment.power_watts declared."
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -455,7 +279,7 @@ def write_summary(
     summary["cka_reference"] = reference
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     md = out_dir / "summary.md"
-    atomic_write_text(md, _markdown(summary, recipe, reference))
+    atomic_write_text(md, render_markdown(summary, recipe, reference))
     _plots(summary, out_dir)
     return md
 
