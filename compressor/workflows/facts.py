@@ -39,7 +39,8 @@ class TrainedFacts:
 
     def to_info(self) -> dict[str, Any]:
         info = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**info, **info.pop("extra")}
+        extra = info.pop("extra")
+        return {**info, **extra}
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any], where: str) -> TrainedFacts:
