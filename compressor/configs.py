@@ -1,9 +1,10 @@
-"""Checks shared by every config: recipe keys must name dataclass fields, numbers be numbers."""
+"""Helpers shared by every recipe section: its keys must name the config's fields, and
+what changed between two saved configs. Field values are checked by the rules each field
+declares (deploy.config_fields)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -31,25 +32,6 @@ def config_kwargs(cls: type, d: Mapping[str, Any], section: str) -> dict[str, An
         ):
             raise ConfigError(f"{section}.{f.name} is required")
     return dict(d)
-
-
-def is_number(value: Any, *, whole: bool = False) -> bool:
-    """A finite int or float (a whole number when `whole`), never a bool.
-
-    YAML hands over `yes`, `"0.5"`, `.nan` or a list where a user mistyped a number; each
-    validator asks this first, so a comparison such as `0 < value` never meets a str or a
-    list (a raw TypeError) and NaN never slips through every range check.
-    """
-    if isinstance(value, bool):
-        return False
-    if whole:
-        return isinstance(value, int)
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
-
-
-def is_seed(value: Any) -> bool:
-    """A whole number torch, numpy and scikit-learn all accept as a seed."""
-    return is_number(value, whole=True) and 0 <= value <= MAX_SEED
 
 
 def changed_keys(

@@ -4,13 +4,11 @@ all read these, so they live below all of them."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
+from deploy.config_fields import check_fields, is_int, is_real, real, rule, whole
 from deploy.errors import DeployConfigError, DeployInputError
 
 
@@ -22,61 +20,47 @@ class BenchConfig:
     `max_seconds` (at least one iteration each); medians and percentiles are over all of them.
     """
 
-    batch_sizes: tuple[int, ...] = (1,)
-    warmup_iters: int = 20  # untimed runs per model and batch: allocator, caches, clocks
-    iterations: int = 100  # timed runs per model and batch, at least
-    min_seconds: float = 0.0  # ...and keep timing until each model has this much timed time
-    max_seconds: float = 300.0  # safety cap on the timed phase of one batch size (wall clock)
-    seed: int = 0  # for the random inputs, so reruns feed the same data
+    batch_sizes: tuple[int, ...] = field(
+        default=(1,),
+        metadata=rule(
+            lambda v: isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and len(v) > 0
+            and all(is_int(b) and b >= 1 for b in v),
+            "a non-empty list of integers >= 1",
+            normalize=tuple,
+        ),
+    )
+    # Untimed runs per model and batch: allocator, caches, clocks.
+    warmup_iters: int = field(default=20, metadata=whole(0))
+    iterations: int = field(default=100, metadata=whole(1))  # timed runs, at least
+    # ...and keep timing until each model has this much timed time
+    min_seconds: float = field(default=0.0, metadata=real(0))
+    # Safety cap on the timed phase of one batch size (wall clock).
+    max_seconds: float = field(default=300.0, metadata=real(0, above=True))
+    seed: int = field(default=0, metadata=whole())  # the random inputs: reruns feed the same
     # Independent timed runs per model and batch; their medians' spread is the run-to-run CV.
     # Three is the fewest that shows a drifting median without tripling short benchmarks.
-    repeats: int = 3
+    repeats: int = field(default=3, metadata=whole(1))
     # Side by side, models take turns in blocks of this many timed iterations, each turn
     # after untimed iterations for `lead_in_seconds` (one at least) so the previous model's
     # threads go idle (1 and 0: one iteration per model per round, the method before blocks,
     # which timed models slower than they run alone). See deploy/timed_runs.py.
-    block_iters: int = 20
-    lead_in_seconds: float = 0.005
+    block_iters: int = field(default=20, metadata=whole(1))
+    lead_in_seconds: float = field(default=0.005, metadata=real(0))
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
     # With a power sampler, each model then runs alone for this long while power is sampled
     # (interleaving would mix the models' power draw); energy per inference comes from it.
-    power_seconds: float = 2.0
+    power_seconds: float = field(default=2.0, metadata=real(0, above=True))
 
     def __post_init__(self) -> None:
-        batches = tuple(self.batch_sizes)
-        if not batches or any(not is_int(b) or b < 1 for b in batches):
-            raise DeployConfigError(
-                f"batch_sizes must be a non-empty list of integers >= 1, got {self.batch_sizes!r}"
-            )
-        if len(set(batches)) != len(batches):
-            raise DeployConfigError(f"batch_sizes has duplicates: {batches}")
-        object.__setattr__(self, "batch_sizes", batches)
-        if not is_int(self.warmup_iters) or self.warmup_iters < 0:
-            raise DeployConfigError(
-                f"warmup_iters must be an integer >= 0, got {self.warmup_iters!r}"
-            )
-        if not is_int(self.iterations) or self.iterations < 1:
-            raise DeployConfigError(f"iterations must be an integer >= 1, got {self.iterations!r}")
-        if not is_number(self.min_seconds) or self.min_seconds < 0:
-            raise DeployConfigError(f"min_seconds must be a number >= 0, got {self.min_seconds!r}")
-        if not is_number(self.max_seconds) or self.max_seconds <= 0:
-            raise DeployConfigError(f"max_seconds must be a number > 0, got {self.max_seconds!r}")
+        check_fields(self, DeployConfigError, "{name} ")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise DeployConfigError(f"batch_sizes has duplicates: {self.batch_sizes}")
         if self.max_seconds < self.min_seconds:
             raise DeployConfigError(
                 f"max_seconds ({self.max_seconds}) must not be below min_seconds "
                 f"({self.min_seconds})"
-            )
-        if not is_int(self.seed):
-            raise DeployConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not is_int(self.repeats) or self.repeats < 1:
-            raise DeployConfigError(f"repeats must be an integer >= 1, got {self.repeats!r}")
-        if not is_int(self.block_iters) or self.block_iters < 1:
-            raise DeployConfigError(
-                f"block_iters must be an integer >= 1, got {self.block_iters!r}"
-            )
-        if not is_number(self.lead_in_seconds) or self.lead_in_seconds < 0:
-            raise DeployConfigError(
-                f"lead_in_seconds must be a number >= 0, got {self.lead_in_seconds!r}"
             )
         shapes = {}
         for name, shape in dict(self.shapes).items():
@@ -87,10 +71,6 @@ class BenchConfig:
                 )
             shapes[str(name)] = dims
         object.__setattr__(self, "shapes", shapes)
-        if not is_number(self.power_seconds) or self.power_seconds <= 0:
-            raise DeployConfigError(
-                f"power_seconds must be a number > 0, got {self.power_seconds!r}"
-            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,12 +143,12 @@ class LatencyRecord:
         for name in names:
             is_measurement = name.endswith("_ms") or name in ("cv", "throughput_ips")
             is_measurement = is_measurement and name in required
-            if is_measurement and not is_number(data[name]):
+            if is_measurement and not is_real(data[name]):
                 raise DeployInputError(
                     f"record field '{name}' must be a number, got {data[name]!r}"
                 )
         for name in ("accuracy", "gpu_compute_ms", "energy_mj", "avg_power_w", "run_cv"):
-            if data.get(name) is not None and not is_number(data[name]):
+            if data.get(name) is not None and not is_real(data[name]):
                 raise DeployInputError(
                     f"record field '{name}' must be a number or null, got {data[name]!r}"
                 )
@@ -181,7 +161,7 @@ class LatencyRecord:
         if medians is not None and (
             not isinstance(medians, Sequence)
             or isinstance(medians, str)
-            or not all(is_number(m) for m in medians)
+            or not all(is_real(m) for m in medians)
             or (data.get("runs") is not None and len(medians) != data["runs"])
         ):
             raise DeployInputError(
@@ -219,11 +199,3 @@ _OPTIONAL_FIELDS = frozenset(
         "details",
     )
 )
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    return is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import numpy as np
 import onnx
 
+from deploy.config_fields import check_fields, flag, one_of, real, rule, whole
 from export.errors import ExportConfigError
 
 Exporter = Literal["dynamo", "torchscript"]
@@ -26,66 +26,54 @@ BATCH_DIM_NAME = "batch"
 PARITY_RTOL = 1e-4
 
 
+_NEWEST_OPSET = onnx.defs.onnx_opset_version()
+_NAME = rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     """How to export and how strictly onnxruntime must agree with torch."""
 
-    opset: int = 18  # ONNX opset; the dynamo exporter's native one is 18
-    dynamic_batch: bool = True  # symbolic batch axis: one file serves every batch size
-    input_name: str = "input"
-    output_name: str = "logits"
+    # ONNX opset; the dynamo exporter's native one is 18.
+    opset: int = field(
+        default=18,
+        metadata=whole(
+            MIN_OPSET,
+            _NEWEST_OPSET,
+            expected=f"an integer from {MIN_OPSET} to {_NEWEST_OPSET} (the newest this onnx "
+            f"{onnx.__version__} knows)",
+        ),
+    )
+    # Symbolic batch axis: one file serves every batch size.
+    dynamic_batch: bool = field(default=True, metadata=flag())
+    input_name: str = field(default="input", metadata=_NAME)
+    output_name: str = field(default="logits", metadata=_NAME)
     # Allowed max |onnxruntime - torch| = parity_atol + parity_rtol * max |torch output|:
     # float rounding grows with the logits' size (export/parity.py parity_tolerance).
-    parity_atol: float = 1e-4  # the absolute part, for outputs near zero
-    parity_rtol: float = PARITY_RTOL  # the part relative to the largest |torch output|
-    require_top1_agreement: float = 1.0  # fraction of inputs whose argmax must agree
-    parity_batch_size: int = 64  # inputs per parity batch (bounds memory on big val sets)
-    exporter: Exporter = "dynamo"  # "torchscript": deprecated, for models dynamo can't trace
-    optimize: bool = True  # constant folding and conv-bn fusion in the exporter
-    keep_node_metadata: bool = False  # dynamo's per-node stack traces; off: reproducible bytes
+    # The absolute part, for outputs near zero; the part relative to the largest |output|.
+    parity_atol: float = field(default=1e-4, metadata=real(0, noun="a finite number"))
+    parity_rtol: float = field(default=PARITY_RTOL, metadata=real(0, noun="a finite number"))
+    # Fraction of inputs whose argmax must agree.
+    require_top1_agreement: float = field(
+        default=1.0, metadata=real(0, 1, expected="a fraction in [0, 1] (1.0 = every input)")
+    )
+    # Inputs per parity batch (bounds memory on big val sets).
+    parity_batch_size: int = field(default=64, metadata=whole(1))
+    # "torchscript": deprecated, for models dynamo can't trace.
+    exporter: Exporter = field(
+        default="dynamo",
+        metadata=one_of(get_args(Exporter), expected=f"one of {list(get_args(Exporter))}"),
+    )
+    # Constant folding and conv-bn fusion in the exporter.
+    optimize: bool = field(default=True, metadata=flag())
+    # dynamo's per-node stack traces; off: reproducible bytes.
+    keep_node_metadata: bool = field(default=False, metadata=flag())
 
     def __post_init__(self) -> None:
-        newest = onnx.defs.onnx_opset_version()
-        if _not_int(self.opset) or not MIN_OPSET <= self.opset <= newest:
-            raise ExportConfigError(
-                f"ExportConfig.opset: must be an integer from {MIN_OPSET} to {newest} (the "
-                f"newest this onnx {onnx.__version__} knows), got {self.opset!r}"
-            )
-        for name in ("dynamic_batch", "optimize", "keep_node_metadata"):
-            if not isinstance(getattr(self, name), bool):
-                raise ExportConfigError(
-                    f"ExportConfig.{name}: must be true or false, got {getattr(self, name)!r}"
-                )
-        for name in ("input_name", "output_name"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ExportConfigError(
-                    f"ExportConfig.{name}: must be a non-empty string, got {getattr(self, name)!r}"
-                )
+        check_fields(self, ExportConfigError, "ExportConfig.{name}: ")
         if self.input_name == self.output_name:
             raise ExportConfigError(
                 f"ExportConfig.output_name: must differ from input_name ('{self.input_name}')"
-            )
-        for name in ("parity_atol", "parity_rtol"):
-            tol = getattr(self, name)
-            if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < np.inf:
-                raise ExportConfigError(
-                    f"ExportConfig.{name}: must be a finite number >= 0, got {tol!r}"
-                )
-        top1 = self.require_top1_agreement
-        if isinstance(top1, bool) or not isinstance(top1, int | float) or not 0 <= top1 <= 1:
-            raise ExportConfigError(
-                f"ExportConfig.require_top1_agreement: must be a fraction in [0, 1] (1.0 = every "
-                f"input), got {top1!r}"
-            )
-        if _not_int(self.parity_batch_size) or self.parity_batch_size < 1:
-            raise ExportConfigError(
-                f"ExportConfig.parity_batch_size: must be an integer >= 1, "
-                f"got {self.parity_batch_size!r}"
-            )
-        if self.exporter not in get_args(Exporter):
-            raise ExportConfigError(
-                f"ExportConfig.exporter: must be one of {list(get_args(Exporter))}, "
-                f"got {self.exporter!r}"
             )
         if self.exporter == "dynamo" and self.opset < 18:
             # torch's dynamo exporter writes opset 18 whatever it is asked for, and onnx's
@@ -144,7 +132,3 @@ class ExportResult:
         out["input_shape"] = list(self.input_shape)
         out["output_shape"] = list(self.output_shape)
         return out
-
-
-def _not_int(value: object) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)

@@ -3,8 +3,10 @@ all of them for one model. A leaf below the lint's check modules."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from deploy.config_fields import check_fields, one_of
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
@@ -14,15 +16,14 @@ SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 class Finding:
     """One problem: what is wrong and what to do (`message`), and where (`node`, `op_type`)."""
 
-    severity: Severity
+    severity: Severity = field(metadata=one_of(SEVERITIES))
     code: str  # stable short id, e.g. "unsupported-op", "qdq-zero-point"
     node: str | None  # node name, or "OpType#index" when the node has none
     op_type: str | None
     message: str
 
     def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"Finding.severity: one of {SEVERITIES}, got {self.severity!r}")
+        check_fields(self, ValueError, "Finding.{name}: ")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deploy.config_fields import check_fields, flag, names
 from deploy.errors import DeployError
 from deploy.evaluate import run_batches
 from deploy.files import file_sha256, work_directory
@@ -74,26 +75,21 @@ DEFAULT_ATOL = 1e-3
 class FP16Config:
     """Which ops stay float32 and whether the graph keeps float32 inputs and outputs."""
 
-    keep_io_types: bool = True  # float32 in and out, Casts inside (callers need not change)
-    op_block_list: tuple[str, ...] = DEFAULT_OP_BLOCK_LIST  # op types computed in float32
+    # float32 in and out, Casts inside (callers need not change).
+    keep_io_types: bool = field(default=True, metadata=flag())
+    op_block_list: tuple[str, ...] = field(  # op types computed in float32
+        default=DEFAULT_OP_BLOCK_LIST, metadata=names(expected="a list of ONNX op types")
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_io_types, bool):
-            raise ExportConfigError(
-                f"FP16Config.keep_io_types: must be true or false, got {self.keep_io_types!r}"
-            )
+        check_fields(self, ExportConfigError, "FP16Config.{name}: ")
         blocked = self.op_block_list
-        if isinstance(blocked, str) or not isinstance(blocked, tuple | list):
-            raise ExportConfigError(
-                f"FP16Config.op_block_list: must be a list of ONNX op types, got {blocked!r}"
-            )
         unknown = [op for op in blocked if not isinstance(op, str) or not onnx.defs.has(op)]
         if unknown:
             raise ExportConfigError(
                 f"FP16Config.op_block_list: {unknown} are not ONNX op types (names are "
                 "case-sensitive, e.g. 'Resize')"
             )
-        object.__setattr__(self, "op_block_list", tuple(blocked))
 
 
 @dataclass(frozen=True)

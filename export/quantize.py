@@ -36,6 +36,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import onnx
 
+from deploy.config_fields import check_fields, flag, one_of, real, whole
 from deploy.errors import DiskFullError
 from deploy.evaluate import LabelledData, class_scores
 from deploy.files import file_sha256, work_directory
@@ -89,43 +90,32 @@ class QuantizeConfig:
     three ResNet-56 variants it was within one test image of the best method on each, and it
     is the fastest (entropy's KL search takes seconds per model and lost the most)."""
 
-    calibration_method: CalibrationName = "minmax"
-    calibration_samples: int = 256  # at most this many images, evenly spaced over the array
-    calibration_batch_size: int = 32  # images per calibration run (a fixed batch axis wins)
-    per_channel: bool = True  # one weight scale per output channel (TensorRT's best INT8)
-    percentile: float = 99.99  # "percentile": the |activation| percentile kept in range
-    entropy_bins: int = 512  # "entropy": histogram bins; > 128 (the quantized bins) or it is minmax
+    calibration_method: CalibrationName = field(
+        default="minmax",
+        metadata=one_of(
+            get_args(CalibrationName), expected=f"one of {list(get_args(CalibrationName))}"
+        ),
+    )
+    # At most this many images, evenly spaced over the array.
+    calibration_samples: int = field(default=256, metadata=whole(1))
+    # Images per calibration run (a fixed batch axis wins).
+    calibration_batch_size: int = field(default=32, metadata=whole(1))
+    # One weight scale per output channel (TensorRT's best INT8).
+    per_channel: bool = field(default=True, metadata=flag())
+    # "percentile": the |activation| percentile kept in range.
+    percentile: float = field(
+        default=99.99,
+        metadata=real(50, 100, above=True, expected="a number in (50, 100], e.g. 99.99"),
+    )
+    # "entropy": histogram bins; > 128 (the quantized bins) or it is minmax.
+    entropy_bins: int = field(default=512, metadata=whole(256))
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES  # ONNX op types whose inputs get Q/DQ
-    preprocess: bool = True  # onnxruntime's quant_pre_process: shape inference, BN folding
-    eval_batch_size: int = 64  # images per evaluation run
+    # onnxruntime's quant_pre_process: shape inference, BN folding.
+    preprocess: bool = field(default=True, metadata=flag())
+    eval_batch_size: int = field(default=64, metadata=whole(1))  # images per evaluation run
 
     def __post_init__(self) -> None:
-        if self.calibration_method not in get_args(CalibrationName):
-            raise ExportConfigError(
-                f"QuantizeConfig.calibration_method: must be one of "
-                f"{list(get_args(CalibrationName))}, got {self.calibration_method!r}"
-            )
-        for name, minimum in [
-            ("calibration_samples", 1),
-            ("calibration_batch_size", 1),
-            ("entropy_bins", 256),
-            ("eval_batch_size", 1),
-        ]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ExportConfigError(
-                    f"QuantizeConfig.{name}: must be an integer >= {minimum}, got {value!r}"
-                )
-        for name in ("per_channel", "preprocess"):
-            if not isinstance(getattr(self, name), bool):
-                raise ExportConfigError(
-                    f"QuantizeConfig.{name}: must be true or false, got {getattr(self, name)!r}"
-                )
-        pct = self.percentile
-        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 50 < pct <= 100:
-            raise ExportConfigError(
-                f"QuantizeConfig.percentile: must be a number in (50, 100], e.g. 99.99, got {pct!r}"
-            )
+        check_fields(self, ExportConfigError, "QuantizeConfig.{name}: ")
         object.__setattr__(self, "op_types", _checked_op_types(self.op_types))
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.configs import is_number
 from compressor.errors import ConfigError
+from deploy.config_fields import is_int, is_real
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -90,9 +90,9 @@ class CifarResNet(nn.Module):
         super().__init__()
         if blocks_per_stage < 1:
             raise ConfigError(f"model: blocks_per_stage must be >= 1, got {blocks_per_stage}")
-        if not is_number(width) or width <= 0:
+        if not is_real(width) or width <= 0:
             raise ConfigError(f"model: width must be a number > 0, got {width!r}")
-        if not is_number(num_classes, whole=True) or not is_number(in_channels, whole=True):
+        if not is_int(num_classes) or not is_int(in_channels):
             raise ConfigError(
                 f"model: num_classes and in_channels must be whole numbers, "
                 f"got {num_classes!r} and {in_channels!r}"

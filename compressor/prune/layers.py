@@ -8,14 +8,13 @@ whose kept weights are exactly theta_0's; the dense network is never trained.
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from compressor.configs import MAX_SEED, config_kwargs, is_number
+from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.models.blocks import (
     BlockInfo,
@@ -35,6 +34,7 @@ from compressor.prune.criteria import (
     score_blocks,
 )
 from compressor.prune.score_checks import score_warnings
+from deploy.config_fields import check_fields, names, one_of, real, whole
 
 # Default micro-batch for SNIP/GraSP scoring, measured with GraSP on a torchvision ResNet-50 at
 # 224 px, 100 images, 2 cores: all at once 21.2 GB and 3 min 45 s; 16 at a time 5.5 GB, 2 min
@@ -45,6 +45,13 @@ SCORE_BATCH_SIZE = 8
 BRANCH_CHECK_IMAGES = 8  # images of the forward that names the cause of a score warning
 
 
+_PATTERNS = "a list of name patterns"
+
+
+def _whole(minimum: int, maximum: int | None = None, *, optional: bool = False) -> dict[str, Any]:
+    return whole(minimum, maximum, optional=optional, noun="a whole number")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LayerPruneConfig:
     """How many blocks to remove and how to choose them. Give exactly one amount."""
@@ -53,56 +60,41 @@ class LayerPruneConfig:
     # Algorithm 1 criteria for trained weights, hrank | expectabs | kl | pls | cka, score
     # whatever weights the model holds (compressor/prune/block_criteria.py).
     criterion: str = "grasp"
-    aggregation: Aggregation = "sum"  # weight scores -> block score (see criteria.py)
-    blocks: int | None = None  # remove this many blocks
-    fraction: float | None = None  # remove this fraction of the removable blocks
-    macs_target: float | None = None  # remove until MACs <= this fraction of the dense MACs
-    samples_per_class: int = 10  # scoring batch: this many labelled images of each class
+    aggregation: Aggregation = field(  # weight scores -> block score (see criteria.py)
+        default="sum", metadata=one_of(("sum", "mean"), expected="'sum' or 'mean'")
+    )
+    # Remove this many blocks, or this fraction of the removable blocks, or until MACs <=
+    # this fraction of the dense MACs: exactly one of the three.
+    blocks: int | None = field(default=None, metadata=_whole(0, optional=True))
+    fraction: float | None = field(default=None, metadata=real(0, 1, optional=True, noun=""))
+    macs_target: float | None = field(
+        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+    )
+    # Scoring batch: this many labelled images of each class.
+    samples_per_class: int = field(default=10, metadata=_whole(1))
     # SNIP/GraSP: images per forward while scoring (memory follows it; None = all at once)
-    score_batch_size: int | None = SCORE_BATCH_SIZE
-    seed: int = 0  # scoring batch choice and the random criterion
+    score_batch_size: int | None = field(
+        default=SCORE_BATCH_SIZE,
+        metadata=whole(
+            1,
+            optional=True,
+            expected="a whole number >= 1, or null for the whole scoring batch at once",
+        ),
+    )
+    seed: int = field(default=0, metadata=_whole(0, MAX_SEED))  # scoring batch, random criterion
     # Module-name patterns (fnmatch, e.g. "layer4.*"): only blocks matching `include` (all
     # when empty) and not matching `exclude` may be removed.
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = field(default=(), metadata=names(expected=_PATTERNS))
+    exclude: tuple[str, ...] = field(default=(), metadata=names(expected=_PATTERNS))
 
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
-        if self.aggregation not in ("sum", "mean"):
-            raise ConfigError(
-                f"prune.aggregation: must be 'sum' or 'mean', got {self.aggregation!r}"
-            )
+        check_fields(self, ConfigError, "prune.{name}: ")
         given = [k for k in ("blocks", "fraction", "macs_target") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ConfigError(
                 f"prune: give exactly one of blocks, fraction, macs_target (got {given or 'none'})"
             )
-        if self.blocks is not None and (not is_number(self.blocks, whole=True) or self.blocks < 0):
-            raise ConfigError(f"prune.blocks: must be a whole number >= 0, got {self.blocks!r}")
-        if self.fraction is not None and not (is_number(self.fraction) and 0 <= self.fraction <= 1):
-            raise ConfigError(f"prune.fraction: must be in [0, 1], got {self.fraction!r}")
-        if self.macs_target is not None and not (
-            is_number(self.macs_target) and 0 < self.macs_target <= 1
-        ):
-            raise ConfigError(f"prune.macs_target: must be in (0, 1], got {self.macs_target!r}")
-        for key in ("include", "exclude"):
-            value = getattr(self, key)
-            if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-                raise ConfigError(f"prune.{key}: must be a list of name patterns, got {value!r}")
-            object.__setattr__(self, key, tuple(value))
-        if self.score_batch_size is not None and (
-            not is_number(self.score_batch_size, whole=True) or self.score_batch_size < 1
-        ):
-            raise ConfigError(
-                "prune.score_batch_size: must be a whole number >= 1, or null for the whole "
-                f"scoring batch at once, got {self.score_batch_size!r}"
-            )
-        for key, low, high in (("samples_per_class", 1, math.inf), ("seed", 0, MAX_SEED)):
-            value = getattr(self, key)
-            if not is_number(value, whole=True) or not low <= value <= high:
-                raise ConfigError(
-                    f"prune.{key}: must be a whole number in [{low}, {high}], got {value!r}"
-                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPruneConfig:

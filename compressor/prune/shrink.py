@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.configs import config_kwargs, is_number
+from compressor.configs import config_kwargs
 from compressor.errors import CompressorError, ConfigError, InputError, UnsupportedModelError
 from compressor.models.blocks import evaluating, output_shape
+from deploy.config_fields import check_fields, names, one_of, real, whole
 from deploy.errors import first_line
 
 Importance = Literal["magnitude", "taylor", "lamp"]
@@ -30,47 +31,33 @@ _MAX_RATIO = 0.9
 
 @dataclass(frozen=True, kw_only=True)
 class ShrinkConfig:
-    importance: Importance = "magnitude"  # L2 magnitude | first-order Taylor | LAMP
-    ratio: float | None = 0.5  # fraction of channels removed from each prunable group
-    macs_target: float | None = None  # or: shrink until MACs <= this fraction of before
-    round_to: int = 8  # kept channel counts are multiples of this (tensor cores like 8)
-    fine_tune_epochs: int = 5  # short training after shrinking
-    fine_tune_lr: float = 0.01  # lower than training's: the weights are already trained
+    # L2 magnitude | first-order Taylor | LAMP
+    importance: Importance = field(
+        default="magnitude",
+        metadata=one_of(get_args(Importance), expected="magnitude, taylor or lamp"),
+    )
+    # Fraction of channels removed from each prunable group.
+    ratio: float | None = field(
+        default=0.5, metadata=real(0, 1, below=True, optional=True, noun="")
+    )
+    # Or: shrink until MACs <= this fraction of before.
+    macs_target: float | None = field(
+        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+    )
+    # Kept channel counts are multiples of this (tensor cores like 8).
+    round_to: int = field(default=8, metadata=whole(1, noun="a whole number"))
+    # Short training after shrinking.
+    fine_tune_epochs: int = field(default=5, metadata=whole(0, noun="a whole number"))
+    # Lower than training's: the weights are already trained.
+    fine_tune_lr: float = field(default=0.01, metadata=real(0, above=True))
     # Module-name patterns (fnmatch) whose output channels are left alone (Torch-Pruning's
     # ignored_layers); the classifier is always left alone.
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = field(default=(), metadata=names(expected="a list of name patterns"))
 
     def __post_init__(self) -> None:
-        if self.importance not in ("magnitude", "taylor", "lamp"):
-            raise ConfigError(
-                f"shrink.importance: unknown importance '{self.importance}'; "
-                "choose magnitude, taylor or lamp"
-            )
+        check_fields(self, ConfigError, "shrink.{name}: ")
         if (self.ratio is None) == (self.macs_target is None):
             raise ConfigError("shrink: give exactly one of ratio or macs_target")
-        if self.ratio is not None and not (is_number(self.ratio) and 0 <= self.ratio < 1):
-            raise ConfigError(f"shrink.ratio: must be in [0, 1), got {self.ratio!r}")
-        if self.macs_target is not None and not (
-            is_number(self.macs_target) and 0 < self.macs_target <= 1
-        ):
-            raise ConfigError(f"shrink.macs_target: must be in (0, 1], got {self.macs_target!r}")
-        if not is_number(self.round_to, whole=True) or self.round_to < 1:
-            raise ConfigError(
-                f"shrink.round_to: must be a whole number >= 1, got {self.round_to!r}"
-            )
-        if not isinstance(self.exclude, list | tuple) or not all(
-            isinstance(p, str) for p in self.exclude
-        ):
-            raise ConfigError(
-                f"shrink.exclude: must be a list of name patterns, got {self.exclude!r}"
-            )
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        epochs, lr = self.fine_tune_epochs, self.fine_tune_lr
-        if not (is_number(epochs, whole=True) and epochs >= 0 and is_number(lr) and lr > 0):
-            raise ConfigError(
-                "shrink: fine_tune_epochs must be a whole number >= 0 and fine_tune_lr a "
-                f"number > 0, got {epochs!r} and {lr!r}"
-            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShrinkConfig:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.configs import MAX_SEED, config_kwargs, is_number, is_seed
+from compressor.configs import MAX_SEED, config_kwargs
 from compressor.data.config import DataConfig
 from compressor.errors import ConfigError, InputError
 from compressor.models.pretrained import weights_sha256
@@ -23,43 +23,62 @@ from compressor.prune.layers import LayerPruneConfig
 from compressor.prune.shrink import ShrinkConfig
 from compressor.recipe.experiment import ExperimentConfig
 from compressor.training.config import TrainConfig
+from deploy.config_fields import check_fields, flag, is_int, names, real, rule, whole
 from deploy.errors import UnsafePathError
 from deploy.paths import read_regular_bytes
 from export.config import PARITY_RTOL, ExportConfig
+from export.errors import ExportError
+from export.quantize import QuantizeConfig
 from export.trt_ops import parse_trt_version
 
 RECIPE_VERSION = 1
 MAX_RECIPE_VALUES = 100_000  # values in a recipe once YAML aliases are expanded
 
 
+def _whole(minimum: int, *, optional: bool = False) -> dict[str, Any]:
+    return whole(minimum, optional=optional, noun="a whole number")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSection:
     """A zoo model (`name`, `width`) or any model a factory builds (`factory`, `kwargs`)."""
 
-    name: str | None = None  # zoo name (default resnet56); with `factory`, a display name
-    width: float | None = None  # channel multiplier of the zoo ResNets (default 1.0)
+    name: str | None = field(  # zoo name (default resnet56); with `factory`, a display name
+        default=None, metadata=rule(lambda v: v is None or isinstance(v, str), "a model name")
+    )
+    # Channel multiplier of the zoo ResNets (default 1.0).
+    width: float | None = field(default=None, metadata=real(0, above=True, optional=True))
     factory: str | None = None  # "path/to/file.py:function" or "package.module:function"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
+    kwargs: dict[str, Any] = field(  # factory keyword arguments
+        default_factory=dict, metadata=rule(lambda v: isinstance(v, dict), "a mapping")
+    )
     # num_classes and in_channels come from the dataset (for a factory: when it takes them).
     # Pretrained theta_0 (compressor/models/pretrained.py): a .safetensors file or a
     # torch.save state dict, read with weights_only (never unpickled); relative to the
     # working directory.
-    weights: str | None = None
+    weights: str | None = field(
+        default=None,
+        metadata=rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a file path"),
+    )
     # false: load the tensors that fit and keep the rest (e.g. a new 10-class head) at their
     # seeded initial values, listed in a warning and the dense model's info; true: refuse.
-    weights_strict: bool = True
+    weights_strict: bool = field(default=True, metadata=flag())
     # The file's SHA-256: recipe.json records it (a resume with another file is refused);
     # given here, a file with another hash is refused.
-    weights_sha256: str | None = None
+    weights_sha256: str | None = field(
+        default=None,
+        metadata=rule(
+            lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]{64}", v)),
+            "64 hex digits",
+        ),
+    )
 
     def __post_init__(self) -> None:
-        if self.name is not None and not isinstance(self.name, str):
-            raise ConfigError(f"model.name: must be a model name, got {self.name!r}")
-        self._check_weights()
-        if self.width is not None and not (is_number(self.width) and self.width > 0):
-            raise ConfigError(f"model.width: must be a number > 0, got {self.width!r}")
-        if not isinstance(self.kwargs, dict):
-            raise ConfigError(f"model.kwargs: must be a mapping, got {self.kwargs!r}")
+        check_fields(self, ConfigError, "model.{name}: ")
+        if self.weights is None and (not self.weights_strict or self.weights_sha256 is not None):
+            raise ConfigError(
+                "model.weights_strict, model.weights_sha256: only with model.weights (a file)"
+            )
         if self.factory is None:
             if self.kwargs:
                 raise ConfigError(
@@ -72,21 +91,6 @@ class ModelSection:
         if self.width is not None:
             raise ConfigError(
                 "model.width: only for zoo models; pass the factory's own arguments in model.kwargs"
-            )
-
-    def _check_weights(self) -> None:
-        if self.weights is not None and not (isinstance(self.weights, str) and self.weights):
-            raise ConfigError(f"model.weights: must be a file path, got {self.weights!r}")
-        if not isinstance(self.weights_strict, bool):
-            raise ConfigError(
-                f"model.weights_strict: must be true or false, got {self.weights_strict!r}"
-            )
-        sha = self.weights_sha256
-        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-            raise ConfigError(f"model.weights_sha256: must be 64 hex digits, got {sha!r}")
-        if self.weights is None and (not self.weights_strict or sha is not None):
-            raise ConfigError(
-                "model.weights_strict, model.weights_sha256: only with model.weights (a file)"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,17 +133,17 @@ class ExportSection:
     parity_rtol: float = PARITY_RTOL  # relative to the largest |logit|: rounding grows with it
     # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization) and an
     # FP16 graph (what strongly typed TensorRT 11 needs for FP16), each checked on real data.
-    int8: bool = True
-    fp16: bool = True
+    int8: bool = field(default=True, metadata=flag())
+    fp16: bool = field(default=True, metadata=flag())
     calibration_method: str = "minmax"  # minmax, entropy or percentile
     calibration_samples: int = 256  # training images the INT8 ranges are calibrated on
     # TensorRT version the readiness check of each ONNX file is made against.
     trt_version: str = "10"
 
     def __post_init__(self) -> None:
-        """Check every value now, so a typo fails before training, not after it."""
-        from export import ExportConfig, ExportError, QuantizeConfig
-
+        """Check every value now, so a typo fails before training, not after it: the flags
+        here, the rest by the export configs they go to (their rules are written there)."""
+        check_fields(self, ConfigError, "export.{name}: ")
         checks = (
             ("exporter", lambda: ExportConfig(exporter=self.exporter)),
             ("opset", lambda: ExportConfig(opset=self.opset, exporter=self.exporter)),
@@ -151,11 +155,6 @@ class ExportSection:
              lambda: QuantizeConfig(calibration_samples=self.calibration_samples)),
             ("trt_version", lambda: parse_trt_version(str(self.trt_version))),
         )  # fmt: skip
-        for key in ("int8", "fp16"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(
-                    f"export.{key}: must be true or false, got {getattr(self, key)!r}"
-                )
         for key, check in checks:
             try:
                 check()
@@ -176,20 +175,32 @@ class ExportSection:
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSection:
-    backends: tuple[str, ...] = ("onnxruntime", "torch")  # CPU; torch also on CUDA if present
+    backends: tuple[str, ...] = field(  # CPU; torch also on CUDA if present
+        default=("onnxruntime", "torch"), metadata=names(expected="a list of names")
+    )
     # With "tensorrt" in backends (a GPU machine with TensorRT): engines of these precisions
     # are built from each variant's FP32 / FP16 / INT8 QDQ ONNX and timed side by side.
-    trt_precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
-    batch_sizes: tuple[int, ...] = (1, 8)
-    threads: int | None = None  # intra-op threads for both backends (None: library default)
-    warmup_iters: int = 20
-    iterations: int = 200  # timed iterations per model and batch (interleaved across models)
+    trt_precisions: tuple[str, ...] = field(
+        default=("fp32", "fp16", "int8"), metadata=names(expected="a list of names")
+    )
+    batch_sizes: tuple[int, ...] = field(
+        default=(1, 8),
+        metadata=rule(
+            lambda v: (
+                isinstance(v, list | tuple) and len(v) > 0 and all(is_int(b) and b >= 1 for b in v)
+            ),
+            "whole numbers >= 1",
+            normalize=tuple,
+        ),
+    )
+    # Intra-op threads for both backends (None: library default).
+    threads: int | None = field(default=None, metadata=_whole(1, optional=True))
+    warmup_iters: int = field(default=20, metadata=_whole(0))
+    # Timed iterations per model and batch (interleaved across models).
+    iterations: int = field(default=200, metadata=_whole(1))
 
     def __post_init__(self) -> None:
-        for key in ("backends", "trt_precisions"):
-            value = getattr(self, key)
-            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"bench.{key}: must be a list of names, got {value!r}")
+        check_fields(self, ConfigError, "bench.{name}: ")
         unknown = sorted(set(self.backends) - {"onnxruntime", "torch", "tensorrt"})
         if unknown:
             raise ConfigError(
@@ -201,23 +212,6 @@ class BenchSection:
                 f"bench.trt_precisions: unknown precision(s) {bad or '(none given)'}; "
                 "use fp32, fp16, bf16, int8"
             )
-        sizes = self.batch_sizes
-        if (
-            not isinstance(sizes, list | tuple)
-            or not sizes
-            or not all(is_number(b, whole=True) and b >= 1 for b in sizes)
-        ):
-            raise ConfigError(f"bench.batch_sizes: need whole numbers >= 1, got {sizes!r}")
-        counts = (self.iterations, self.warmup_iters)
-        if not all(is_number(n, whole=True) for n in counts) or counts[0] < 1 or counts[1] < 0:
-            raise ConfigError(
-                "bench: iterations must be a whole number >= 1 and warmup_iters >= 0, "
-                f"got {counts[0]!r} and {counts[1]!r}"
-            )
-        if self.threads is not None and not (
-            is_number(self.threads, whole=True) and self.threads >= 1
-        ):
-            raise ConfigError(f"bench.threads: must be a whole number >= 1, got {self.threads!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,15 +220,15 @@ class ReportSection:
 
     # In percentage points of test accuracy (5 = five points, not 0.05): a variant further
     # below dense, or within 2 points of chance, is marked not comparable and `run` exits 3.
-    max_accuracy_drop: float = 5.0
+    max_accuracy_drop: float = field(
+        default=5.0,
+        metadata=real(
+            0, 100, expected="a number of percentage points in [0, 100] (5 = five points)"
+        ),
+    )
 
     def __post_init__(self) -> None:
-        value = self.max_accuracy_drop
-        if not (is_number(value) and 0 <= value <= 100):
-            raise ConfigError(
-                f"report.max_accuracy_drop: must be a number of percentage points in [0, 100] "
-                f"(5 = five points), got {value!r}"
-            )
+        check_fields(self, ConfigError, "report.{name}: ")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,7 +327,7 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         raise ConfigError(f"recipe: name must be a non-empty text, got {name!r}")
     if not str(name).isprintable():  # a newline or tab would break the report's header
         raise ConfigError(f"recipe: name must be one line of printable text, got {name!r}")
-    if not is_seed(seed):
+    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"recipe: seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
     kwargs: dict[str, Any] = {"name": str(name), "seed": seed}
     for key, cls in _SECTIONS.items():

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -14,6 +13,7 @@ import torch
 
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError
+from deploy.config_fields import check_fields, flag, is_real, one_of, real, rule, whole
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -27,75 +27,67 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 ProgressMode = Literal["auto", "bar", "log", "none"]
 
 
+def _fractions(value: Any, open_low: bool = False) -> bool:
+    """Increasing fractions in [0, 1) ((0, 1) with `open_low`), each one once."""
+    if not isinstance(value, list | tuple) or list(value) != sorted(set(value)):
+        return False
+    low = 0.0
+    return all(is_real(v) and (v > low if open_low else v >= low) and v < 1 for v in value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """How to train; maps one to one onto a recipe's `train:` section."""
 
-    epochs: int  # full passes over the training split
-    batch_size: int = 128  # images per SGD step (a smaller training split: one step per epoch)
-    lr: float = 0.1  # peak learning rate (after warm-up)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # L2 on all parameters, as in the usual CIFAR ResNet recipe
-    schedule: Schedule = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of all steps
-    gamma: float = 0.1  # step schedule: lr multiplier at each milestone
-    warmup_epochs: int = 0  # linear warm-up from lr/steps to lr
-    label_smoothing: float = 0.0  # training loss only
-    device: DeviceName = "auto"  # auto = CUDA when available
-    amp: bool | None = None  # mixed precision; None = on for CUDA, never on CPU
-    seed: int = 0  # seeds torch, the shuffling and the augmentation generators
-    threads: int | None = None  # torch.set_num_threads (process-wide); None = leave as is
-    progress: ProgressMode = "auto"  # auto = a bar on a terminal, one log line per epoch otherwise
+    epochs: int = field(metadata=whole(1, noun="an int"))  # full passes over the training split
+    # Images per SGD step (a smaller training split: one step per epoch).
+    batch_size: int = field(default=128, metadata=whole(1, noun="an int"))
+    lr: float = field(default=0.1, metadata=real(0, above=True))  # peak rate (after warm-up)
+    momentum: float = field(default=0.9, metadata=real(0, 1, below=True))
+    nesterov: bool = field(default=True, metadata=flag())
+    # L2 on all parameters, as in the usual CIFAR ResNet recipe.
+    weight_decay: float = field(default=5e-4, metadata=real(0))
+    schedule: Schedule = field(default="cosine", metadata=one_of(get_args(Schedule)))
+    # Step schedule: fractions of all steps, increasing, in (0, 1).
+    milestones: tuple[float, ...] = field(
+        default=(0.5, 0.75),
+        metadata=rule(
+            lambda v: _fractions(v, open_low=True),
+            "increasing fractions in (0, 1)",
+            normalize=tuple,
+        ),
+    )
+    gamma: float = field(default=0.1, metadata=real(0, 1, above=True))  # step lr multiplier
+    warmup_epochs: int = field(default=0, metadata=whole(0, noun="an int"))  # linear warm-up
+    label_smoothing: float = field(default=0.0, metadata=real(0, 1, below=True))  # train loss
+    device: DeviceName = field(default="auto", metadata=one_of(get_args(DeviceName)))
+    # Mixed precision; None = on for CUDA, never on CPU.
+    amp: bool | None = field(default=None, metadata=flag(optional=True))
+    # Seeds torch, the shuffling and the augmentation generators.
+    seed: int = field(default=0, metadata=whole(0, MAX_SEED, noun="an int"))
+    # torch.set_num_threads (process-wide); None = leave as is.
+    threads: int | None = field(default=None, metadata=whole(1, optional=True, noun="an int"))
+    # auto = a bar on a terminal, one log line per epoch otherwise.
+    progress: ProgressMode = field(default="auto", metadata=one_of(get_args(ProgressMode)))
     # Rewinding (the paper's Algorithm 1): save the weights when training reaches these
     # fractions of `epochs` (0 = theta_0) as rewind_eNNN.safetensors beside the checkpoint;
     # and start the epoch count and learning-rate schedule at `start_epoch` (a ticket whose
     # weights were rewound to that epoch retrains the remaining epochs on the original
     # schedule; the paper calls this learning-rate rewinding).
-    rewind_points: tuple[float, ...] = ()
-    start_epoch: int = 0
+    rewind_points: tuple[float, ...] = field(
+        default=(),
+        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=tuple),
+    )
+    start_epoch: int = field(default=0, metadata=whole(0, noun="an int"))
     # Batch-norm running statistics re-estimated over this many training batches (no
     # augmentation) before the final validation and the test evaluation: short training or
     # surgery leaves them stale, and eval-mode accuracy can fall to chance. 0 = off.
-    bn_recalibration_batches: int = BN_RECALIBRATION_BATCHES
+    bn_recalibration_batches: int = field(
+        default=BN_RECALIBRATION_BATCHES, metadata=whole(0, noun="an int")
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.milestones, list):  # recipes give YAML lists
-            object.__setattr__(self, "milestones", tuple(self.milestones))
-        for field, minimum in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("warmup_epochs", 0),
-            ("seed", 0),
-            ("threads", 1),
-            ("bn_recalibration_batches", 0),
-        ):
-            value = getattr(self, field)
-            if not (field == "threads" and value is None):
-                _check(field, value, lambda v, m=minimum: v >= m, f"an int >= {minimum}", int)
-        for field, ok, expected in (
-            ("lr", lambda v: v > 0, "> 0"),
-            ("weight_decay", lambda v: v >= 0, ">= 0"),
-            ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-            ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ):
-            _check(field, getattr(self, field), ok, f"a number {expected}", (int, float))
-        _check("seed", self.seed, lambda v: v <= MAX_SEED, f"an int <= {MAX_SEED}", int)
-        for field, kind in (
-            ("schedule", Schedule),
-            ("device", DeviceName),
-            ("progress", ProgressMode),
-        ):
-            if getattr(self, field) not in get_args(kind):
-                raise ConfigError(
-                    f"train.{field} must be one of {get_args(kind)}, got {getattr(self, field)!r}"
-                )
-        if not isinstance(self.nesterov, bool) or not isinstance(self.amp, (bool, type(None))):
-            raise ConfigError(
-                f"train.nesterov and train.amp must be true or false (amp also "
-                f"null), got {self.nesterov!r} and {self.amp!r}"
-            )
+        check_fields(self, ConfigError, "train.{name} ")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("train.nesterov needs train.momentum > 0; set nesterov: false")
         if self.warmup_epochs >= self.epochs:
@@ -103,20 +95,11 @@ class TrainConfig:
                 f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than "
                 f"train.epochs ({self.epochs})"
             )
-        points = tuple(self.rewind_points)
-        if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in points) or (
-            list(points) != sorted(set(points)) or any(not 0 <= p < 1 for p in points)
-        ):
+        if self.start_epoch >= self.epochs:
             raise ConfigError(
-                f"train.rewind_points must be increasing fractions in [0, 1), got {points}"
+                f"train.start_epoch must be an int in [0, epochs={self.epochs}), "
+                f"got {self.start_epoch!r}"
             )
-        object.__setattr__(self, "rewind_points", points)
-        _check("start_epoch", self.start_epoch, lambda v: 0 <= v < self.epochs,
-               f"an int in [0, epochs={self.epochs})", int)  # fmt: skip
-        ms = self.milestones
-        valid = isinstance(ms, tuple) and all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms)
-        if not valid or list(ms) != sorted(set(ms)):
-            raise ConfigError(f"train.milestones must be increasing fractions in (0, 1), got {ms}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -146,16 +129,6 @@ class TrainConfig:
 def rewind_path(out_dir: str | Path, epoch: int) -> Path:
     """Where `train` saves the weights reached after `epoch` epochs (0: before training)."""
     return Path(out_dir) / f"rewind_e{epoch:03d}.safetensors"
-
-
-def _check(field: str, value: Any, ok: Any, expected: str, kind: type | tuple) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kind)
-        or (isinstance(value, float) and not math.isfinite(value))
-        or not ok(value)
-    ):
-        raise ConfigError(f"train.{field} must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ not proof of a quiet machine: a sensor that cannot be read says nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
+from deploy.config_fields import check_fields, real
 from deploy.errors import DeployConfigError
 from deploy.machine.cpus import format_cpu_list
 from deploy.machine.state import ClockReading, MachineSample
@@ -32,22 +32,18 @@ _MIN_CPU_SECONDS = 1.0
 class StabilityLimits:
     """Thresholds above which a warning is raised; all are fractions (0.10 = 10 %)."""
 
-    max_cv: float = 0.10  # per-iteration std/mean of one record
+    # Per-iteration std/mean of one record.
+    max_cv: float = field(default=0.10, metadata=real(0, noun="a finite number"))
     # std/mean of the per-run medians: medians should agree to a few percent on a quiet box.
-    max_run_cv: float = 0.05
+    max_run_cv: float = field(default=0.05, metadata=real(0, noun="a finite number"))
     # 1-minute load average besides this benchmark's own threads, per online CPU.
-    max_load: float = 0.5
+    max_load: float = field(default=0.5, metadata=real(0, noun="a finite number"))
     # Share of the CPU time of the CPUs we ran on that other processes (or the hypervisor,
     # as steal time) took while timing.
-    max_other_cpu: float = 0.10
+    max_other_cpu: float = field(default=0.10, metadata=real(0, noun="a finite number"))
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise DeployConfigError(f"{item.name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise DeployConfigError(f"{item.name} must be a finite number >= 0, got {value!r}")
+        check_fields(self, DeployConfigError, "{name} ")
 
 
 def timing_warnings(

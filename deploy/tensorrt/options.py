@@ -5,10 +5,11 @@ read these, so they live below all of them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from deploy.config_fields import check_fields, flag, one_of, rule, whole
 from deploy.errors import DeployConfigError
 from deploy.onnx_info import PRECISIONS
 
@@ -20,41 +21,42 @@ ShapeRange = tuple[Shape, Shape, Shape]  # (min, opt, max)
 class BuildOptions:
     """How to build one engine. Batch sizes fill a dynamic axis 0 when `profile` is None."""
 
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    workspace_mib: int | None = None  # builder scratch memory cap; None: TensorRT's default
-    min_batch: int = 1
-    opt_batch: int | None = None  # the batch TensorRT tunes kernels for; None: max_batch
-    max_batch: int = 1  # a larger batch at run time is an error, so size it for the benchmark
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = field(
+        default="fp32", metadata=one_of(PRECISIONS)
+    )
+    # Builder scratch memory cap; None: TensorRT's default.
+    workspace_mib: int | None = field(default=None, metadata=whole(1, optional=True))
+    min_batch: int = field(default=1, metadata=whole(1))
+    # The batch TensorRT tunes kernels for; None: max_batch.
+    opt_batch: int | None = field(default=None, metadata=whole(1, optional=True))
+    # A larger batch at run time is an error, so size it for the benchmark.
+    max_batch: int = field(default=1, metadata=whole(1))
     profile: Mapping[str, ShapeRange] | None = None  # input -> (min, opt, max) full shapes
     timing_cache: Path | None = None  # reused across builds on the same GPU and TensorRT
-    dla_core: int | None = None  # Jetson DLA core; FP16/INT8 only
-    gpu_fallback: bool = True  # with DLA: layers the DLA cannot run go to the GPU
-    builder_optimization_level: int | None = None  # 0-5, TensorRT default 3
-    strongly_typed: bool | Literal["auto"] = "auto"  # auto: on from TensorRT 11 (always there)
+    dla_core: int | None = field(default=None, metadata=whole(0, optional=True))  # FP16/INT8
+    # With DLA: layers the DLA cannot run go to the GPU.
+    gpu_fallback: bool = field(default=True, metadata=flag())
+    builder_optimization_level: int | None = field(  # 0-5, TensorRT default 3
+        default=None, metadata=whole(0, 5, optional=True, expected="0-5")
+    )
+    # auto: on from TensorRT 11 (always there).
+    strongly_typed: bool | Literal["auto"] = field(
+        default="auto",
+        metadata=rule(lambda v: v in (True, False, "auto"), "true, false or 'auto'"),
+    )
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        check_fields(self, DeployConfigError, "{name} ")
+        if self.max_batch < self.min_batch:
             raise DeployConfigError(
-                f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+                f"max_batch must be an integer >= {self.min_batch}, got {self.max_batch!r}"
             )
-        _check_int("workspace_mib", self.workspace_mib, 1, optional=True)
-        _check_int("min_batch", self.min_batch, 1)
-        _check_int("max_batch", self.max_batch, self.min_batch)
         opt = self.max_batch if self.opt_batch is None else self.opt_batch
-        _check_int("opt_batch", opt, self.min_batch)
+        if opt < self.min_batch:
+            raise DeployConfigError(f"opt_batch must be an integer >= {self.min_batch}, got {opt}")
         if opt > self.max_batch:
             raise DeployConfigError(f"opt_batch {opt} is above max_batch {self.max_batch}")
         object.__setattr__(self, "opt_batch", opt)
-        _check_int("dla_core", self.dla_core, 0, optional=True)
-        _check_int("builder_optimization_level", self.builder_optimization_level, 0, True)
-        if (self.builder_optimization_level or 0) > 5:
-            raise DeployConfigError(
-                f"builder_optimization_level must be 0-5, got {self.builder_optimization_level}"
-            )
-        if self.strongly_typed not in (True, False, "auto"):
-            raise DeployConfigError(
-                f"strongly_typed must be true, false or 'auto', got {self.strongly_typed!r}"
-            )
         if self.timing_cache is not None:
             object.__setattr__(self, "timing_cache", Path(self.timing_cache))
         if self.profile is not None:
@@ -114,10 +116,3 @@ def _normalize_profile(profile: Mapping[str, Sequence[Sequence[int]]]) -> dict[s
             )
         result[str(name)] = shapes  # type: ignore[assignment]
     return result
-
-
-def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DeployConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
