@@ -133,6 +133,47 @@ def prune_filters_at_init(
     names = {m: n for n, m in model.named_modules()}
     dg = tp.DependencyGraph().build_dependency(model, example[:1])
     groups = list(dg.get_all_groups(ignored_layers=[head], root_module_types=[nn.Conv2d]))
+    picked = _pick_channels(groups, names, scores, dg, target_filters, criterion, seed)
+    try:
+        for g_index, channels in picked.items():
+            if not channels:
+                continue
+            root = groups[g_index][0].dep.target.module
+            dg.get_pruning_group(root, tp.prune_conv_out_channels, sorted(channels)).prune()
+        shape_after = output_shape(model, example[:1])
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"filter pruning broke the model ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0]})"
+        ) from exc
+    if shape_after != shape_before:
+        raise UnsupportedModelError(
+            f"filter pruning changed the output shape {shape_before} -> {shape_after}"
+        )
+    macs_after, params_after = count_macs_params(model, example[:1])
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return FilterPruneResult(
+        target_filters=target_filters,
+        removed_filters=sum(before[n] - after[n] for n in after),
+        channels={n: (before[n], after[n]) for n in after},
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
+    )
+
+
+def _pick_channels(
+    groups: list[Any],
+    names: dict[nn.Module, str],
+    scores: dict[str, torch.Tensor] | None,
+    dg: Any,
+    target_filters: int,
+    criterion: str,
+    seed: int,
+) -> dict[int, list[int]]:
+    """{group index: root channels to remove}, lowest score first, until at least
+    `target_filters` filters go; every group keeps one channel. No scores: random."""
     generator = torch.Generator().manual_seed(seed)
     candidates = []  # (score, group index, root channel)
     sizes, per_channel = [], []
@@ -166,30 +207,4 @@ def prune_filters_at_init(
             f"filter pruning: only {removed} of the {target_filters} filters asked for can go "
             "while every layer keeps one channel"
         )
-    try:
-        for g_index, channels in picked.items():
-            if not channels:
-                continue
-            root = groups[g_index][0].dep.target.module
-            dg.get_pruning_group(root, tp.prune_conv_out_channels, sorted(channels)).prune()
-        shape_after = output_shape(model, example[:1])
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"filter pruning broke the model ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0]})"
-        ) from exc
-    if shape_after != shape_before:
-        raise UnsupportedModelError(
-            f"filter pruning changed the output shape {shape_before} -> {shape_after}"
-        )
-    macs_after, params_after = count_macs_params(model, example[:1])
-    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return FilterPruneResult(
-        target_filters=target_filters,
-        removed_filters=sum(before[n] - after[n] for n in after),
-        channels={n: (before[n], after[n]) for n in after},
-        macs_before=macs_before,
-        macs_after=macs_after,
-        params_before=params_before,
-        params_after=params_after,
-    )
+    return picked

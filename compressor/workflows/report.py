@@ -91,7 +91,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {v['epoch_seconds']:.2f} | {ort if ort is None else f'{ort:.3f}'} | {speedup} "
             f"| {v['parity_max_abs_diff']:.2e} |"
         )
-    lines += [
+    lines += _latency_lines(variants)
+    warnings = report.get("measurement_warnings") or []
+    if warnings:
+        lines += ["", "## Measurement warnings", "", *(f"- {line}" for line in warnings)]
+    lines += _precision_lines(variants)
+    lines += _speedup_lines(report["speedups"])
+    removed = variants[1]["removed_blocks"]
+    lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
+    lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
+    return "\n".join(lines)
+
+
+def _latency_lines(variants: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "",
         "## Latency (median over interleaved timed iterations; ms)",
         "",
@@ -111,12 +124,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} "
                 f"| {_percent(r.get('run_cv'))} | {r['throughput_ips']:.1f} |"
             )
-    warnings = report.get("measurement_warnings") or []
-    if warnings:
-        lines += ["", "## Measurement warnings", "", *(f"- {line}" for line in warnings)]
-    lines += _precision_lines(variants)
-    lines += ["", "## Speed-ups over dense (p50 latency ratio)", ""]
-    for s in report["speedups"]:
+    return lines
+
+
+def _speedup_lines(speedups: list[dict[str, Any]]) -> list[str]:
+    """Not-comparable variants keep their ratio for the record, never shown as a win."""
+    lines = ["", "## Speed-ups over dense (p50 latency ratio)", ""]
+    for s in speedups:
         if not _comparable(s):  # a ratio for the record, never presented as a win
             if "latency_speedup_p50" in s:
                 lines.append(
@@ -141,10 +155,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"- {s['variant']}: epoch time {s['epoch_time_speedup']:.2f}x faster, accuracy "
                 f"{100 * s['accuracy_delta']:+.2f} points"
             )
-    removed = variants[1]["removed_blocks"]
-    lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
-    lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _percent(value: float | None) -> str:
@@ -197,6 +208,7 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     series = sorted(
@@ -225,6 +237,36 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
                     zorder=3,
                 )
     # Two legends: colour = backend/device/precision/batch, shape = variant.
+    handles = _legend_handles(series, report["variants"], colors, markers)
+    check = report.get("accuracy_check")
+    if check:
+        chance = 100 * check["chance_accuracy"]
+        ax.axhline(chance, color="gray", linestyle="--", linewidth=0.8, zorder=1)
+        handles.append(Line2D([], [], color="gray", linestyle="--", label="chance"))
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency per batch (ms, log scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    title = f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}"
+    failed = [v["name"] for v in report["variants"] if not _comparable(v)]
+    if failed:
+        title += f"\nnot comparable (accuracy check): {', '.join(failed)}"
+    ax.set_title(title, fontsize=9 if failed else None)
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _legend_handles(
+    series: list[tuple[str, str, str, int]],
+    variants: list[dict[str, Any]],
+    colors: list[str],
+    markers: list[str],
+) -> list[Any]:
+    """Colour per backend/device/precision/batch, shape per variant (hollow: not comparable)."""
     from matplotlib.lines import Line2D
 
     handles = [
@@ -248,28 +290,9 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
             markerfacecolor="gray" if _comparable(v) else "none",
             label=v["name"] if _comparable(v) else f"{v['name']} (NOT COMPARABLE)",
         )
-        for j, v in enumerate(report["variants"])
+        for j, v in enumerate(variants)
     ]
-    check = report.get("accuracy_check")
-    if check:
-        chance = 100 * check["chance_accuracy"]
-        ax.axhline(chance, color="gray", linestyle="--", linewidth=0.8, zorder=1)
-        handles.append(Line2D([], [], color="gray", linestyle="--", label="chance"))
-    ax.set_xscale("log")
-    ax.set_xlabel("median latency per batch (ms, log scale)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    title = f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}"
-    failed = [v["name"] for v in report["variants"] if not _comparable(v)]
-    if failed:
-        title += f"\nnot comparable (accuracy check): {', '.join(failed)}"
-    ax.set_title(title, fontsize=9 if failed else None)
-    ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return handles
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:

@@ -163,22 +163,8 @@ def trtexec_command(
             "workspace_mib": workspace_mib,
             "builder_optimization_level": builder_optimization_level,
         }
-        given = sorted(name for name, value in build_only.items() if value is not None)
-        if given:
-            raise DeployConfigError(
-                f"{given} only apply when trtexec builds from an ONNX file, "
-                f"not when it loads the engine {engine}"
-            )
         args.append(f"--loadEngine={engine}")
-        if sidecar_path(engine).is_file():
-            run = _run_shapes(load_engine_info(engine).inputs, shapes, run_batch)
-        elif batch is not None and not shapes:
-            raise DeployConfigError(
-                f"engine {engine} has no sidecar naming its inputs, so batch {batch} cannot be "
-                "applied; pass full input shapes (shapes={name: shape})"
-            )
-        else:
-            run = {name: tuple(shape) for name, shape in (shapes or {}).items()}
+        run = _engine_run_shapes(engine, shapes, batch, build_only)
     if run:
         args.append(f"--shapes={_shape_spec(run)}")
     if dla_core is not None:
@@ -190,6 +176,29 @@ def trtexec_command(
     if export_profile is not None:
         args.append(f"--exportProfile={export_profile}")
     return args
+
+
+def _engine_run_shapes(
+    engine: str | os.PathLike[str],
+    shapes: Mapping[str, Sequence[int]] | None,
+    batch: int | None,
+    build_only: Mapping[str, object],
+) -> dict[str, tuple[int, ...]]:
+    """The run shapes for a prebuilt engine; build settings cannot apply to it."""
+    given = sorted(name for name, value in build_only.items() if value is not None)
+    if given:
+        raise DeployConfigError(
+            f"{given} only apply when trtexec builds from an ONNX file, "
+            f"not when it loads the engine {engine}"
+        )
+    if sidecar_path(engine).is_file():
+        return _run_shapes(load_engine_info(engine).inputs, shapes, 1 if batch is None else batch)
+    if batch is not None and not shapes:
+        raise DeployConfigError(
+            f"engine {engine} has no sidecar naming its inputs, so batch {batch} cannot be "
+            "applied; pass full input shapes (shapes={name: shape})"
+        )
+    return {name: tuple(shape) for name, shape in (shapes or {}).items()}
 
 
 def _run_shapes(
