@@ -39,3 +39,4 @@ _API = {
 }
 __all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _API)
+del lazy_attributes  # the helper is not part of the API

@@ -103,11 +103,21 @@ def real(
 
 
 def flag(*, optional: bool = False, expected: str = "true or false") -> dict[str, Rule]:
-    return rule(lambda v: isinstance(v, bool) or (optional and v is None), expected)
+    return rule(lambda v: type(v) is bool or (optional and v is None), expected)
 
 
 def one_of(choices: Collection[Any], *, expected: str | None = None) -> dict[str, Rule]:
     return rule(lambda v: _hashable(v) and v in choices, expected or f"one of {choices}")
+
+
+def plain_tuple(value: Any) -> tuple[Any, ...]:
+    """A list as a tuple of plain Python values (numpy scalars converted): JSON-safe."""
+    return tuple(_plain(v) for v in value)
+
+
+def is_sequence(value: Any) -> bool:
+    """A list or tuple, not a string or bytes (which are sequences of characters)."""
+    return isinstance(value, list | tuple)
 
 
 def names(*, expected: str) -> dict[str, Rule]:
@@ -115,7 +125,7 @@ def names(*, expected: str) -> dict[str, Rule]:
     return rule(
         lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
         expected,
-        normalize=tuple,
+        normalize=plain_tuple,
     )
 
 

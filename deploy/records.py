@@ -8,7 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from deploy.config_fields import check_fields, is_int, is_real, real, rule, whole
+from deploy.config_fields import (
+    check_fields,
+    is_int,
+    is_real,
+    is_sequence,
+    plain_tuple,
+    real,
+    rule,
+    whole,
+)
 from deploy.errors import DeployConfigError, DeployInputError
 
 
@@ -23,12 +32,14 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = field(
         default=(1,),
         metadata=rule(
-            lambda v: isinstance(v, Sequence)
-            and not isinstance(v, str)
-            and len(v) > 0
-            and all(is_int(b) and b >= 1 for b in v),
+            lambda v: (
+                isinstance(v, Sequence)
+                and not isinstance(v, str | bytes)
+                and len(v) > 0
+                and all(is_int(b) and b >= 1 for b in v)
+            ),
             "a non-empty list of integers >= 1",
-            normalize=tuple,
+            normalize=plain_tuple,
         ),
     )
     # Untimed runs per model and batch: allocator, caches, clocks.
@@ -48,7 +59,10 @@ class BenchConfig:
     # which timed models slower than they run alone). See deploy/timed_runs.py.
     block_iters: int = field(default=20, metadata=whole(1))
     lead_in_seconds: float = field(default=0.005, metadata=real(0))
-    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # name -> full shape
+    shapes: Mapping[str, tuple[int, ...]] = field(  # name -> full shape
+        default_factory=dict,
+        metadata=rule(lambda v: isinstance(v, Mapping), "a mapping of input names to shapes"),
+    )
     # With a power sampler, each model then runs alone for this long while power is sampled
     # (interleaving would mix the models' power draw); energy per inference comes from it.
     power_seconds: float = field(default=2.0, metadata=real(0, above=True))
@@ -64,7 +78,7 @@ class BenchConfig:
             )
         shapes = {}
         for name, shape in dict(self.shapes).items():
-            dims = tuple(shape)
+            dims = plain_tuple(shape) if is_sequence(shape) else ()
             if not dims or any(not is_int(d) or d < 1 for d in dims):
                 raise DeployConfigError(
                     f"shapes['{name}'] must be a tuple of integers >= 1, got {shape!r}"

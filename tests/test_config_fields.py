@@ -104,3 +104,42 @@ def test_every_config_declares_its_field_rules_and_checks_them() -> None:
         ruled = [f.name for f in dataclasses.fields(cls) if RULE in f.metadata]
         assert ruled, f"{cls.__name__} declares no field rule"
         assert "check_fields(" in inspect.getsource(cls.__post_init__), cls.__name__
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: importlib.import_module("deploy").BenchConfig(shapes=None),
+        lambda: importlib.import_module("deploy").BenchConfig(shapes={"x": 3}),
+        lambda: importlib.import_module("deploy").BenchConfig(batch_sizes=b"x"),
+        lambda: importlib.import_module("deploy").BuildOptions(profile=[1]),
+        lambda: importlib.import_module("deploy").BuildOptions(profile={"x": 1}),
+        lambda: importlib.import_module("deploy").BuildOptions(timing_cache=3),
+        lambda: importlib.import_module("deploy").BuildOptions(strongly_typed=0),
+        lambda: importlib.import_module("compressor").TrainConfig(epochs=3, milestones=[0.5, "x"]),
+        lambda: importlib.import_module("compressor").TrainConfig(epochs=3, milestones=[[0.5]]),
+        lambda: importlib.import_module("compressor").TrainConfig(epochs=3, rewind_points=[None]),
+    ],
+)
+def test_hostile_values_are_the_configs_own_one_line_error(make) -> None:  # noqa: ANN001
+    from compressor.errors import ConfigError
+    from deploy.errors import DeployConfigError
+
+    with pytest.raises((ConfigError, DeployConfigError)) as caught:
+        make()
+    assert "\n" not in str(caught.value) and " must be " in str(caught.value)
+
+
+def test_numpy_values_in_lists_leave_configs_json_safe() -> None:
+    import json
+
+    import compressor
+
+    train = compressor.TrainConfig(epochs=3, milestones=[np.float32(0.5)])
+    data = compressor.DataConfig(channels=np.int64(1))
+    recipe = compressor.recipe_from_dict(
+        {"experiment": {"seeds": [np.int64(1)]}, "bench": {"batch_sizes": [np.int64(1)]}}
+    )
+    for config in (train, data, recipe):
+        json.dumps(config.to_dict())
+    assert recipe.bench.batch_sizes == (1,) and type(recipe.bench.batch_sizes[0]) is int

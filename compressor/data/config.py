@@ -90,6 +90,7 @@ class DataConfig:
         metadata=rule(
             lambda v: v is None or (is_int(v) and v in CHANNEL_CHOICES),
             "1 (grayscale) or 3 (RGB)",
+            normalize=lambda v: v if v is None else int(v),
         ),
     )
     # imagefolder only: shorter side before the centre crop; None = image_size / 0.875 (256)

@@ -13,7 +13,7 @@ from compressor.configs import config_kwargs
 from compressor.data.corruptions import CORRUPTIONS, SEVERITIES
 from compressor.errors import ConfigError
 from compressor.prune.registry import CRITERIA
-from deploy.config_fields import check_fields, is_int, is_real, problems, rule, whole
+from deploy.config_fields import check_fields, is_int, is_real, plain_tuple, problems, rule, whole
 
 SOURCES = ("auto", "codecarbon", "nvml", "tegrastats", "declared")
 # World-average grid intensity, g CO2 per kWh, the default codecarbon itself falls back to.
@@ -49,7 +49,7 @@ def _ints(minimum: int) -> dict[str, Any]:
             return f"must be whole numbers >= {minimum}"
         return "lists a value twice" if len(set(value)) != len(value) else None
 
-    return problems(problem, normalize=tuple)
+    return problems(problem, normalize=plain_tuple)
 
 
 def _criteria(*, after: bool) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def _criteria(*, after: bool) -> dict[str, Any]:
             "lists a criterion twice" if len(set(value)) != len(value) else None
         )
 
-    return problems(problem, normalize=tuple)
+    return problems(problem, normalize=plain_tuple)
 
 
 def _criteria_problem(names: Any, after: bool) -> str | None:
@@ -114,7 +114,7 @@ class ExperimentConfig:
     # Fractions of training; 0 = theta_0.
     rewind: tuple[float, ...] = field(
         default=(0.5,),
-        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=tuple),
+        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=plain_tuple),
     )
     # LMC twins of dense and of this at-init ticket ...
     lmc_criterion: str = field(
@@ -132,7 +132,7 @@ class ExperimentConfig:
         metadata=rule(
             lambda v: isinstance(v, list | tuple) and all(c in CORRUPTIONS for c in v),
             f"a list from {list(CORRUPTIONS)}",
-            normalize=tuple,
+            normalize=plain_tuple,
         ),
     )
     severities: tuple[int, ...] = field(default=tuple(SEVERITIES), metadata=_ints(1))

@@ -23,7 +23,7 @@ from compressor.prune.layers import LayerPruneConfig
 from compressor.prune.shrink import ShrinkConfig
 from compressor.recipe.experiment import ExperimentConfig
 from compressor.training.config import TrainConfig
-from deploy.config_fields import check_fields, flag, is_int, names, real, rule, whole
+from deploy.config_fields import check_fields, flag, is_int, names, plain_tuple, real, rule, whole
 from deploy.errors import UnsafePathError
 from deploy.paths import read_regular_bytes
 from export.config import PARITY_RTOL, ExportConfig
@@ -190,7 +190,7 @@ class BenchSection:
                 isinstance(v, list | tuple) and len(v) > 0 and all(is_int(b) and b >= 1 for b in v)
             ),
             "whole numbers >= 1",
-            normalize=tuple,
+            normalize=plain_tuple,
         ),
     )
     # Intra-op threads for both backends (None: library default).
@@ -327,7 +327,7 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         raise ConfigError(f"recipe: name must be a non-empty text, got {name!r}")
     if not str(name).isprintable():  # a newline or tab would break the report's header
         raise ConfigError(f"recipe: name must be one line of printable text, got {name!r}")
-    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"recipe: seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
     kwargs: dict[str, Any] = {"name": str(name), "seed": seed}
     for key, cls in _SECTIONS.items():

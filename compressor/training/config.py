@@ -13,7 +13,7 @@ import torch
 
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError
-from deploy.config_fields import check_fields, flag, is_real, one_of, real, rule, whole
+from deploy.config_fields import check_fields, flag, is_real, one_of, plain_tuple, real, rule, whole
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -29,10 +29,12 @@ ProgressMode = Literal["auto", "bar", "log", "none"]
 
 def _fractions(value: Any, open_low: bool = False) -> bool:
     """Increasing fractions in [0, 1) ((0, 1) with `open_low`), each one once."""
-    if not isinstance(value, list | tuple) or list(value) != sorted(set(value)):
+    if not isinstance(value, list | tuple):
         return False
     low = 0.0
-    return all(is_real(v) and (v > low if open_low else v >= low) and v < 1 for v in value)
+    if not all(is_real(v) and (v > low if open_low else v >= low) and v < 1 for v in value):
+        return False
+    return list(value) == sorted(set(value))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +56,7 @@ class TrainConfig:
         metadata=rule(
             lambda v: _fractions(v, open_low=True),
             "increasing fractions in (0, 1)",
-            normalize=tuple,
+            normalize=plain_tuple,
         ),
     )
     gamma: float = field(default=0.1, metadata=real(0, 1, above=True))  # step lr multiplier
@@ -76,7 +78,7 @@ class TrainConfig:
     # schedule; the paper calls this learning-rate rewinding).
     rewind_points: tuple[float, ...] = field(
         default=(),
-        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=tuple),
+        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=plain_tuple),
     )
     start_epoch: int = field(default=0, metadata=whole(0, noun="an int"))
     # Batch-norm running statistics re-estimated over this many training batches (no

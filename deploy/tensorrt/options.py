@@ -4,12 +4,13 @@ read these, so they live below all of them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from deploy.config_fields import check_fields, flag, one_of, rule, whole
+from deploy.config_fields import check_fields, flag, is_sequence, one_of, plain_tuple, rule, whole
 from deploy.errors import DeployConfigError
 from deploy.onnx_info import PRECISIONS
 
@@ -31,8 +32,18 @@ class BuildOptions:
     opt_batch: int | None = field(default=None, metadata=whole(1, optional=True))
     # A larger batch at run time is an error, so size it for the benchmark.
     max_batch: int = field(default=1, metadata=whole(1))
-    profile: Mapping[str, ShapeRange] | None = None  # input -> (min, opt, max) full shapes
-    timing_cache: Path | None = None  # reused across builds on the same GPU and TensorRT
+    profile: Mapping[str, ShapeRange] | None = field(  # input -> (min, opt, max) full shapes
+        default=None,
+        metadata=rule(
+            lambda v: v is None or isinstance(v, Mapping),
+            "a mapping of input names to (min, opt, max) shapes",
+        ),
+    )
+    # Reused across builds on the same GPU and TensorRT.
+    timing_cache: Path | None = field(
+        default=None,
+        metadata=rule(lambda v: v is None or isinstance(v, str | os.PathLike), "a file path"),
+    )
     dla_core: int | None = field(default=None, metadata=whole(0, optional=True))  # FP16/INT8
     # With DLA: layers the DLA cannot run go to the GPU.
     gpu_fallback: bool = field(default=True, metadata=flag())
@@ -42,7 +53,7 @@ class BuildOptions:
     # auto: on from TensorRT 11 (always there).
     strongly_typed: bool | Literal["auto"] = field(
         default="auto",
-        metadata=rule(lambda v: v in (True, False, "auto"), "true, false or 'auto'"),
+        metadata=rule(lambda v: type(v) is bool or v == "auto", "true, false or 'auto'"),
     )
 
     def __post_init__(self) -> None:
@@ -98,7 +109,8 @@ class BuildPlan:
 def _normalize_profile(profile: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, ShapeRange]:
     result: dict[str, ShapeRange] = {}
     for name, shape_range in dict(profile).items():
-        shapes = tuple(tuple(shape) for shape in shape_range)
+        ranges = shape_range if is_sequence(shape_range) else ()
+        shapes = tuple(plain_tuple(s) if is_sequence(s) else () for s in ranges)
         ints = all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1
             for shape in shapes
