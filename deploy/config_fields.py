@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,17 +116,40 @@ def plain_tuple(value: Any) -> tuple[Any, ...]:
 
 
 def is_sequence(value: Any) -> bool:
-    """A list or tuple, not a string or bytes (which are sequences of characters)."""
-    return isinstance(value, list | tuple)
+    """A list, tuple or range; not a string or bytes (sequences of characters)."""
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
 def names(*, expected: str) -> dict[str, Rule]:
     """A list of strings, kept as a tuple."""
     return rule(
-        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
+        lambda v: is_sequence(v) and all(isinstance(s, str) for s in v),
+        expected,
+        normalize=tuple,
+    )
+
+
+def wholes(minimum: int = 1, *, expected: str) -> dict[str, Rule]:
+    """A non-empty list of integers >= minimum (batch sizes), kept as a tuple."""
+    return rule(
+        lambda v: is_sequence(v) and len(v) > 0 and all(is_int(n) and n >= minimum for n in v),
         expected,
         normalize=plain_tuple,
     )
+
+
+def fractions(*, open_low: bool = False) -> dict[str, Rule]:
+    """Increasing fractions in [0, 1) ((0, 1) with `open_low`), each once, kept as a tuple."""
+
+    def accepts(value: Any) -> bool:
+        if not is_sequence(value):
+            return False
+        if not all(is_real(v) and (v > 0 if open_low else v >= 0) and v < 1 for v in value):
+            return False  # checked before sorting: a string among numbers cannot be sorted
+        return list(value) == sorted(set(value))
+
+    interval = "(0, 1)" if open_low else "[0, 1)"
+    return rule(accepts, f"increasing fractions in {interval}", normalize=plain_tuple)
 
 
 def check_fields(config: Any, error: type[Exception], label: str) -> None:

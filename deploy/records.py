@@ -17,6 +17,7 @@ from deploy.config_fields import (
     real,
     rule,
     whole,
+    wholes,
 )
 from deploy.errors import DeployConfigError, DeployInputError
 
@@ -30,17 +31,7 @@ class BenchConfig:
     """
 
     batch_sizes: tuple[int, ...] = field(
-        default=(1,),
-        metadata=rule(
-            lambda v: (
-                isinstance(v, Sequence)
-                and not isinstance(v, str | bytes)
-                and len(v) > 0
-                and all(is_int(b) and b >= 1 for b in v)
-            ),
-            "a non-empty list of integers >= 1",
-            normalize=plain_tuple,
-        ),
+        default=(1,), metadata=wholes(expected="a non-empty list of integers >= 1")
     )
     # Untimed runs per model and batch: allocator, caches, clocks.
     warmup_iters: int = field(default=20, metadata=whole(0))

@@ -13,7 +13,16 @@ from compressor.configs import config_kwargs
 from compressor.data.corruptions import CORRUPTIONS, SEVERITIES
 from compressor.errors import ConfigError
 from compressor.prune.registry import CRITERIA
-from deploy.config_fields import check_fields, is_int, is_real, plain_tuple, problems, rule, whole
+from deploy.config_fields import (
+    check_fields,
+    fractions,
+    is_int,
+    is_real,
+    plain_tuple,
+    problems,
+    rule,
+    whole,
+)
 
 SOURCES = ("auto", "codecarbon", "nvml", "tegrastats", "declared")
 # World-average grid intensity, g CO2 per kWh, the default codecarbon itself falls back to.
@@ -80,14 +89,6 @@ def _criteria_problem(names: Any, after: bool) -> str | None:
     return None
 
 
-def _fractions(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and all(is_real(r) and 0 <= r < 1 for r in value)
-        and list(value) == sorted(set(value))
-    )
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """The grid `compressor lottery` runs; maps onto a recipe's `experiment:` section."""
@@ -114,7 +115,7 @@ class ExperimentConfig:
     # Fractions of training; 0 = theta_0.
     rewind: tuple[float, ...] = field(
         default=(0.5,),
-        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=plain_tuple),
+        metadata=fractions(),
     )
     # LMC twins of dense and of this at-init ticket ...
     lmc_criterion: str = field(

@@ -23,7 +23,15 @@ from compressor.prune.layers import LayerPruneConfig
 from compressor.prune.shrink import ShrinkConfig
 from compressor.recipe.experiment import ExperimentConfig
 from compressor.training.config import TrainConfig
-from deploy.config_fields import check_fields, flag, is_int, names, plain_tuple, real, rule, whole
+from deploy.config_fields import (
+    check_fields,
+    flag,
+    names,
+    real,
+    rule,
+    whole,
+    wholes,
+)
 from deploy.errors import UnsafePathError
 from deploy.paths import read_regular_bytes
 from export.config import PARITY_RTOL, ExportConfig
@@ -184,14 +192,7 @@ class BenchSection:
         default=("fp32", "fp16", "int8"), metadata=names(expected="a list of names")
     )
     batch_sizes: tuple[int, ...] = field(
-        default=(1, 8),
-        metadata=rule(
-            lambda v: (
-                isinstance(v, list | tuple) and len(v) > 0 and all(is_int(b) and b >= 1 for b in v)
-            ),
-            "whole numbers >= 1",
-            normalize=plain_tuple,
-        ),
+        default=(1, 8), metadata=wholes(expected="whole numbers >= 1")
     )
     # Intra-op threads for both backends (None: library default).
     threads: int | None = field(default=None, metadata=_whole(1, optional=True))

@@ -13,7 +13,14 @@ import torch
 
 from compressor.configs import MAX_SEED, config_kwargs
 from compressor.errors import ConfigError
-from deploy.config_fields import check_fields, flag, is_real, one_of, plain_tuple, real, rule, whole
+from deploy.config_fields import (
+    check_fields,
+    flag,
+    fractions,
+    one_of,
+    real,
+    whole,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -25,16 +32,6 @@ BN_RECALIBRATION_BATCHES = 20  # train.bn_recalibration_batches' default
 Schedule = Literal["cosine", "step"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 ProgressMode = Literal["auto", "bar", "log", "none"]
-
-
-def _fractions(value: Any, open_low: bool = False) -> bool:
-    """Increasing fractions in [0, 1) ((0, 1) with `open_low`), each one once."""
-    if not isinstance(value, list | tuple):
-        return False
-    low = 0.0
-    if not all(is_real(v) and (v > low if open_low else v >= low) and v < 1 for v in value):
-        return False
-    return list(value) == sorted(set(value))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,11 +50,7 @@ class TrainConfig:
     # Step schedule: fractions of all steps, increasing, in (0, 1).
     milestones: tuple[float, ...] = field(
         default=(0.5, 0.75),
-        metadata=rule(
-            lambda v: _fractions(v, open_low=True),
-            "increasing fractions in (0, 1)",
-            normalize=plain_tuple,
-        ),
+        metadata=fractions(open_low=True),
     )
     gamma: float = field(default=0.1, metadata=real(0, 1, above=True))  # step lr multiplier
     warmup_epochs: int = field(default=0, metadata=whole(0, noun="an int"))  # linear warm-up
@@ -78,7 +71,7 @@ class TrainConfig:
     # schedule; the paper calls this learning-rate rewinding).
     rewind_points: tuple[float, ...] = field(
         default=(),
-        metadata=rule(_fractions, "increasing fractions in [0, 1)", normalize=plain_tuple),
+        metadata=fractions(),
     )
     start_epoch: int = field(default=0, metadata=whole(0, noun="an int"))
     # Batch-norm running statistics re-estimated over this many training batches (no
