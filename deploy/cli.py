@@ -429,6 +429,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_blocks(args: argparse.Namespace) -> int:
+    from deploy.profiling.command import profile_blocks_command
+
+    return profile_blocks_command(args)
+
+
 def _clock_check(fingerprint: dict, required: bool) -> None:
     """Warn (stderr) when clocks are not locked; with --require-locked-clocks, refuse."""
     if required:
@@ -448,6 +454,7 @@ _COMMANDS = {
     "report": _report_command,
     "compare": _compare_command,
     "info": _info,
+    "profile-blocks": _profile_blocks,
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from deploy.errors import DeployConfigError
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
+PROFILE_ITERATIONS = 300  # profile-blocks' default --iterations
 
 
 class UsageError(DeployConfigError):
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(commands)
     _add_report(commands)
     _add_compare(commands)
+    _add_profile_blocks(commands)
     commands.add_parser(
         "info",
         help="describe this device (the fingerprint results carry) and clock warnings",
@@ -69,6 +71,49 @@ def _add_bench(commands: Any) -> None:
     _tensorrt_build_group(bench)
     bench.add_argument("--output", type=Path, default=None, help="result file path")
     bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+
+
+def _add_profile_blocks(commands: Any) -> None:
+    profile = commands.add_parser(
+        "profile-blocks",
+        help="time every removable block of a dense ONNX file alone: a latency table",
+        description=(
+            "Cut each block listed in blocks.json (written by compressor beside the dense "
+            "model.onnx) out of the ONNX file, time the blocks, a per-call baseline, the whole "
+            "network and the network without the blocks side by side, and write a latency "
+            "table with this device's fingerprint. `compressor` prunes to a latency budget "
+            "with it (prune.latency_table), so a table measured on a Jetson drives pruning "
+            "on the training machine."
+        ),
+    )
+    profile.add_argument("model", type=Path, help="the dense ONNX file")
+    profile.add_argument(
+        "--blocks",
+        type=Path,
+        default=None,
+        help="the blocks file (default: blocks.json beside the model)",
+    )
+    profile.add_argument(
+        "--backend", default="onnxruntime", help="onnxruntime, tensorrt or trtexec"
+    )
+    profile.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, fp16, bf16 or int8: tensorrt/trtexec build for it; onnxruntime runs the "
+        "file's own (default: the file's precision)",
+    )
+    profile.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    _timing_group(profile)
+    # Blocks take microseconds: 100 iterations are over before the clocks settle.
+    profile.set_defaults(iterations=str(PROFILE_ITERATIONS))
+    _stability_group(profile)
+    profile.add_argument("--trtexec", type=Path, default=None, help="path of the trtexec binary")
+    profile.add_argument(
+        "--output",
+        type=Path,
+        default=Path("latency_table.json"),
+        help="the table to write (default ./latency_table.json)",
+    )
 
 
 def _timing_group(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import onnx
 
 from deploy.config_fields import check_fields, flag, one_of, real, rule, whole
+from export.block_boundaries import BlockBoundary
 from export.errors import ExportConfigError
 
 Exporter = Literal["dynamo", "torchscript"]
@@ -124,6 +125,8 @@ class ExportResult:
     export_seconds: float  # torch.onnx.export alone, without checks and parity
     metadata: dict[str, str] = field(default_factory=dict)  # every metadata_prop in the file
     parity_tolerance: float = 0.0  # max_abs_diff allowed: parity_atol + parity_rtol * max |torch|
+    # The boundary tensors of the blocks export_onnx was asked about (block_boundaries.py).
+    blocks: tuple[BlockBoundary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: path as a string, shapes as lists."""

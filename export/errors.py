@@ -29,6 +29,10 @@ class UnsupportedModelError(ExportError):
     """torch cannot export the model, or the exported graph is unfit (training-mode ops)."""
 
 
+class BlockBoundaryError(ExportError):
+    """A block asked about is not one subgraph with one input and one output."""
+
+
 class ParityError(ExportError):
     """onnxruntime's outputs differ from torch's beyond the tolerance."""
 

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from deploy.files import file_sha256
+from export.block_boundaries import block_boundaries
 from export.checks import check_graph, run_checker, training_aten_ops
 from export.config import BATCH_DIM_NAME, RESERVED_PREFIX, ExportConfig, ExportResult
 from export.errors import (
@@ -58,6 +59,7 @@ def export_onnx(
     *,
     parity_inputs: torch.Tensor | np.ndarray | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
+    blocks: Sequence[str] = (),
 ) -> ExportResult:
     """Export `model` to one self-contained ONNX file at `path`, check it, prove parity.
 
@@ -66,6 +68,8 @@ def export_onnx(
     atomic write -> onnx.checker (full) -> symbolic batch and no training-mode ops ->
     torch vs onnxruntime on `parity_inputs` (default: the example) -> parity numbers
     written into the metadata. A failed check raises and leaves the file for inspection.
+    `blocks` (qualified module names): their boundary tensors come back in `result.blocks`,
+    read from the exporter's module scopes before they are stripped (block_boundaries.py).
     """
     config = config or ExportConfig()
     path = Path(path)
@@ -93,6 +97,9 @@ def export_onnx(
         started = time.perf_counter()
         proto = _torch_to_onnx(model, example, config)
         export_seconds = time.perf_counter() - started
+        boundaries = block_boundaries(proto, blocks) if blocks else ()
+        if not config.keep_node_metadata:
+            _strip_node_metadata(proto)
         written = max(
             (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0
         )
@@ -135,6 +142,7 @@ def export_onnx(
         export_seconds=export_seconds,
         metadata=final_metadata,
         parity_tolerance=parity.tolerance,
+        blocks=boundaries,
     )
 
 
@@ -183,10 +191,7 @@ def _export_dynamo(
             "its forward forces training behaviour (e.g. F.batch_norm(training=True) or "
             "F.dropout(training=True)); use self.training there"
         )
-    proto = program.model_proto
-    if not config.keep_node_metadata:
-        _strip_node_metadata(proto)
-    return proto
+    return program.model_proto
 
 
 def _strip_node_metadata(proto: onnx.ModelProto) -> None:

@@ -8,7 +8,8 @@ whose kept weights are exactly theta_0's; the dense network is never trained.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -33,8 +34,9 @@ from compressor.prune.criteria import (
     get_criterion,
     score_blocks,
 )
+from compressor.prune.latency import BudgetOutcome, LatencyBudget, prune_to_latency
 from compressor.prune.score_checks import score_warnings
-from deploy.config_fields import check_fields, names, one_of, real, whole
+from deploy.config_fields import check_fields, names, one_of, real, rule, whole
 
 # Default micro-batch for SNIP/GraSP scoring, measured with GraSP on a torchvision ResNet-50 at
 # 224 px, 100 images, 2 cores: all at once 21.2 GB and 3 min 45 s; 16 at a time 5.5 GB, 2 min
@@ -64,12 +66,36 @@ class LayerPruneConfig:
         default="sum", metadata=one_of(("sum", "mean"), expected="'sum' or 'mean'")
     )
     # Remove this many blocks, or this fraction of the removable blocks, or until MACs <=
-    # this fraction of the dense MACs: exactly one of the three.
+    # this fraction of the dense MACs, or until the measured latency <= latency_fraction of
+    # the dense latency or <= latency_ms (compressor/prune/latency.py): exactly one of these.
     blocks: int | None = field(default=None, metadata=_whole(0, optional=True))
     fraction: float | None = field(default=None, metadata=real(0, 1, optional=True, noun=""))
     macs_target: float | None = field(
         default=None, metadata=real(0, 1, above=True, optional=True, noun="")
     )
+    latency_fraction: float | None = field(
+        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+    )
+    latency_ms: float | None = field(default=None, metadata=real(0, above=True, optional=True))
+    # A table from `deploy profile-blocks` (measured on the target device); None: measured
+    # here on latency_backend at latency_precision and latency_batch.
+    latency_table: str | None = field(
+        default=None,
+        metadata=rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a file path"),
+    )
+    latency_backend: str = field(
+        default="onnxruntime", metadata=one_of(("onnxruntime", "tensorrt", "trtexec"))
+    )
+    latency_precision: str | None = field(
+        default=None,
+        metadata=rule(
+            lambda v: v is None or v in ("fp32", "fp16", "bf16", "int8"),
+            "fp32, fp16, bf16 or int8",
+        ),
+    )
+    latency_batch: int = field(default=1, metadata=_whole(1))
+    # Rounds of build, time, remove more while the measurement misses the budget.
+    latency_steps: int = field(default=4, metadata=_whole(1))
     # Scoring batch: this many labelled images of each class.
     samples_per_class: int = field(default=10, metadata=_whole(1))
     # SNIP/GraSP: images per forward while scoring (memory follows it; None = all at once)
@@ -90,18 +116,55 @@ class LayerPruneConfig:
     def __post_init__(self) -> None:
         get_criterion(self.criterion)
         check_fields(self, ConfigError, "prune.{name}: ")
-        given = [k for k in ("blocks", "fraction", "macs_target") if getattr(self, k) is not None]
+        given = [k for k in AMOUNTS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ConfigError(
-                f"prune: give exactly one of blocks, fraction, macs_target (got {given or 'none'})"
+                f"prune: give exactly one of {', '.join(AMOUNTS)} (got {given or 'none'})"
             )
+        if self.budget() is None:
+            changed = [k for k in _LATENCY_OPTIONS if getattr(self, k) != _DEFAULTS[k]]
+            if changed:
+                raise ConfigError(
+                    f"prune.{changed[0]}: only with prune.latency_fraction or prune.latency_ms"
+                )
+
+    def budget(self) -> LatencyBudget | None:
+        """The latency budget, when the amount is one."""
+        if self.latency_fraction is None and self.latency_ms is None:
+            return None
+        return LatencyBudget(
+            fraction=self.latency_fraction,
+            ms=self.latency_ms,
+            table=self.latency_table,
+            backend=self.latency_backend,
+            precision=self.latency_precision,
+            batch=self.latency_batch,
+            steps=self.latency_steps,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPruneConfig:
         return cls(**config_kwargs(cls, data, "prune"))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The latency keys only when pruning to latency, so recipes recorded before they
+        existed still resume."""
+        out = asdict(self)
+        if self.budget() is None:
+            for key in ("latency_fraction", "latency_ms", *_LATENCY_OPTIONS):
+                del out[key]
+        return out
+
+
+AMOUNTS = ("blocks", "fraction", "macs_target", "latency_fraction", "latency_ms")
+_LATENCY_OPTIONS = (
+    "latency_table",
+    "latency_backend",
+    "latency_precision",
+    "latency_batch",
+    "latency_steps",
+)
+_DEFAULTS = {f.name: f.default for f in fields(LayerPruneConfig)}
 
 
 @dataclass(frozen=True)
@@ -114,6 +177,8 @@ class LayerPruneResult:
     macs_after: int
     # Why the scores may not separate the blocks (compressor/prune/score_checks.py); empty if fine.
     warnings: tuple[str, ...] = ()
+    # Pruned to a latency budget: the budget, the table and every measured step (latency.py).
+    latency: BudgetOutcome | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +189,7 @@ class LayerPruneResult:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "spec": self.spec.to_dict(),
+            **({"latency": self.latency.record} if self.latency else {}),
         }
 
 
@@ -239,6 +305,10 @@ def _score_warnings(
     return score_warnings(scored, order, removed, config.criterion, branch_ratio=ratio)
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _prune(
     model: nn.Module,
     kept_state: dict[str, torch.Tensor],
@@ -269,7 +339,15 @@ def _prune(
     )
     scores = scored.scores
     dense_macs = model_macs(model, images[:1])
-    removed = select_blocks(blocks, scores, config, dense_macs=dense_macs, model_name=spec.model)
+    budget = config.budget()
+    outcome = None
+    if budget is None:
+        removed = select_blocks(
+            blocks, scores, config, dense_macs=dense_macs, model_name=spec.model
+        )
+    else:
+        outcome = prune_to_latency(model, removable, scores, budget, images, log=_log)
+        removed = outcome.removed
     warnings = _score_warnings(model, removable, scored, len(removed), config, batch[0])
     ticket = copy.deepcopy(model)
     try:
@@ -285,7 +363,8 @@ def _prune(
         blocks=tuple(blocks),
         macs_before=dense_macs,
         macs_after=model_macs(ticket, images[:1]),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings + (outcome.warnings if outcome else [])),
+        latency=outcome,
     )
     return ticket, result
 

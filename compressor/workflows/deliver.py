@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from compressor.data.splits import DataSplits
+from compressor.errors import UnsupportedModelError
+from compressor.models.blocks import BlockInfo, discover_blocks
 from compressor.models.spec import ModelSpec
+from compressor.prune.latency import blocks_file
 from compressor.recipe.sections import BenchSection, ExportSection
 from compressor.training.checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
@@ -19,6 +22,7 @@ from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.files import file_sha256
 from deploy.machine.cpus import default_threads
 from deploy.machine.state import MachineMonitor
+from deploy.profiling.blocks_file import write_blocks
 from deploy.results.files import format_table
 from deploy.runners import OnnxRuntimeRunner
 from deploy.runners.torch_runner import TorchRunner
@@ -26,6 +30,7 @@ from deploy.session import BenchSession
 from deploy.tensorrt.engine import BuildOptions, build_engine
 from deploy.tensorrt.runner import TensorRTRunner
 from export.config import ExportResult
+from export.errors import BlockBoundaryError
 from export.fp16 import FP16Config, convert_fp16
 from export.onnx_export import export_onnx
 from export.quantize import QuantizeConfig, quantize_qdq
@@ -57,23 +62,42 @@ def export_variant(
         "input_std": list(data.std),
         "class_names": list(data.class_names),
     }
-    result = export_onnx(
-        model,
-        data.val.images[:2],
-        onnx_path,
-        config,
-        parity_inputs=data.val.images,
-        metadata={
-            k: v if isinstance(v, str) else json.dumps(v)
-            for k, v in metadata.items()
-            if v is not None
-        },
-    )
+    metadata = {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items() if v is not None
+    }
+    blocks = removable_blocks(model, data.val.images[:1])
+
+    def export(names: list[str]) -> ExportResult:
+        return export_onnx(
+            model,
+            data.val.images[:2],
+            onnx_path,
+            config,
+            parity_inputs=data.val.images,
+            metadata=metadata,
+            blocks=names,
+        )
+
+    try:  # with blocks.json beside it, `deploy profile-blocks` can time its blocks
+        result = export([b.name for b in blocks])
+        if blocks:
+            write_blocks(onnx_path.with_name("blocks.json"), blocks_file(blocks, result))
+    except BlockBoundaryError as exc:
+        log(f"[export] no blocks.json for {onnx_path}: {exc}")
+        result = export([])
     log(
         f"[export] {info.get('variant', onnx_path.stem)}: {result.path} parity max abs diff "
         f"{result.parity_max_abs_diff:.2e}, top-1 agreement {result.parity_top1_agreement:.4f}"
     )
     return result
+
+
+def removable_blocks(model: nn.Module, example: torch.Tensor) -> list[BlockInfo]:
+    """The blocks blocks.json lists; none for a model whose blocks cannot be read."""
+    try:
+        return [b for b in discover_blocks(model, example) if b.removable]
+    except UnsupportedModelError:
+        return []
 
 
 def export_precisions(

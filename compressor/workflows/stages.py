@@ -39,6 +39,7 @@ from compressor.training.loop import train
 from compressor.workflows.deliver import export_precisions, export_variant
 from compressor.workflows.export_probe import probe_export
 from compressor.workflows.facts import TrainedFacts
+from deploy.profiling.table import write_table
 
 Log = Callable[[str], None]
 
@@ -132,6 +133,8 @@ def prune_ticket(
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "prune.json", json.dumps(result.to_dict(), indent=2))
+        if result.latency is not None and recipe.prune.latency_table is None:
+            write_table(out / "latency_table.json", result.latency.table)  # measured here
     for warning in result.warnings:  # scores that cannot separate the blocks
         log(f"[prune] warning: {warning}")
     return ticket, result, seconds

@@ -1,0 +1,278 @@
+"""Layer pruning to a latency budget measured on a device, not to a block count or MACs.
+
+Blocks of equal MACs do not cost equal time (a small late-stage block is launch-bound on a
+GPU, an early one is memory-bound on a CPU), so the choice reads a per-block latency table
+(`deploy profile-blocks`, measured here or on the target and carried over): keep the most
+saliency while the predicted latency meets the budget (knapsack.py). A prediction is not a
+measurement, so the candidate is then built, exported and *timed* side by side with the
+dense network; when it misses the budget, more blocks are removed, the shortfall added to
+what must be saved, and it is timed again. Every step is recorded for prune.json.
+
+The budget is `latency_ms` on the table's device, or `latency_fraction` of the table's
+dense latency. A table measured on another device (another fingerprint) still drives the
+choice; the candidate is then checked here as a fraction of the dense network timed here,
+and the mismatch is recorded and warned about, never silent.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.errors import ConfigError
+from compressor.models.blocks import BlockInfo
+from compressor.models.spec import remove_blocks_
+from compressor.prune.knapsack import cover_budget
+from deploy.errors import DeployError
+from deploy.machine.cpus import default_threads
+from deploy.machine.fingerprint import summary_line
+from deploy.profiling.blocks_file import BlockEntry, BlocksFile, write_blocks
+from deploy.profiling.profile_blocks import profile_blocks, time_files
+from deploy.profiling.table import LatencyTable, read_table
+from deploy.records import BenchConfig
+from deploy.session import BenchSession
+from export.config import ExportConfig, ExportResult
+from export.onnx_export import export_onnx
+
+# Timing of the table and of each candidate: turns of 100 iterations (blocks take
+# microseconds), 300 per model in 3 runs.
+TIMING = {"iterations": 300, "block_iters": 100, "repeats": 3}
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """How to prune to latency (the prune section's latency_* keys)."""
+
+    fraction: float | None  # of the dense latency in the table
+    ms: float | None  # on the table's device
+    table: str | None  # a table file measured elsewhere; None: measure here
+    backend: str = "onnxruntime"
+    precision: str | None = None
+    batch: int = 1
+    steps: int = 4  # measure-and-remove-more rounds at most
+
+
+@dataclass
+class BudgetOutcome:
+    removed: list[str]
+    record: dict[str, Any]  # for prune.json: budget, table, steps
+    table: LatencyTable
+    warnings: list[str] = field(default_factory=list)
+
+
+def blocks_file(blocks: Sequence[BlockInfo], result: ExportResult) -> BlocksFile:
+    """blocks.json for an export made with `blocks=[b.name for b in blocks]`."""
+    by_name = {b.name: b for b in blocks}
+    entries = tuple(
+        BlockEntry(
+            name=bound.name,
+            input=bound.input,
+            output=bound.output,
+            stage=by_name[bound.name].stage,
+            index=by_name[bound.name].index,
+            macs=by_name[bound.name].macs,
+            params=by_name[bound.name].params,
+        )
+        for bound in result.blocks
+    )
+    return BlocksFile(result.sha256, result.input_name, entries)
+
+
+def export_with_blocks(
+    model: nn.Module, example: torch.Tensor, path: Path, blocks: Sequence[BlockInfo]
+) -> BlocksFile:
+    """The model as ONNX at `path` and its blocks file beside it (blocks.json)."""
+    result = export_onnx(model, example, path, ExportConfig(), blocks=[b.name for b in blocks])
+    described = blocks_file(blocks, result)
+    write_blocks(path.with_name("blocks.json"), described)
+    return described
+
+
+def prune_to_latency(
+    model: nn.Module,
+    removable: Sequence[BlockInfo],
+    scores: dict[str, float],
+    budget: LatencyBudget,
+    example: torch.Tensor,
+    log: Callable[[str], object] = print,
+) -> BudgetOutcome:
+    """The blocks of `removable` to remove from `model` (theta_0) so that it meets `budget`,
+    measured."""
+    candidates = [b.name for b in removable]
+    threads = default_threads()
+    session = BenchSession(threads)
+    config = BenchConfig(batch_sizes=(budget.batch,), **TIMING)
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="prune-latency-") as folder:
+        work = Path(folder)
+        dense_onnx = work / "dense.onnx"
+        blocks = export_with_blocks(model, example[:2], dense_onnx, removable)
+        if budget.table is None:
+            log(f"[prune] measuring the block latency table on {budget.backend}")
+            table = _profile(dense_onnx, blocks, config, session, budget, threads, log)
+        else:
+            table = read_table(budget.table)
+            warnings += _table_mismatch(table, session.fingerprint, budget)
+        dense_ms = table.batch(budget.batch).network_ms
+        target_ms = budget.ms if budget.ms is not None else budget.fraction * dense_ms
+        if target_ms >= dense_ms:
+            raise ConfigError(
+                f"prune.latency_ms {target_ms:.4g}: the dense network already takes "
+                f"{dense_ms:.4g} ms in the table; give a smaller budget"
+            )
+        costs = {n: b.cost_ms for n, b in table.batch(budget.batch).blocks.items()}
+        missing = sorted(set(candidates) - set(costs))
+        if missing:
+            raise ConfigError(
+                f"prune.latency_table: blocks {missing} are not in {budget.table}; "
+                "measure the table on this model's dense ONNX"
+            )
+        steps = _measure_steps(
+            model, example, work, dense_onnx, table, costs, scores, candidates,
+            target_ms, config, session, budget, threads, log,
+        )  # fmt: skip
+    final = steps[-1]
+    target_fraction = target_ms / dense_ms
+    if final["measured_fraction"] > target_fraction:
+        warnings.append(
+            f"after {len(steps)} steps the ticket measures {final['measured_fraction']:.3f} of "
+            f"the dense latency here, above the budget's {target_fraction:.3f}"
+        )
+    record = {
+        "budget_ms": target_ms,
+        "budget_fraction": target_fraction,
+        "batch": budget.batch,
+        "backend": table.backend,
+        "precision": table.precision,
+        "table": budget.table or "measured here (latency_table.json)",
+        "table_fingerprint_id": table.fingerprint_id,
+        "measured_fingerprint_id": session.fingerprint.get("fingerprint_id"),
+        "dense_ms_table": dense_ms,
+        "steps": steps,
+        "warnings": warnings,
+    }
+    return BudgetOutcome(list(final["removed"]), record, table, warnings)
+
+
+def _profile(
+    dense_onnx: Path,
+    blocks: BlocksFile,
+    config: BenchConfig,
+    session: BenchSession,
+    budget: LatencyBudget,
+    threads: int,
+    log: Callable[[str], object],
+) -> LatencyTable:
+    return profile_blocks(
+        dense_onnx,
+        blocks,
+        config,
+        session.fingerprint,
+        backend=budget.backend,
+        precision=budget.precision,
+        threads=threads,
+        monitor=session.monitor,
+        log=log,
+    )
+
+
+def _table_mismatch(table: LatencyTable, here: dict[str, Any], budget: LatencyBudget) -> list[str]:
+    """Say when the table and the timings here are not about the same thing."""
+    notes = []
+    if table.fingerprint_id != here.get("fingerprint_id"):
+        notes.append(
+            f"the latency table was measured on another device ({summary_line(table.fingerprint)})"
+            f" than the candidates are timed on here ({summary_line(here)}); the budget is "
+            "checked here as a fraction of the dense latency measured here"
+        )
+    if table.backend != budget.backend:
+        notes.append(
+            f"the latency table is for {table.backend}, the candidates are timed on "
+            f"{budget.backend} (prune.latency_backend)"
+        )
+    return notes
+
+
+def _measure_steps(
+    model: nn.Module,
+    example: torch.Tensor,
+    work: Path,
+    dense_onnx: Path,
+    table: LatencyTable,
+    costs: dict[str, float],
+    scores: dict[str, float],
+    candidates: Sequence[str],
+    target_ms: float,
+    config: BenchConfig,
+    session: BenchSession,
+    budget: LatencyBudget,
+    threads: int,
+    log: Callable[[str], object],
+) -> list[dict[str, Any]]:
+    """Choose, build, time; remove more while the measurement misses the budget."""
+    dense_ms = table.batch(budget.batch).network_ms
+    target_fraction = target_ms / dense_ms
+    need = dense_ms - target_ms
+    removed: list[str] = []
+    steps: list[dict[str, Any]] = []
+    for step in range(1, budget.steps + 1):
+        removed = cover_budget(scores, costs, need, candidates=candidates, forced=removed)
+        predicted = table.predict_ms(removed, budget.batch)
+        ticket = copy.deepcopy(model)
+        remove_blocks_(ticket, removed, example=example[:1])
+        path = work / f"candidate_{step}.onnx"
+        export_onnx(ticket, example[:2], path, ExportConfig())
+        try:
+            records = time_files(
+                {"dense": dense_onnx, "candidate": path},
+                budget.backend,
+                budget.precision,
+                threads,
+                config,
+                work,
+                session.monitor,
+                log=log,
+            )
+        except DeployError as exc:
+            raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+        p50 = {r.model: r.p50_ms for r in records}
+        fraction = p50["candidate"] / p50["dense"]
+        steps.append(
+            {
+                "step": step,
+                "removed": list(removed),
+                "predicted_ms": predicted,
+                "predicted_fraction": predicted / dense_ms,
+                "measured_ms": p50["candidate"],
+                "measured_dense_ms": p50["dense"],
+                "measured_fraction": fraction,
+                "run_cv": {r.model: r.run_cv for r in records},
+            }
+        )
+        log(
+            f"[prune] latency step {step}: {len(removed)} blocks removed, predicted "
+            f"{predicted:.4f} ms ({predicted / dense_ms:.3f} of dense), measured "
+            f"{p50['candidate']:.4f} ms ({fraction:.3f} of dense {p50['dense']:.4f} ms), "
+            f"budget {target_fraction:.3f}"
+        )
+        if fraction <= target_fraction or len(removed) == len(candidates):
+            break
+        need += (fraction - target_fraction) * dense_ms  # the shortfall, in the table's ms
+        need = min(need, sum(costs[name] for name in candidates))
+    return steps
+
+
+__all__ = [
+    "BudgetOutcome",
+    "LatencyBudget",
+    "blocks_file",
+    "export_with_blocks",
+    "prune_to_latency",
+]

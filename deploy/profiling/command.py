@@ -1,0 +1,124 @@
+"""The `deploy profile-blocks` command: flags in, a latency table out, one summary printed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from deploy.cli_options import (
+    float_option,
+    fraction_option,
+    int_option,
+    parse_batch_sizes,
+    precision_option,
+    threads_option,
+)
+from deploy.errors import DeployConfigError, MeasurementError
+from deploy.files import output_lock
+from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
+from deploy.machine.fingerprint import clock_warnings, require_locked_clocks, summary_line
+from deploy.machine.stability import StabilityLimits, timing_warnings
+from deploy.paths import check_output_path
+from deploy.profiling.blocks_file import read_blocks
+from deploy.profiling.profile_blocks import profile_blocks
+from deploy.profiling.table import LatencyTable, write_table
+from deploy.records import BenchConfig, LatencyRecord
+from deploy.session import BenchSession
+
+# Turns of this many iterations: a subgraph of microseconds would otherwise spend most of
+# the profile in the lead-in before each turn (deploy/timed_runs.py).
+PROFILE_BLOCK_ITERS = 100
+SHOWN_WARNINGS = 5  # of dozens of timed subgraphs; all are in the table
+
+
+def profile_blocks_command(args: argparse.Namespace) -> int:
+    if args.shapes:
+        raise DeployConfigError(
+            "--shapes: profile-blocks takes the shapes from the model; only the batch varies "
+            "(--batch)"
+        )
+    precision = precision_option(args.precision)
+    threads = threads_option(args.threads)
+    limits = StabilityLimits(
+        max_cv=fraction_option("--max-cv", args.max_cv),
+        max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
+        max_load=fraction_option("--max-load", args.max_load),
+    )
+    config = BenchConfig(
+        batch_sizes=parse_batch_sizes(args.batch),
+        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
+        iterations=int_option("--iterations", args.iterations, minimum=1),
+        min_seconds=float_option("--min-seconds", args.min_seconds),
+        max_seconds=float_option("--max-seconds", args.max_seconds),
+        seed=int_option("--seed", args.seed, minimum=0),
+        repeats=int_option("--repeats", args.repeats, minimum=1),
+        block_iters=PROFILE_BLOCK_ITERS,
+    )
+    blocks = read_blocks(args.blocks or args.model.with_name("blocks.json"))
+    check_output_path(args.output, "--output")
+    with output_lock(args.output, "--output"):
+        pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
+        if threads is None and args.backend == "onnxruntime":
+            threads = default_threads()
+        session = BenchSession(threads, pinned, limits)
+        if args.require_locked_clocks:
+            require_locked_clocks(session.fingerprint)
+        for line in clock_warnings(session.fingerprint):
+            print(f"deploy: warning: {line}", file=sys.stderr)
+        session.monitor.sample("start")
+        table = profile_blocks(
+            args.model,
+            blocks,
+            config,
+            session.fingerprint,
+            backend=args.backend,
+            precision=precision,
+            threads=threads,
+            monitor=session.monitor,
+            trtexec=str(args.trtexec) if args.trtexec else None,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+        session.monitor.sample("end")
+        records = [LatencyRecord.from_dict(r) for r in table.records]
+        warnings = timing_warnings(records, session.monitor.samples, limits)
+        table = dataclasses.replace(table, warnings=warnings)
+        write_table(args.output, table)
+    print(summary_line(session.fingerprint))
+    print(format_latency_table(table))
+    print(f"latency table written to {args.output}")
+    for line in warnings[:SHOWN_WARNINGS]:
+        print(f"deploy: warning: {line}", file=sys.stderr)
+    if len(warnings) > SHOWN_WARNINGS:
+        print(
+            f"deploy: warning: ... and {len(warnings) - SHOWN_WARNINGS} more, in the table's "
+            '"warnings"',
+            file=sys.stderr,
+        )
+    if args.strict and warnings:
+        raise MeasurementError(
+            f"--strict: {len(warnings)} measurement warning(s) above; the table is kept in "
+            f"{args.output} (with the warnings) but should not be trusted as it stands"
+        )
+    return 0
+
+
+def format_latency_table(table: LatencyTable) -> str:
+    """Per batch: the network, its skeleton, and each block's cost beside its MACs."""
+    lines = []
+    for batch, t in sorted(table.batches.items()):
+        lines.append(
+            f"batch {batch}, {table.backend} {table.precision}: network {t.network_ms:.4f} ms, "
+            f"without all {len(t.blocks)} blocks {t.skeleton_ms:.4f} ms, scale {t.scale:.2f}"
+        )
+        lines.append(f"  {'block':<16} {'cost ms':>9} {'alone ms':>9} {'MMACs':>8}  share")
+        for name, b in t.blocks.items():
+            share = b.cost_ms / t.network_ms
+            lines.append(
+                f"  {name:<16} {b.cost_ms:>9.4f} {b.alone_ms:>9.4f} {b.macs / 1e6:>8.2f}  "
+                f"{100 * share:4.1f}%"
+            )
+    return "\n".join(lines)
+
+
+__all__ = ["format_latency_table", "profile_blocks_command"]
