@@ -35,6 +35,7 @@ from compressor.workflows.deliver import benchmark_variants, export_precisions, 
 from compressor.workflows.export_probe import probe_export
 from compressor.workflows.facts import TrainedFacts
 from compressor.workflows.report import write_report
+from compressor.workflows.report_budget import budget_report
 from compressor.workflows.stages import (
     dense_model,
     pretrained_info,
@@ -182,6 +183,7 @@ def _trained_variants(
         "criterion": recipe.prune.criterion,
         "prune_seconds": prune_seconds,
         **pretrained,
+        **({"latency_budget": pruned.latency.record} if pruned.latency else {}),
     }
     variants = [
         _train_stage("dense", dense, spec, data, recipe.train, out_dir, resume, log, pretrained),
@@ -231,10 +233,21 @@ def _deliver(
         variants, exports, precisions, records, fingerprint, recipe, time.perf_counter() - started
     )
     report["measurement_warnings"] = warnings
+    ticket = variants[1].facts
+    table = out_dir / "ticket" / "latency_table.json"
+    report["latency_budget"] = budget_report(
+        ticket.extra.get("latency_budget"),
+        table if table.is_file() else _optional_path(recipe.prune.latency_table),
+        ticket.removed_blocks,
+    )
     failed = mark_comparable_(report, data.num_classes, recipe.report.max_accuracy_drop)
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")
     return PipelineResult(out_dir, report, json_path, md_path, plot_path, failed)
+
+
+def _optional_path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
 
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:

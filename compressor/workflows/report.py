@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.atomic import atomic_write_bytes, atomic_write_text
+from compressor.workflows.report_budget import BLOCK_PLOT_FILE, budget_lines, plot_block_latency
 
 PLOT_FILE = "accuracy_vs_latency.png"
 
@@ -97,6 +98,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Measurement warnings", "", *(f"- {line}" for line in warnings)]
     lines += _precision_lines(variants)
     lines += _speedup_lines(report["speedups"])
+    lines += budget_lines(report)
     removed = variants[1]["removed_blocks"]
     lines += ["", f"Blocks removed at initialization: {', '.join(removed) or 'none'}.", ""]
     lines += [f"![accuracy vs latency]({PLOT_FILE})", ""]
@@ -304,4 +306,5 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Pat
     atomic_write_text(json_path, json.dumps(report, indent=2))
     atomic_write_text(md_path, render_markdown(report))
     plot_accuracy_latency(report, plot_path)
+    plot_block_latency(report, out_dir / BLOCK_PLOT_FILE)  # with a latency budget only
     return json_path, md_path, plot_path
