@@ -10,7 +10,7 @@ are why pruned models are often no faster on GPUs and Jetsons).
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 import torch
@@ -44,6 +44,18 @@ class ShrinkConfig:
     macs_target: float | None = field(
         default=None, metadata=real(0, 1, above=True, optional=True, noun="")
     )
+    # Or: the smallest ratio whose measured latency is <= this fraction of the unshrunk
+    # model's, or <= latency_ms (bisection on the ratio, each probe built, exported and
+    # timed side by side with the unshrunk model: compressor/prune/shrink_latency.py).
+    latency_fraction: float | None = field(
+        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+    )
+    latency_ms: float | None = field(default=None, metadata=real(0, above=True, optional=True))
+    latency_backend: str = field(
+        default="onnxruntime", metadata=one_of(("onnxruntime", "tensorrt", "trtexec"))
+    )
+    latency_batch: int = field(default=1, metadata=whole(1, noun="a whole number"))
+    latency_probes: int = field(default=6, metadata=whole(1, noun="a whole number"))
     # Kept channel counts are multiples of this (tensor cores like 8).
     round_to: int = field(default=8, metadata=whole(1, noun="a whole number"))
     # Short training after shrinking.
@@ -56,18 +68,48 @@ class ShrinkConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, ConfigError, "shrink.{name}: ")
-        if (self.ratio is None) == (self.macs_target is None):
-            raise ConfigError("shrink: give exactly one of ratio or macs_target")
+        given = [k for k in _AMOUNTS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                f"shrink: give exactly one of {', '.join(_AMOUNTS)} (got {given or 'none'})"
+            )
+        if not self.by_latency():
+            for key in _LATENCY_OPTIONS:
+                if getattr(self, key) != _DEFAULTS[key]:
+                    raise ConfigError(
+                        f"shrink.{key}: only with shrink.latency_fraction or shrink.latency_ms"
+                    )
+
+    def by_latency(self) -> bool:
+        return self.latency_fraction is not None or self.latency_ms is not None
+
+    def at_ratio(self, ratio: float) -> ShrinkConfig:
+        """This config with a fixed ratio instead of its budget: what one probe shrinks by."""
+        plain = {key: _DEFAULTS[key] for key in _LATENCY_OPTIONS}
+        return replace(
+            self, ratio=ratio, macs_target=None, latency_fraction=None, latency_ms=None, **plain
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShrinkConfig:
         data = config_kwargs(cls, data, "shrink")
-        if "macs_target" in data and "ratio" not in data:
+        if "ratio" not in data and any(data.get(k) is not None for k in _AMOUNTS[1:]):
             data["ratio"] = None
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The latency keys only when shrinking to latency, so recipes recorded before they
+        existed still resume."""
+        out = asdict(self)
+        if not self.by_latency():
+            for key in ("latency_fraction", "latency_ms", *_LATENCY_OPTIONS):
+                del out[key]
+        return out
+
+
+_AMOUNTS = ("ratio", "macs_target", "latency_fraction", "latency_ms")
+_LATENCY_OPTIONS = ("latency_backend", "latency_batch", "latency_probes")
+_DEFAULTS = {f.name: f.default for f in fields(ShrinkConfig)}
 
 
 @dataclass(frozen=True)

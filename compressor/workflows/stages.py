@@ -30,6 +30,7 @@ from compressor.models.store import load_model, save_model
 from compressor.outdir import exclusive_out_dir
 from compressor.prune.layers import LayerPruneResult, prune_at_init, scoring_batch
 from compressor.prune.shrink import ShrinkResult, count_macs_params, shrink_channels_
+from compressor.prune.shrink_latency import shrink_to_latency
 from compressor.recipe.sections import Recipe
 from compressor.training.bn_recalibration import BNRecalibration, recalibrate_bn_
 from compressor.training.checks import check_model_fits
@@ -281,11 +282,18 @@ def shrink_for_recipe(
     (lower) learning rate, without warm-up: the weights are already trained.
     """
     calibration = scoring_batch(data.train.images, data.train.labels, 16, recipe.seed)
-    result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
+    record = None
+    if recipe.shrink.by_latency():  # the ratio found by timing probes
+        result, record = shrink_to_latency(
+            model, data.val.images[:2], recipe.shrink, calibration, _log_main
+        )
+    else:
+        result = shrink_channels_(model, data.val.images[:1], recipe.shrink, calibration)
     recalibrate_after_surgery_(model, data, recipe.train)  # before fine-tuning starts
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "shrink.json", json.dumps(result.to_dict(), indent=2))
+        written = {**result.to_dict(), **({"latency": record} if record else {})}
+        atomic_write_text(out / "shrink.json", json.dumps(written, indent=2))
     fine_tune = dataclasses.replace(
         recipe.train,
         epochs=recipe.shrink.fine_tune_epochs,

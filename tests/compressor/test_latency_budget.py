@@ -334,3 +334,38 @@ def test_profile_blocks_through_trtexec_on_recorded_output(dense, tmp_path, caps
     assert one.network_ms / nodes == pytest.approx(one.blocks["layer1.1"].ms / 5, rel=1e-3)
     assert one.skeleton_ms < one.network_ms
     assert {r["backend"] for r in table.records} == {"trtexec"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"latency_fraction": 0.5, "ratio": 0.5}, "shrink: give exactly one of ratio"),
+        ({"ratio": 0.5, "latency_batch": 8}, "shrink.latency_batch: only with"),
+        ({"latency_ms": -1}, "shrink.latency_ms"),
+    ],
+)
+def test_shrink_latency_keys_are_checked(keys: dict, message: str) -> None:
+    from compressor.prune.shrink import ShrinkConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ShrinkConfig.from_dict(keys)
+
+
+def test_shrinking_to_a_latency_budget_measures_each_probe() -> None:
+    from compressor.prune.shrink import ShrinkConfig
+    from compressor.prune.shrink_latency import shrink_to_latency
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_channels=1).eval()
+    example = torch.randn(2, 1, 16, 16)
+    config = ShrinkConfig.from_dict({"latency_fraction": 0.8, "latency_probes": 3})
+    result, record = shrink_to_latency(model, example, config, None, log=lambda _: None)
+    assert len(record["probes"]) == 3
+    assert record["ratio"] in [p["ratio"] for p in record["probes"]] or record["warnings"]
+    for probe in record["probes"]:
+        assert probe["measured_ms"] > 0 and probe["unshrunk_ms"] > 0
+        assert 0 < probe["macs_fraction"] <= 1
+    # the model was shrunk in place at the chosen ratio, to the channels round_to allows
+    assert result.macs_after < result.macs_before
+    assert all(after % 8 == 0 for _, after in result.channels.values())
+    assert model(example).shape == (2, 10)
