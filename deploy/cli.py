@@ -47,6 +47,7 @@ from deploy.machine.stability import StabilityLimits
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import inspect_onnx
 from deploy.paths import check_output_path, same_file
+from deploy.profiling.bench_profile import check_profile_request, profile_bench
 from deploy.results.compare import compare_results, render_comparison
 from deploy.results.files import default_results_path, format_table, read_results
 from deploy.results.report import build_report, load_result_files
@@ -110,6 +111,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise DeployConfigError(f"--name must be one line of printable text, got {name!r}")
     output = args.output or default_results_path()
     _check_output(output, args.model)
+    if args.profile:
+        check_profile_request(backend, output)
     with output_lock(output, "--output"):  # a second writer of it is refused
         pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
         if threads is None and backend in ("onnxruntime", "torch"):  # CPU backends: explicit
@@ -139,6 +142,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"results written to {path}")
         for line in warnings:
             print(f"deploy: warning: {line}", file=sys.stderr)
+        if args.profile:  # a pass of its own, after the timed runs: never in their numbers
+            print(profile_bench(args, config, records, threads, path))
         _check_expected_top1(args, records, expected)
         if args.strict and warnings:
             raise MeasurementError(

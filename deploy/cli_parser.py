@@ -71,6 +71,12 @@ def _add_bench(commands: Any) -> None:
     _tensorrt_build_group(bench)
     bench.add_argument("--output", type=Path, default=None, help="result file path")
     bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-node times, in a pass of their own after the timed run, written to "
+        "<output stem>.profile.json (onnxruntime and trtexec)",
+    )
 
 
 def _add_profile_blocks(commands: Any) -> None:

@@ -31,9 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.errors import DeployInputError, UnsafePathError
-from deploy.files import atomic_write_bytes
+from deploy.files import atomic_write_bytes, file_sha256
 from deploy.paths import check_output_path, path_kind
 from deploy.results.files import ResultFile, read_results, read_results_text
+from deploy.results.node_profile import (
+    NodeProfile,
+    describe_profile,
+    read_node_profiles,
+    short_name,
+    top_nodes,
+)
 from deploy.results.report_plots import ACCURACY_PLOT, SPEEDUP_PLOT, pareto_front, render_plots
 from deploy.results.table import (
     Cell,
@@ -59,6 +66,7 @@ __all__ = [
     "build_report",
     "describe_fingerprint",
     "device_label",
+    "load_profiles",
     "load_result_files",
     "merge_results",
     "pareto_front",
@@ -67,6 +75,8 @@ __all__ = [
 ]
 
 _RESULT_SCHEMA_PREFIX = "deploy.results/"
+PROFILE_SUFFIX = ".profile.json"  # `deploy bench --profile` writes <result stem> + this
+PROFILE_ROWS = 5  # longest layers shown per profile under "Where the time goes"
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,8 @@ def build_report(
         check_output_path(out_dir / name, "report file")
     files, notes = load_result_files(paths)
     table = merge_results(files, baseline=baseline, batch=batch)
-    notes = [*notes, *table.notes]
+    profiles, profile_notes = load_profiles([path for path, _ in files], batch)
+    notes = [*notes, *table.notes, *profile_notes]
     plots, plot_notes = render_plots(table, batch)
     notes += plot_notes
     for name, data in plots.items():
@@ -107,8 +118,9 @@ def build_report(
     for stale in {ACCURACY_PLOT, SPEEDUP_PLOT} - set(plots):  # from an earlier run; now wrong
         with contextlib.suppress(FileNotFoundError):
             (out_dir / stale).unlink()
-    md_path = _write_atomic(out_dir / "report.md", render_markdown(table, notes, list(plots)))
-    html_path = _write_atomic(out_dir / "report.html", render_html(table, notes, plots))
+    markdown = render_markdown(table, notes, list(plots), profiles)
+    md_path = _write_atomic(out_dir / "report.md", markdown)
+    html_path = _write_atomic(out_dir / "report.html", render_html(table, notes, plots, profiles))
     return ReportFiles(
         markdown=md_path,
         html=html_path,
@@ -142,7 +154,7 @@ def load_result_files(paths: Sequence[Path]) -> tuple[list[tuple[Path, ResultFil
                     notes.append(f"skipped {candidate}: {kind}, not a result file")
                 elif _looks_like_results(candidate):
                     files.append((candidate, read_results(candidate)))
-                else:
+                elif not candidate.name.endswith(PROFILE_SUFFIX):  # read beside its results
                     notes.append(f"skipped {candidate}: not a result file")
         elif path.exists():
             files.append((path, read_results(path)))
@@ -208,7 +220,83 @@ def _markdown_cell(text: str) -> str:
     return shown.replace("|", "\\|")
 
 
-def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[str]) -> str:
+def load_profiles(
+    result_paths: Sequence[Path], batch: int | None = None
+) -> tuple[list[tuple[Path, NodeProfile]], list[str]]:
+    """The per-node profiles `deploy bench --profile` wrote beside result files
+    (<stem>.profile.json), at `batch` if given; a damaged one, or one left from an earlier
+    run of the result file, is a note, not an error."""
+    found: list[tuple[Path, NodeProfile]] = []
+    notes: list[str] = []
+    for result in dict.fromkeys(result_paths):
+        path = result.with_suffix(PROFILE_SUFFIX)
+        if path == result or not path.is_file():
+            continue
+        try:
+            profiles = read_node_profiles(path, results_sha256=file_sha256(result))
+        except DeployInputError as exc:
+            notes.append(f"skipped {path}: {exc}")
+            continue
+        found += [(path, p) for p in profiles if batch is None or p.batch == batch]
+    return found, notes
+
+
+def _profile_rows(profile: NodeProfile) -> list[tuple[str, str, str, str]]:
+    """(layer, op, ms, share) of the longest nodes, then the removable blocks' total."""
+    rows = [
+        (short_name(n.name, 72), n.op_type or "-", f"{n.mean_ms:.4f}", f"{100 * n.share:.1f}%")
+        for n in top_nodes(profile, PROFILE_ROWS)
+    ]
+    blocks = profile.block_ms
+    if blocks:
+        ms = sum(blocks.values())
+        share = ms / profile.total_ms if profile.total_ms > 0 else 0.0
+        rows.append(
+            (
+                f"{len(blocks)} removable blocks (longest: {max(blocks, key=blocks.__getitem__)})",
+                "blocks.json",
+                f"{ms:.4f}",
+                f"{100 * share:.1f}%",
+            )
+        )
+    return rows
+
+
+def _profile_markdown(profiles: Sequence[tuple[Path, NodeProfile]]) -> list[str]:
+    lines = ["", "## Where the time goes", ""]
+    for path, profile in profiles:
+        lines += [f"{_markdown_cell(describe_profile(profile))} (`{path}`)", ""]
+        lines += ["| layer | op | ms | share |", "|---|---|---:|---:|"]
+        lines += [
+            "| " + " | ".join(map(_markdown_cell, row)) + " |" for row in _profile_rows(profile)
+        ]
+        lines.append("")
+    return lines[:-1]
+
+
+def _profile_html(profiles: Sequence[tuple[Path, NodeProfile]]) -> str:
+    esc = html.escape
+    parts = []
+    for path, profile in profiles:
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{esc(name)}</td><td style='text-align:left'>"
+            f"{esc(op)}</td><td>{ms}</td><td>{share}</td></tr>"
+            for name, op, ms, share in _profile_rows(profile)
+        )
+        parts.append(
+            f"<p>{esc(describe_profile(profile))} (<code>{esc(str(path))}</code>)</p><table>"
+            f"<thead><tr><th>layer</th><th>op</th><th>ms</th><th>share</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+    return "<h2>Where the time goes</h2>" + "".join(parts) if parts else ""
+
+
+def render_markdown(
+    table: MergedTable,
+    notes: Sequence[str],
+    plots: Sequence[str],
+    profiles: Sequence[tuple[Path, NodeProfile]] = (),
+) -> str:
     header = ["model", *(c.title.replace(" | ", "<br>") for c in table.columns)]
     lines = [
         "# Benchmark report",
@@ -232,6 +320,8 @@ def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[st
     if table.warnings:
         lines += ["", "## Measurement warnings", ""]
         lines += [f"- `{path}`: {line}" for path, line in table.warnings]
+    if profiles:
+        lines += _profile_markdown(profiles)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(name).stem.replace('_', ' ')}]({name})" for name in plots]
@@ -240,7 +330,12 @@ def render_markdown(table: MergedTable, notes: Sequence[str], plots: Sequence[st
     return "\n".join(lines) + "\n"
 
 
-def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, bytes]) -> str:
+def render_html(
+    table: MergedTable,
+    notes: Sequence[str],
+    plots: Mapping[str, bytes],
+    profiles: Sequence[tuple[Path, NodeProfile]] = (),
+) -> str:
     """A self-contained page: plots inline as base64 PNG, no external assets."""
     esc = html.escape
     head = "".join(
@@ -278,6 +373,7 @@ def render_html(table: MergedTable, notes: Sequence[str], plots: Mapping[str, by
         f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}"
         f"</tbody></table><h2>Devices</h2><ul>{devices}</ul>"
         + (f"<h2>Measurement warnings</h2><ul>{warning_items}</ul>" if warning_items else "")
+        + _profile_html(profiles)
         + (f"<h2>Plots</h2>{images}" if images else "")
         + (f"<h2>Notes</h2><ul>{note_items}</ul>" if note_items else "")
         + "</body></html>\n"
