@@ -30,6 +30,7 @@ from deploy.cli_options import (
     parse_shapes,
     precision_option,
     threads_option,
+    timing_config,
 )
 from deploy.cli_parser import CLI_BACKENDS, build_parser
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
@@ -154,14 +155,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_config(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        batch_sizes=parse_batch_sizes(args.batch),
-        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
-        iterations=int_option("--iterations", args.iterations, minimum=1),
-        min_seconds=float_option("--min-seconds", args.min_seconds),
-        max_seconds=float_option("--max-seconds", args.max_seconds),
-        seed=int_option("--seed", args.seed, minimum=0),
-        repeats=int_option("--repeats", args.repeats, minimum=1),
+    return timing_config(
+        args,
         shapes=parse_shapes(args.shapes) if args.shapes else {},
         power_seconds=float_option("--power-seconds", args.power_seconds, positive=True),
     )

@@ -4,9 +4,11 @@ naming the flag: argparse's own type errors would print usage and exit instead."
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from deploy.errors import DeployConfigError
 from deploy.onnx_info import PRECISIONS
+from deploy.records import BenchConfig
 
 
 def precision_option(text: str | None) -> str | None:
@@ -97,3 +99,18 @@ def float_option(flag: str, text: str, *, positive: bool = False) -> float:
 
 def optional_int(flag: str, text: str | None, *, minimum: int = 1) -> int | None:
     return None if text is None else int_option(flag, text, minimum=minimum)
+
+
+def timing_config(args: Any, **more: Any) -> BenchConfig:
+    """The BenchConfig of the timing flags `deploy bench` and `profile-blocks` share (batch,
+    warm-up, iterations, seconds, seed, repeats), plus a command's own fields."""
+    return BenchConfig(
+        batch_sizes=parse_batch_sizes(args.batch),
+        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
+        iterations=int_option("--iterations", args.iterations, minimum=1),
+        min_seconds=float_option("--min-seconds", args.min_seconds),
+        max_seconds=float_option("--max-seconds", args.max_seconds),
+        seed=int_option("--seed", args.seed, minimum=0),
+        repeats=int_option("--repeats", args.repeats, minimum=1),
+        **more,
+    )

@@ -7,12 +7,10 @@ import dataclasses
 import sys
 
 from deploy.cli_options import (
-    float_option,
     fraction_option,
-    int_option,
-    parse_batch_sizes,
     precision_option,
     threads_option,
+    timing_config,
 )
 from deploy.errors import DeployConfigError, MeasurementError
 from deploy.files import output_lock
@@ -23,7 +21,7 @@ from deploy.paths import check_output_path
 from deploy.profiling.blocks_file import read_blocks
 from deploy.profiling.profile_blocks import profile_blocks
 from deploy.profiling.table import LatencyTable, write_table
-from deploy.records import BenchConfig, LatencyRecord
+from deploy.records import LatencyRecord
 from deploy.session import BenchSession
 
 # Turns of this many iterations: a subgraph of microseconds would otherwise spend most of
@@ -45,16 +43,7 @@ def profile_blocks_command(args: argparse.Namespace) -> int:
         max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
         max_load=fraction_option("--max-load", args.max_load),
     )
-    config = BenchConfig(
-        batch_sizes=parse_batch_sizes(args.batch),
-        warmup_iters=int_option("--warmup", args.warmup, minimum=0),
-        iterations=int_option("--iterations", args.iterations, minimum=1),
-        min_seconds=float_option("--min-seconds", args.min_seconds),
-        max_seconds=float_option("--max-seconds", args.max_seconds),
-        seed=int_option("--seed", args.seed, minimum=0),
-        repeats=int_option("--repeats", args.repeats, minimum=1),
-        block_iters=PROFILE_BLOCK_ITERS,
-    )
+    config = timing_config(args, block_iters=PROFILE_BLOCK_ITERS)
     blocks = read_blocks(args.blocks or args.model.with_name("blocks.json"))
     check_output_path(args.output, "--output")
     with output_lock(args.output, "--output"):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +40,12 @@ from deploy.profiling.profile_files import (
 )
 from deploy.results.node_profile import NodeProfile, NodeTime, format_node_times, top_nodes
 from deploy.runners.onnxruntime import SPIN_DURATION_US
-from deploy.tensorrt.trtexec import error_lines, find_trtexec, trtexec_command, trtexec_version
+from deploy.tensorrt.trtexec import (
+    find_trtexec,
+    run_trtexec_process,
+    trtexec_command,
+    trtexec_version,
+)
 from deploy.tensorrt.version import TrtVersion, capabilities
 
 ORT_SOURCE = "onnxruntime profiler"
@@ -183,7 +186,7 @@ def trtexec_node_times(
             # A run of its own that only profiles: no timed run to keep apart from it.
             *trtexec_profile_args(profile, layers, trt_version=version, separate_run=False),
         ]
-        _run(command, timeout_s)
+        run_trtexec_process(command, timeout_s, "trtexec (profiling)")
         return read_trtexec_node_times(
             profile,
             layers if layers.is_file() else None,
@@ -191,30 +194,6 @@ def trtexec_node_times(
             precision=precision or "unknown",
             batch=batch,
             model_path=model,
-        )
-
-
-def _run(command: list[str], timeout_s: float) -> None:
-    try:
-        result = subprocess.run(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DeployError(
-            f"trtexec did not finish within {timeout_s:g} s: {shlex.join(command)}"
-        ) from exc
-    except OSError as exc:
-        raise DeployError(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
-    if result.returncode != 0:
-        shown = " | ".join(error_lines(result.stdout)) or "no output"
-        raise DeployError(
-            f"trtexec (profiling) exited with status {result.returncode}: {shown}; "
-            f"command: {shlex.join(command)}"
         )
 
 

@@ -354,7 +354,7 @@ def run_trtexec(
                     **options,
                 ),
             ]
-            log_text = _run(command, timeout_s)
+            log_text = run_trtexec_process(command, timeout_s)
             records.append(
                 record_from_trtexec(
                     log_text,
@@ -369,8 +369,9 @@ def run_trtexec(
     return records
 
 
-def _run(command: list[str], timeout_s: float) -> str:
-    """Run trtexec; its output (stderr merged, in order), or a DeployError with its errors."""
+def run_trtexec_process(command: list[str], timeout_s: float, what: str = "trtexec") -> str:
+    """Run trtexec; its output (stderr merged, in order), or a DeployError with its errors
+    (`what` names the run in them, e.g. "trtexec (profiling)")."""
     try:
         result = subprocess.run(
             command,
@@ -389,7 +390,7 @@ def _run(command: list[str], timeout_s: float) -> str:
     if result.returncode != 0:
         shown = " | ".join(error_lines(result.stdout)) or "no output"
         raise DeployError(
-            f"trtexec exited with status {result.returncode}: {shown}; "
+            f"{what} exited with status {result.returncode}: {shown}; "
             f"command: {shlex.join(command)}"
         )
     return result.stdout
