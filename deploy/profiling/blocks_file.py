@@ -52,6 +52,28 @@ class BlocksFile:
         }
 
 
+def read_format_file(
+    path: Path, what: str, form: str, version: int, source: str, max_bytes: int
+) -> dict[str, Any]:
+    """The JSON object of a file that names its `format` and `version` (blocks files and
+    latency tables); a missing, non-JSON, foreign or newer file is one line naming it and
+    `source`, where the right file comes from."""
+    try:
+        data = json.loads(read_regular_bytes(path, what, max_bytes=max_bytes))
+    except FileNotFoundError:
+        raise DeployInputError(f"{what} {path} not found; {source}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeployInputError(f"{what} {path} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != form:
+        raise DeployInputError(f'{path} is not a {what} (no "format": "{form}"); {source}')
+    if data.get("version") != version:
+        raise DeployInputError(
+            f"{what} {path} has version {data.get('version')!r}; this deploy reads version "
+            f"{version}"
+        )
+    return data
+
+
 def write_blocks(path: str | os.PathLike[str], blocks: BlocksFile) -> Path:
     return atomic_write_text(path, json.dumps(blocks.to_dict(), indent=2) + "\n")
 
@@ -59,25 +81,14 @@ def write_blocks(path: str | os.PathLike[str], blocks: BlocksFile) -> Path:
 def read_blocks(path: str | os.PathLike[str]) -> BlocksFile:
     """A blocks.json, each field checked; a wrong file is one line naming what is wrong."""
     path = Path(path)
-    try:
-        data = json.loads(read_regular_bytes(path, "blocks file", max_bytes=MAX_BLOCKS_BYTES))
-    except FileNotFoundError:
-        raise DeployInputError(
-            f"blocks file {path} not found; `compressor run` and `compressor export` write "
-            "blocks.json beside the dense model.onnx"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeployInputError(f"blocks file {path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != BLOCKS_FORMAT:
-        raise DeployInputError(
-            f'{path} is not a blocks file (no "format": "{BLOCKS_FORMAT}"); pass the '
-            "blocks.json written beside the dense model.onnx"
-        )
-    if data.get("version") != BLOCKS_VERSION:
-        raise DeployInputError(
-            f"blocks file {path} has version {data.get('version')!r}; this deploy reads "
-            f"version {BLOCKS_VERSION}"
-        )
+    data = read_format_file(
+        path,
+        "blocks file",
+        BLOCKS_FORMAT,
+        BLOCKS_VERSION,
+        "`compressor run` and `compressor export` write blocks.json beside the dense model.onnx",
+        MAX_BLOCKS_BYTES,
+    )
     entries = data.get("blocks")
     if not isinstance(entries, list) or not entries:
         raise DeployInputError(f'blocks file {path}: "blocks" must be a non-empty list')

@@ -21,7 +21,7 @@ from typing import Any
 
 from deploy.errors import DeployInputError
 from deploy.files import atomic_write_text
-from deploy.paths import read_regular_bytes
+from deploy.profiling.blocks_file import read_format_file
 
 TABLE_FORMAT = "layer-lottery.latency_table"
 TABLE_VERSION = 1
@@ -111,24 +111,14 @@ def write_table(path: str | os.PathLike[str], table: LatencyTable) -> Path:
 def read_table(path: str | os.PathLike[str]) -> LatencyTable:
     """A latency table, checked; a wrong file is one line naming the field."""
     path = Path(path)
-    try:
-        data = json.loads(read_regular_bytes(path, "latency table", max_bytes=MAX_TABLE_BYTES))
-    except FileNotFoundError:
-        raise DeployInputError(
-            f"latency table {path} not found; write one with `deploy profile-blocks`"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeployInputError(f"latency table {path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
-        raise DeployInputError(
-            f'{path} is not a latency table (no "format": "{TABLE_FORMAT}"); write one '
-            "with `deploy profile-blocks`"
-        )
-    if data.get("version") != TABLE_VERSION:
-        raise DeployInputError(
-            f"latency table {path} has version {data.get('version')!r}; this code reads "
-            f"version {TABLE_VERSION}"
-        )
+    data = read_format_file(
+        path,
+        "latency table",
+        TABLE_FORMAT,
+        TABLE_VERSION,
+        "write one with `deploy profile-blocks`",
+        MAX_TABLE_BYTES,
+    )
     try:
         batches = {int(b): _batch_table(t) for b, t in data["batches"].items()}
         table = LatencyTable(
