@@ -255,14 +255,17 @@ def prune_at_init(
     images: torch.Tensor,
     labels: torch.Tensor,
     config: LayerPruneConfig,
+    *,
+    measured: BudgetOutcome | None = None,
 ) -> tuple[nn.Module, LayerPruneResult]:
     """Score blocks of the untrained `model` (theta_0) and return the shallower ticket
     (the paper's Algorithm 2).
 
     `model` is not modified; the ticket is a copy with the chosen blocks deleted, so its
-    kept weights equal theta_0 exactly.
+    kept weights equal theta_0 exactly. `measured`: a latency-budget choice made before (a
+    resumed run), reused rather than timed again, since timings vary between runs.
     """
-    return _prune(model, model.state_dict(), spec, images, labels, config)
+    return _prune(model, model.state_dict(), spec, images, labels, config, measured)
 
 
 def prune_after_training(
@@ -316,6 +319,7 @@ def _prune(
     images: torch.Tensor,
     labels: torch.Tensor,
     config: LayerPruneConfig,
+    measured: BudgetOutcome | None = None,
 ) -> tuple[nn.Module, LayerPruneResult]:
     blocks = discover_blocks(model, images[:1])
     if not any(b.removable for b in blocks):
@@ -346,7 +350,7 @@ def _prune(
             blocks, scores, config, dense_macs=dense_macs, model_name=spec.model
         )
     else:
-        outcome = prune_to_latency(model, removable, scores, budget, images, log=_log)
+        outcome = measured or prune_to_latency(model, removable, scores, budget, images, log=_log)
         removed = outcome.removed
     warnings = _score_warnings(model, removable, scored, len(removed), config, batch[0])
     ticket = copy.deepcopy(model)

@@ -173,7 +173,9 @@ def _trained_variants(
     pretrained = pretrained_info(recipe, dense)  # model.weights: file, sha256, left out
 
     # Algorithm 2: score blocks on theta_0, remove the lowest, before any training.
-    ticket, pruned, prune_seconds = prune_ticket(dense, spec, data, recipe, out_dir / "ticket", log)
+    ticket, pruned, prune_seconds = prune_ticket(
+        dense, spec, data, recipe, out_dir / "ticket", log, resume
+    )
     log(
         f"[prune] {recipe.prune.criterion}: removed {len(pruned.removed)} of "
         f"{sum(b.removable for b in pruned.blocks)} removable blocks in {prune_seconds:.1f}s "

@@ -28,6 +28,7 @@ from compressor.models.source import channel_kwarg
 from compressor.models.spec import ModelSpec, build_model
 from compressor.models.store import load_model, save_model
 from compressor.outdir import exclusive_out_dir
+from compressor.prune.latency import BudgetOutcome
 from compressor.prune.layers import LayerPruneResult, prune_at_init, scoring_batch
 from compressor.prune.shrink import ShrinkResult, count_macs_params, shrink_channels_
 from compressor.prune.shrink_latency import shrink_to_latency
@@ -40,9 +41,11 @@ from compressor.training.loop import train
 from compressor.workflows.deliver import export_precisions, export_variant
 from compressor.workflows.export_probe import probe_export
 from compressor.workflows.facts import TrainedFacts
-from deploy.profiling.table import write_table
+from deploy.paths import read_regular_bytes
+from deploy.profiling.table import read_table, write_table
 
 Log = Callable[[str], None]
+MAX_PRUNE_JSON = 64 << 20  # prune.json of a resumed run: scores and steps, never this large
 
 
 def dense_model(recipe: Recipe, data: DataSplits) -> tuple[nn.Module, ModelSpec]:
@@ -120,7 +123,13 @@ def list_blocks(recipe: Recipe) -> str:
 
 
 def prune_ticket(
-    dense: nn.Module, spec: ModelSpec, data: DataSplits, recipe: Recipe, out: Path, log: Log
+    dense: nn.Module,
+    spec: ModelSpec,
+    data: DataSplits,
+    recipe: Recipe,
+    out: Path,
+    log: Log,
+    resume: bool = False,
 ) -> tuple[nn.Module, LayerPruneResult, float]:
     """Algorithm 2: score theta_0's blocks, remove the lowest, recalibrate batch norm.
 
@@ -128,7 +137,10 @@ def prune_ticket(
     the blocks; returns the ticket, what was removed and the seconds the scoring took.
     """
     tick = time.perf_counter()
-    ticket, result = prune_at_init(dense, spec, data.train.images, data.train.labels, recipe.prune)
+    measured = earlier_budget_choice(out, recipe) if resume else None
+    ticket, result = prune_at_init(
+        dense, spec, data.train.images, data.train.labels, recipe.prune, measured=measured
+    )
     seconds = time.perf_counter() - tick
     recalibrate_after_surgery_(ticket, data, recipe.train)  # the removed blocks' statistics
     if is_main_process():
@@ -139,6 +151,20 @@ def prune_ticket(
     for warning in result.warnings:  # scores that cannot separate the blocks
         log(f"[prune] warning: {warning}")
     return ticket, result, seconds
+
+
+def earlier_budget_choice(out: Path, recipe: Recipe) -> BudgetOutcome | None:
+    """The latency-budget choice a resumed run made before (its prune.json and table): the
+    stages already trained were built from it, and timing again could choose otherwise."""
+    if recipe.prune.budget() is None or not (out / "prune.json").is_file():
+        return None
+    text = read_regular_bytes(out / "prune.json", "prune.json", max_bytes=MAX_PRUNE_JSON)
+    record = json.loads(text).get("latency")
+    table = recipe.prune.latency_table or out / "latency_table.json"
+    if not record or not Path(table).is_file():
+        return None
+    removed = list(record["steps"][-1]["removed"])
+    return BudgetOutcome(removed, record, read_table(table), list(record.get("warnings") or []))
 
 
 def prune_stage(recipe: Recipe, out: Path) -> dict[str, Any]:
