@@ -97,7 +97,8 @@ def _add_profile_blocks(commands: Any) -> None:
         "--blocks",
         type=Path,
         default=None,
-        help="the blocks file (default: blocks.json beside the model)",
+        help="the blocks file (default: <model stem>.blocks.json beside the model, as in a "
+        "bundle, else blocks.json, as in a run)",
     )
     profile.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime, tensorrt or trtexec"

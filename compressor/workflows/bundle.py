@@ -53,6 +53,9 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
                 name = f"{variant['name']}{PRECISION_SUFFIX[precision]}"
                 atomic_copy(entry["path"], staging / name)
                 files[name] = file_sha256(staging / name)
+                blocks = Path(entry["path"]).with_name("blocks.json")
+                if precision == "fp32" and blocks.is_file():  # for `deploy profile-blocks`
+                    atomic_copy(blocks, staging / f"{variant['name']}.blocks.json")
                 models.append(
                     {
                         "variant": variant["name"],
@@ -271,6 +274,10 @@ python3 -m pip install numpy onnx     # onnxruntime is optional on the device
 Energy per inference is added when `tegrastats` is on PATH (it is on JetPack). Then copy
 `results/` back and merge it with other devices' results:
 `python3 -m deploy report results/ other-device-results/ --out report/`.
+
+To prune to a latency budget measured on this device, time the dense network's blocks here
+(`dense.blocks.json` names them) and copy the table back for `prune.latency_table`:
+`python3 -m deploy profile-blocks dense.onnx --batch 1 --output latency_table.json`.
 
 ## On a GPU server
 

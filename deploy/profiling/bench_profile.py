@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,9 @@ from pathlib import Path
 from deploy.cli_options import optional_int
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.files import file_sha256
+from deploy.onnx_info import inspect_onnx
 from deploy.paths import check_output_path
+from deploy.profiling.blocks_file import default_blocks_path
 from deploy.profiling.node_times import (
     block_times,
     onnxruntime_node_times,
@@ -61,7 +64,7 @@ def profile_bench(
     profiles beside `output` and return the tables to print."""
     iterations = min(config.iterations, MAX_PROFILE_ITERATIONS)
     model = Path(args.model)
-    blocks: Path | None = model.with_name("blocks.json")  # as `compressor` writes it
+    blocks: Path | None = default_blocks_path(model)  # as `compressor` or a bundle has it
     profiles = []
     for record in records:
         if args.backend == "trtexec":
@@ -93,10 +96,23 @@ def profile_bench(
             except DeployInputError as exc:  # a blocks.json of another file: said once
                 print(f"deploy: warning: no per-block times: {exc}", file=sys.stderr)
                 blocks = None
+        if model.suffix == ".onnx":
+            profile = dataclasses.replace(profile, removed_blocks=removed_blocks(model))
         profiles.append(profile)
     path = write_node_profiles(profile_path(output), profiles, results_sha256=file_sha256(output))
     tables = [format_node_times(profile, SHOWN_NODES) for profile in profiles]
     return "\n".join([*tables, f"per-node times written to {path}"])
+
+
+def removed_blocks(model: Path) -> tuple[str, ...]:
+    """The dense network's blocks a `compressor` model lacks, from the spec in its ONNX
+    metadata (none for any other file)."""
+    try:
+        spec = json.loads(inspect_onnx(model).metadata.get("spec", "{}"))
+    except ValueError:
+        return ()
+    removed = spec.get("removed_blocks") if isinstance(spec, dict) else None
+    return tuple(str(b) for b in removed) if isinstance(removed, list) else ()
 
 
 __all__ = ["PROFILE_BACKENDS", "check_profile_request", "profile_bench", "profile_path"]

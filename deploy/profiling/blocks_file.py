@@ -74,6 +74,13 @@ def read_format_file(
     return data
 
 
+def default_blocks_path(model: Path) -> Path:
+    """`<stem>.blocks.json` beside the model (a bundle's dense.onnx), else `blocks.json`
+    (a run's dense/model.onnx)."""
+    own = model.with_name(f"{model.stem}.blocks.json")
+    return own if own.is_file() else model.with_name("blocks.json")
+
+
 def write_blocks(path: str | os.PathLike[str], blocks: BlocksFile) -> Path:
     return atomic_write_text(path, json.dumps(blocks.to_dict(), indent=2) + "\n")
 

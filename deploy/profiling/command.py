@@ -18,7 +18,7 @@ from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list
 from deploy.machine.fingerprint import clock_warnings, require_locked_clocks, summary_line
 from deploy.machine.stability import StabilityLimits, timing_warnings
 from deploy.paths import check_output_path
-from deploy.profiling.blocks_file import read_blocks
+from deploy.profiling.blocks_file import default_blocks_path, read_blocks
 from deploy.profiling.profile_blocks import profile_blocks
 from deploy.profiling.table import LatencyTable, write_table
 from deploy.records import LatencyRecord
@@ -44,7 +44,7 @@ def profile_blocks_command(args: argparse.Namespace) -> int:
         max_load=fraction_option("--max-load", args.max_load),
     )
     config = timing_config(args, block_iters=PROFILE_BLOCK_ITERS)
-    blocks = read_blocks(args.blocks or args.model.with_name("blocks.json"))
+    blocks = read_blocks(args.blocks or default_blocks_path(args.model))
     check_output_path(args.output, "--output")
     with output_lock(args.output, "--output"):
         pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None

@@ -77,6 +77,9 @@ class NodeProfile:
     model_path: str | None = None  # the file profiled, as given
     run_ms: float | None = None  # one whole call as the profiler saw it, where it says
     block_ms: dict[str, float] | None = None  # per removable block (blocks.json beside it)
+    # The dense network's blocks this model lacks (its spec in the ONNX metadata), by their
+    # names in the dense network: what `deploy report` looks up in the dense profile.
+    removed_blocks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class NodeProfile:
             "total_ms": self.total_ms,
             "run_ms": self.run_ms,
             "block_ms": self.block_ms,
+            "removed_blocks": list(self.removed_blocks),
             "nodes": [node.to_dict() for node in self.nodes],
         }
 
@@ -114,7 +118,34 @@ class NodeProfile:
             model_path=None if data.get("model_path") is None else str(data["model_path"]),
             run_ms=None if run_ms is None else _time(data, "run_ms"),
             block_ms=None if blocks is None else {str(k): _time(blocks, k) for k in blocks},
+            removed_blocks=tuple(str(b) for b in data.get("removed_blocks") or ()),
         )
+
+
+def removed_time_lines(profiles: Sequence[NodeProfile]) -> list[str]:
+    """For each pruned model profiled beside its dense network (same backend, precision and
+    batch): the time the removed blocks took in the dense profile, and how much less the
+    pruned model's own profile takes."""
+    lines = []
+    dense = {
+        (p.backend, p.precision, p.batch): p
+        for p in profiles
+        if p.block_ms and not p.removed_blocks
+    }
+    for profile in profiles:
+        base = dense.get((profile.backend, profile.precision, profile.batch))
+        if not profile.removed_blocks or base is None or not base.block_ms:
+            continue
+        known = [b for b in profile.removed_blocks if b in base.block_ms]
+        removed_ms = sum(base.block_ms[b] for b in known)
+        share = removed_ms / base.total_ms if base.total_ms > 0 else 0.0
+        lines.append(
+            f"{profile.model} ({profile.backend} {profile.precision}, batch {profile.batch}): "
+            f"its {len(known)} removed blocks took {removed_ms:.4f} ms ({share:.1%}) of "
+            f"{base.model}'s {base.total_ms:.4f} ms in nodes; its own nodes take "
+            f"{profile.total_ms:.4f} ms ({base.total_ms - profile.total_ms:.4f} ms less)"
+        )
+    return lines
 
 
 def node_times_from_ms(

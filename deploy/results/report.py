@@ -38,6 +38,7 @@ from deploy.results.node_profile import (
     NodeProfile,
     describe_profile,
     read_node_profiles,
+    removed_time_lines,
     short_name,
     top_nodes,
 )
@@ -271,6 +272,9 @@ def _profile_markdown(profiles: Sequence[tuple[Path, NodeProfile]]) -> list[str]
             "| " + " | ".join(map(_markdown_cell, row)) + " |" for row in _profile_rows(profile)
         ]
         lines.append("")
+    removed = removed_time_lines([profile for _, profile in profiles])
+    if removed:
+        lines += ["Time the pruned models no longer spend:", "", *(f"- {r}" for r in removed), ""]
     return lines[:-1]
 
 
@@ -288,6 +292,10 @@ def _profile_html(profiles: Sequence[tuple[Path, NodeProfile]]) -> str:
             f"<thead><tr><th>layer</th><th>op</th><th>ms</th><th>share</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>"
         )
+    removed = removed_time_lines([profile for _, profile in profiles])
+    if removed:
+        items = "".join(f"<li>{esc(line)}</li>" for line in removed)
+        parts.append(f"<p>Time the pruned models no longer spend:</p><ul>{items}</ul>")
     return "<h2>Where the time goes</h2>" + "".join(parts) if parts else ""
 
 

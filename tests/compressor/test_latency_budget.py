@@ -392,3 +392,35 @@ def test_shrinking_to_a_latency_budget_measures_each_probe() -> None:
     assert result.macs_after < result.macs_before
     assert all(after % 8 == 0 for _, after in result.channels.values())
     assert model(example).shape == (2, 10)
+
+
+def test_deploy_report_says_what_time_the_removed_blocks_took(dense, tmp_path, capsys) -> None:
+    """Dense and a ticket profiled with `deploy bench --profile`: the report names the
+    removed blocks' time in the dense profile (the ticket's spec in its ONNX metadata)."""
+    model, path = dense
+    removed = ["layer1.1", "layer2.2"]
+    ticket = copy.deepcopy(model)
+    remove_blocks_(ticket, removed)
+    (tmp_path / "ticket").mkdir()
+    from export.onnx_export import export_onnx
+
+    export_onnx(
+        ticket,
+        torch.randn(2, 1, 16, 16),
+        tmp_path / "ticket" / "model.onnx",
+        metadata={"spec": json.dumps({"removed_blocks": removed})},
+    )
+    for name, onnx_path in (("dense", path), ("ticket", tmp_path / "ticket" / "model.onnx")):
+        code = deploy_main(
+            ["bench", str(onnx_path), "--profile", "--name", name, "--iterations", "20",
+             "--output", str(tmp_path / f"{name}.json")]
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+    profile = json.loads((tmp_path / "dense.profile.json").read_text())
+    assert set(profile["profiles"][0]["block_ms"]) == {b.name for b in read_blocks(
+        path.with_name("blocks.json")).blocks}  # fmt: skip
+    assert deploy_main(["report", str(tmp_path / "dense.json"), str(tmp_path / "ticket.json"),
+                        "--out", str(tmp_path / "report")]) == 0  # fmt: skip
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Time the pruned models no longer spend" in text
+    assert "ticket (onnxruntime fp32, batch 1): its 2 removed blocks took" in text

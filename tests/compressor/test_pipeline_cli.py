@@ -271,6 +271,19 @@ def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: P
     assert record["precision"] == "int8"
     expected = shrunk_int8["expected_top1_onnxruntime_cpu"]  # same machine, same kernels
     assert record["accuracy"] == pytest.approx(expected, abs=1e-9)
+    # The dense network's blocks are timed on the device from the bundle alone (dense.blocks.json).
+    assert "dense.blocks.json" in manifest["files"]
+    profiled = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.'); import runpy; "
+         "runpy.run_module('deploy', run_name='__main__')",
+         "profile-blocks", "dense.onnx", "--warmup", "1", "--iterations", "5", "--repeats", "1",
+         "--output", "table.json"],
+        cwd=bundle, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert profiled.returncode == 0, profiled.stderr
+    table = json.loads((bundle / "table.json").read_text())
+    assert table["batches"]["1"]["blocks"] and table["backend"] == "onnxruntime"
+    (bundle / "table.json").unlink()  # the device script checks every file it did not make
     with pytest.raises(Exception, match="not empty"):
         write_bundle(tiny_run, bundle)
     # The device script, on the CPU backend: every file's top-1 meets the manifest's.
