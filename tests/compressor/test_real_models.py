@@ -102,3 +102,53 @@ def test_resnet50_blocks_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture
     assert len(prune["removed"]) == 3  # 25% of 12
     spec = json.loads((out / "spec.json").read_text())
     assert sorted(spec["spec"]["removed_blocks"]) == sorted(prune["removed"])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_real_blocks_are_cut_out_of_their_onnx_and_profiled(name: str, tmp_path: Path) -> None:
+    """blocks.json for torchvision and timm models: every removable block is one subgraph
+    of the export, the skeleton cut from the ONNX computes what torch computes with all of
+    them removed, and `deploy profile-blocks` makes a table whose parts add up."""
+    _require(MODELS[name]["factory"].split(".")[0].split(":")[0])
+    import copy
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from compressor.models.blocks import discover_blocks
+    from compressor.models.spec import remove_blocks_
+    from compressor.prune.latency import export_with_blocks
+    from deploy.cli import main as deploy_main
+    from deploy.profiling.blocks_file import read_blocks
+    from deploy.profiling.subgraphs import without_blocks
+    from deploy.profiling.table import read_table
+
+    entry = MODELS[name]
+    module, function = entry["factory"].split(":")
+    build = getattr(importlib.import_module(module), function)
+    torch.manual_seed(0)
+    model = build(**entry.get("kwargs", {}), num_classes=10).eval()
+    example = torch.randn(2, 3, 64, 64)
+    blocks = [b for b in discover_blocks(model, example[:1]) if b.removable]
+    assert blocks
+    path = tmp_path / "model.onnx"
+    described = export_with_blocks(model, example, path, blocks)
+    assert [b.name for b in read_blocks(tmp_path / "blocks.json").blocks] == [
+        b.name for b in blocks
+    ]
+    skeleton = without_blocks(onnx.load(str(path)), [(b.input, b.output) for b in described.blocks])
+    shallower = copy.deepcopy(model)
+    remove_blocks_(shallower, [b.name for b in blocks])
+    session = ort.InferenceSession(skeleton.SerializeToString())
+    got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
+    with torch.no_grad():
+        want = shallower(example).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    out = tmp_path / "table.json"
+    args = ["--iterations", "6", "--warmup", "1", "--repeats", "1", "--output", str(out)]
+    assert deploy_main(["profile-blocks", str(path), *args]) == 0
+    table = read_table(out).batch(1)
+    assert set(table.blocks) == {b.name for b in blocks}
+    assert 0 < table.skeleton_ms < table.network_ms
