@@ -3,6 +3,7 @@
     python benchmarks/bench_latency_table.py                      # ResNet-56, digits, 16 px
     python benchmarks/bench_latency_table.py --model resnet50 --batch 1 --iterations 30
                                              # torchvision ResNet-50 at 224 px (torchvision venv)
+    python benchmarks/bench_latency_table.py --backend torch   # torch modules, CUDA if present
 
 The dense network (random weights: latency does not depend on them) is exported with its
 blocks, and `deploy profile-blocks`' measurement makes the table (onnxruntime, CPU). Then
@@ -39,6 +40,7 @@ from compressor.prune.criteria import score_blocks
 from compressor.prune.knapsack import cover_budget
 from compressor.prune.latency import export_with_blocks
 from compressor.prune.layers import LayerPruneConfig, scoring_batch, select_blocks
+from compressor.prune.torch_table import time_modules, torch_block_table, torch_device
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import summary_line
 from deploy.profiling.command import format_latency_table
@@ -57,6 +59,12 @@ def main() -> int:
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch"),
+        default="onnxruntime",
+        help="onnxruntime: ONNX files on the CPU; torch: modules, on CUDA when present",
+    )
     args = parser.parse_args()
     batches = tuple(int(b) for b in args.batch.split(","))
     model, example = _model(args.model)
@@ -76,29 +84,45 @@ def main() -> int:
         f"subset_{i:02d}": sorted(rng.sample(names, rng.randint(1, len(names) - 1)))
         for i in range(args.subsets)
     }
+    torch_backend = args.backend == "torch"
     with tempfile.TemporaryDirectory(prefix="bench-latency-table-") as folder:
         work = Path(folder)
-        described = export_with_blocks(model, example, work / "dense.onnx", blocks)
-        table = profile_blocks(
-            work / "dense.onnx", described, config, session.fingerprint, threads=threads
-        )
+        if torch_backend:
+            print(f"torch on {torch_device()}", flush=True)
+            table = torch_block_table(
+                model, blocks, example, config, session.fingerprint,
+                threads=threads, monitor=session.monitor,
+            )  # fmt: skip
+        else:
+            described = export_with_blocks(model, example, work / "dense.onnx", blocks)
+            table = profile_blocks(
+                work / "dense.onnx", described, config, session.fingerprint, threads=threads
+            )
         print(format_latency_table(table), flush=True)
         choices = (
             _choices(model, blocks, example, table, batches) if args.model == "resnet56" else {}
         )
         subsets.update(choices)
-        files = {"dense": work / "dense.onnx"}
+        files: dict[str, Path] = {"dense": work / "dense.onnx"}
+        modules = {"dense": model}
         macs = {"dense": model_macs(model, example[:1])}
         for name, removed in subsets.items():
             shallower = copy.deepcopy(model)
             remove_blocks_(shallower, removed, example=example[:1])
-            files[name] = work / f"{name}.onnx"
-            export_onnx(shallower, example, files[name], ExportConfig())
             macs[name] = model_macs(shallower, example[:1])
+            modules[name] = shallower
+            if not torch_backend:
+                files[name] = work / f"{name}.onnx"
+                export_onnx(shallower, example, files[name], ExportConfig())
         print(
             f"timing the dense network and {len(subsets)} shallower ones side by side", flush=True
         )
-        records = time_files(files, "onnxruntime", None, threads, config, work, session.monitor)
+        if torch_backend:
+            records = time_modules(
+                modules, example, config, threads=threads, monitor=session.monitor
+            )
+        else:
+            records = time_files(files, "onnxruntime", None, threads, config, work, session.monitor)
     p50 = {(r.model, r.batch): r.p50_ms for r in records}
     cv = {(r.model, r.batch): r.run_cv for r in records}
     if choices:
@@ -130,7 +154,8 @@ def main() -> int:
                 f"{100 * errors[-1]:>5.1f}% {macs_fraction:>6.3f} {100 * macs_errors[-1]:>5.1f}%"
             )
         summary.append(
-            f"{args.model} batch {batch}, {len(errors)} random block subsets, latency as a "
+            f"{args.model} {table.backend} batch {batch}, {len(errors)} random block subsets, "
+            "latency as a "
             f"fraction of dense: table error mean {100 * statistics.mean(errors):.1f}%, worst "
             f"{100 * max(errors):.1f}%; MACs ratio as the predictor mean "
             f"{100 * statistics.mean(macs_errors):.1f}%, worst {100 * max(macs_errors):.1f}%; "

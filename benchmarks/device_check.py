@@ -13,7 +13,9 @@ recorded even when it fails or is skipped (with the reason):
    replayed as a CUDA graph, batch 1 and 8, timed in blocks of iterations per model in
    rotated order, three runs each (p50 and the run-to-run CV of the medians);
 4. `energy`: NVML power while each model runs alone (CUDA graph, batch 8), energy per
-   inference.
+   inference;
+5. `latency_table`: the torch-CUDA per-block latency table of ResNet-56 and its prediction
+   error over random block subsets (benchmarks/bench_latency_table.py --backend torch).
 
 Everything goes to DIR/device_check.json; the summary table is printed last. `--dry-run` runs
 the same steps on the CPU with the quick recipe and few iterations, so the script itself is
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reason = "the training step did not finish, so there are no models to time"
         result["cuda_latency"] = result["energy"] = {"status": "skipped", "reason": reason}
+    result["latency_table"] = _latency_table(
+        args.out / "latency_table.log", max(_left(deadline, 1.0), 30.0), args.dry_run
+    )
     result["seconds"] = round(time.monotonic() - started, 1)
     path = args.out / "device_check.json"
     path.write_text(json.dumps(result, indent=2))
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(_status(result[k]) in ("ok", "skipped") for k in _STEPS) else 1
 
 
-_STEPS = ("gpu", "amp_run", "cuda_latency", "energy")
+_STEPS = ("gpu", "amp_run", "cuda_latency", "energy", "latency_table")
 
 
 def _status(step: dict[str, Any]) -> str:
@@ -126,6 +131,17 @@ def _run(command: list[str], timeout: float, log: Path) -> dict[str, Any]:
         "tail": output.strip().splitlines()[-5:],
         "log": str(log),
     }
+
+
+def _latency_table(log: Path, timeout: float, dry_run: bool) -> dict[str, Any]:
+    """The torch table's prediction error (CUDA on the lent GPU); its summary lines kept."""
+    size = ["--subsets", "2", "--iterations", "10", "--batch", "1"] if dry_run else [
+        "--subsets", "10", "--iterations", "150"
+    ]  # fmt: skip
+    command = [sys.executable, "benchmarks/bench_latency_table.py", "--backend", "torch", *size]
+    outcome = _run(command, timeout, log)
+    outcome["status"] = "ok" if outcome["exit_code"] == 0 else "failed"
+    return outcome
 
 
 def _gpu_tests(log: Path, timeout: float, dry_run: bool) -> dict[str, Any]:
@@ -351,6 +367,8 @@ def _summary(result: dict[str, Any]) -> str:
             f"  {row['variant']:<7} b8 energy {row['energy_mj_per_inference']:.3f} mJ/inference"
             f" at {row['avg_power_w']:.0f} W"
         )
+    table = result["latency_table"].get("tail", [])
+    lines += [f"  {line}" for line in table if "random block subsets" in line]
     return "\n".join(lines)
 
 

@@ -30,13 +30,14 @@ from compressor.errors import ConfigError
 from compressor.models.blocks import BlockInfo
 from compressor.models.spec import remove_blocks_
 from compressor.prune.knapsack import cover_budget
+from compressor.prune.torch_table import time_modules, torch_block_table
 from deploy.errors import DeployError
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import summary_line
 from deploy.profiling.blocks_file import BlockEntry, BlocksFile, write_blocks
 from deploy.profiling.profile_blocks import profile_blocks, time_files
 from deploy.profiling.table import LatencyTable, read_table
-from deploy.records import BenchConfig
+from deploy.records import BenchConfig, LatencyRecord
 from deploy.session import BenchSession
 from export.config import ExportConfig, ExportResult
 from export.onnx_export import export_onnx
@@ -112,11 +113,18 @@ def prune_to_latency(
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prune-latency-") as folder:
         work = Path(folder)
-        dense_onnx = work / "dense.onnx"
-        blocks = export_with_blocks(model, example[:2], dense_onnx, removable)
+        ctx = _Timing(model, example, work, work / "dense.onnx", config, session, budget, threads)
+        if budget.backend != "torch":
+            blocks = export_with_blocks(model, example[:2], ctx.dense_onnx, removable)
         if budget.table is None:
             log(f"[prune] measuring the block latency table on {budget.backend}")
-            table = _profile(dense_onnx, blocks, config, session, budget, threads, log)
+            if budget.backend == "torch":
+                table = torch_block_table(
+                    model, removable, example, config, session.fingerprint,
+                    threads=threads, monitor=session.monitor,
+                )  # fmt: skip
+            else:
+                table = _profile(ctx.dense_onnx, blocks, config, session, budget, threads, log)
         else:
             table = read_table(budget.table)
             warnings += _table_mismatch(table, session.fingerprint, budget)
@@ -134,10 +142,7 @@ def prune_to_latency(
                 f"prune.latency_table: blocks {missing} are not in {budget.table}; "
                 "measure the table on this model's dense ONNX"
             )
-        steps = _measure_steps(
-            model, example, work, dense_onnx, table, costs, scores, candidates,
-            target_ms, config, session, budget, threads, log,
-        )  # fmt: skip
+        steps = _measure_steps(ctx, table, costs, scores, candidates, target_ms, log)
     final = steps[-1]
     target_fraction = target_ms / dense_ms
     if final["measured_fraction"] > target_fraction:
@@ -183,6 +188,47 @@ def _profile(
     )
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """What timing a candidate needs: the dense model (and its ONNX), how and where."""
+
+    model: nn.Module
+    example: torch.Tensor
+    work: Path
+    dense_onnx: Path  # exported unless the backend is torch
+    config: BenchConfig
+    session: BenchSession
+    budget: LatencyBudget
+    threads: int
+
+
+def _time_candidate(
+    ctx: _Timing, ticket: nn.Module, step: int, log: Callable[[str], object]
+) -> list[LatencyRecord]:
+    """The candidate timed side by side with dense, as modules (torch) or ONNX files."""
+    budget = ctx.budget
+    if budget.backend == "torch":
+        models = {"dense": ctx.model, "candidate": ticket}
+        return time_modules(
+            models, ctx.example, ctx.config, threads=ctx.threads, monitor=ctx.session.monitor
+        )
+    path = ctx.work / f"candidate_{step}.onnx"
+    export_onnx(ticket, ctx.example[:2], path, ExportConfig())
+    try:
+        return time_files(
+            {"dense": ctx.dense_onnx, "candidate": path},
+            budget.backend,
+            budget.precision,
+            ctx.threads,
+            ctx.config,
+            ctx.work,
+            ctx.session.monitor,
+            log=log,
+        )
+    except DeployError as exc:
+        raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+
+
 def _table_mismatch(table: LatencyTable, here: dict[str, Any], budget: LatencyBudget) -> list[str]:
     """Say when the table and the timings here are not about the same thing."""
     notes = []
@@ -201,22 +247,16 @@ def _table_mismatch(table: LatencyTable, here: dict[str, Any], budget: LatencyBu
 
 
 def _measure_steps(
-    model: nn.Module,
-    example: torch.Tensor,
-    work: Path,
-    dense_onnx: Path,
+    ctx: _Timing,
     table: LatencyTable,
     costs: dict[str, float],
     scores: dict[str, float],
     candidates: Sequence[str],
     target_ms: float,
-    config: BenchConfig,
-    session: BenchSession,
-    budget: LatencyBudget,
-    threads: int,
     log: Callable[[str], object],
 ) -> list[dict[str, Any]]:
     """Choose, build, time; remove more while the measurement misses the budget."""
+    budget = ctx.budget
     dense_ms = table.batch(budget.batch).network_ms
     target_fraction = target_ms / dense_ms
     need = dense_ms - target_ms
@@ -225,23 +265,9 @@ def _measure_steps(
     for step in range(1, budget.steps + 1):
         removed = cover_budget(scores, costs, need, candidates=candidates, forced=removed)
         predicted = table.predict_ms(removed, budget.batch)
-        ticket = copy.deepcopy(model)
-        remove_blocks_(ticket, removed, example=example[:1])
-        path = work / f"candidate_{step}.onnx"
-        export_onnx(ticket, example[:2], path, ExportConfig())
-        try:
-            records = time_files(
-                {"dense": dense_onnx, "candidate": path},
-                budget.backend,
-                budget.precision,
-                threads,
-                config,
-                work,
-                session.monitor,
-                log=log,
-            )
-        except DeployError as exc:
-            raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+        ticket = copy.deepcopy(ctx.model)
+        remove_blocks_(ticket, removed, example=ctx.example[:1])
+        records = _time_candidate(ctx, ticket, step, log)
         p50 = {r.model: r.p50_ms for r in records}
         fraction = p50["candidate"] / p50["dense"]
         steps.append(

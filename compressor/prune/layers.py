@@ -83,8 +83,9 @@ class LayerPruneConfig:
         default=None,
         metadata=rule(lambda v: v is None or (isinstance(v, str) and v != ""), "a file path"),
     )
+    # torch: the table and candidates timed as torch modules, on CUDA when there is one.
     latency_backend: str = field(
-        default="onnxruntime", metadata=one_of(("onnxruntime", "tensorrt", "trtexec"))
+        default="onnxruntime", metadata=one_of(("onnxruntime", "tensorrt", "trtexec", "torch"))
     )
     latency_precision: str | None = field(
         default=None,
@@ -120,6 +121,11 @@ class LayerPruneConfig:
         if len(given) != 1:
             raise ConfigError(
                 f"prune: give exactly one of {', '.join(AMOUNTS)} (got {given or 'none'})"
+            )
+        if self.latency_backend == "torch" and self.latency_precision not in (None, "fp32"):
+            raise ConfigError(
+                f"prune.latency_precision {self.latency_precision}: the torch backend times "
+                "fp32 modules; time another precision with onnxruntime or tensorrt files"
             )
         if self.budget() is None:
             changed = [k for k in _LATENCY_OPTIONS if getattr(self, k) != _DEFAULTS[k]]

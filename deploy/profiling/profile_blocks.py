@@ -9,7 +9,7 @@ is timed as it runs alone), or one after another by trtexec, which times itself.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from deploy.errors import DeployConfigError
 from deploy.files import file_sha256
 from deploy.machine.state import MachineMonitor
 from deploy.onnx_info import inspect_onnx
-from deploy.profiling.blocks_file import BlocksFile
-from deploy.profiling.subgraphs import Subgraphs, write_subgraphs
+from deploy.profiling.blocks_file import BlockEntry, BlocksFile
+from deploy.profiling.subgraphs import write_subgraphs
 from deploy.profiling.table import BatchTable, BlockLatency, LatencyTable
 from deploy.records import BenchConfig, LatencyRecord
 from deploy.runners.base import Runner
@@ -68,7 +68,16 @@ def profile_blocks(
         records = time_files(
             files, backend, precision, threads, config, Path(folder), monitor, trtexec, log
         )
-    return _table(records, cut, blocks, model_path, backend, precision, threads, fingerprint)
+    return table_from_records(
+        records,
+        blocks.blocks,
+        cut.baseline_of,
+        model_sha256=file_sha256(model_path),
+        backend=backend,
+        precision=precision,
+        threads=threads,
+        fingerprint=fingerprint,
+    )
 
 
 def time_files(
@@ -135,25 +144,29 @@ def _trtexec_records(
     return records
 
 
-def _table(
+def table_from_records(
     records: list[LatencyRecord],
-    cut: Subgraphs,
-    blocks: BlocksFile,
-    model_path: Path,
+    entries: Sequence[BlockEntry],
+    baseline_of: Mapping[str, str],
+    *,
+    model_sha256: str,
     backend: str,
     precision: str,
     threads: int | None,
     fingerprint: dict[str, Any],
 ) -> LatencyTable:
+    """The table from timings named "network", "skeleton", "block:<name>" and
+    "baseline:<shape key>" (`baseline_of` maps each block of `entries` to its key), however
+    they were timed: ONNX subgraphs here, torch modules in compressor.prune.torch_table."""
     by_key = {(r.model, r.batch): r for r in records}
     batches = {}
     for batch in sorted({r.batch for r in records}):
         network = by_key[(NETWORK, batch)]
         skeleton = by_key[(SKELETON, batch)].p50_ms
         alone = {}
-        for entry in blocks.blocks:
+        for entry in entries:
             block = by_key[(f"block:{entry.name}", batch)]
-            baseline = by_key[(f"baseline:{cut.baseline_of[entry.name]}", batch)].p50_ms
+            baseline = by_key[(f"baseline:{baseline_of[entry.name]}", batch)].p50_ms
             alone[entry.name] = (block, baseline, max(0.0, block.p50_ms - baseline))
         total = sum(cost for _, _, cost in alone.values())
         scale = max(0.0, network.p50_ms - skeleton) / total if total > 0 else 0.0
@@ -168,11 +181,11 @@ def _table(
                 params=entry.params,
                 stage=entry.stage,
             )
-            for entry in blocks.blocks
+            for entry in entries
         }
         batches[batch] = BatchTable(network.p50_ms, network.run_cv, skeleton, scale, table)
     return LatencyTable(
-        model_sha256=file_sha256(model_path),
+        model_sha256=model_sha256,
         backend=backend,
         precision=precision,
         threads=threads,
@@ -182,4 +195,11 @@ def _table(
     )
 
 
-__all__ = ["PROFILE_BACKENDS", "profile_blocks", "time_files"]
+__all__ = [
+    "NETWORK",
+    "PROFILE_BACKENDS",
+    "SKELETON",
+    "profile_blocks",
+    "table_from_records",
+    "time_files",
+]

@@ -85,6 +85,7 @@ def test_default_augmentation_per_dataset():
 
 # --- CIFAR in the dataset's own "python version" format -------------------------------------
 
+
 def _dump(path: Path, obj: dict, *, numpy1_globals: bool = False) -> None:
     """Pickle like the official files; optionally with numpy 1.x module names as they have."""
     blob = pickle.dumps(obj, protocol=2)
@@ -102,13 +103,27 @@ def _write_cifar10(root: Path, per_batch: int = 20, n_test: int = 10) -> Path:
     folder.mkdir(parents=True)
     for i in range(1, 6):
         labels = [(j + i) % 10 for j in range(per_batch)]
-        _dump(folder / f"data_batch_{i}", {b"data": _images(per_batch, i), b"labels": labels,
-                                           b"batch_label": b"training batch"},
-              numpy1_globals=i == 1)
-    _dump(folder / "test_batch", {b"data": _images(n_test, 0),
-                                  b"labels": [j % 10 for j in range(n_test)]})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-             b"ship", b"truck"]
+        _dump(
+            folder / f"data_batch_{i}",
+            {b"data": _images(per_batch, i), b"labels": labels, b"batch_label": b"training batch"},
+            numpy1_globals=i == 1,
+        )
+    _dump(
+        folder / "test_batch",
+        {b"data": _images(n_test, 0), b"labels": [j % 10 for j in range(n_test)]},
+    )
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     _dump(folder / "batches.meta", {b"label_names": names, b"num_cases_per_batch": per_batch})
     return folder
 
@@ -118,10 +133,21 @@ def _write_cifar100(root: Path, n_train: int = 200, n_test: int = 50) -> Path:
     folder.mkdir(parents=True)
     for name, n in (("train", n_train), ("test", n_test)):
         fine = [j % 100 for j in range(n)]
-        _dump(folder / name, {b"data": _images(n, 7), b"fine_labels": fine,
-                              b"coarse_labels": [f // 5 for f in fine]})
-    _dump(folder / "meta", {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                            b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})
+        _dump(
+            folder / name,
+            {
+                b"data": _images(n, 7),
+                b"fine_labels": fine,
+                b"coarse_labels": [f // 5 for f in fine],
+            },
+        )
+    _dump(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        },
+    )
     return folder
 
 
@@ -147,8 +173,9 @@ def test_cifar10_loads_from_real_format(tmp_path, point_at):
 
 def test_cifar100_loads_fine_labels_and_resizes(tmp_path):
     _write_cifar100(tmp_path)
-    data = load_data(DataConfig(name="cifar100", root=str(tmp_path), val_fraction=0.5,
-                                image_size=16))
+    data = load_data(
+        DataConfig(name="cifar100", root=str(tmp_path), val_fraction=0.5, image_size=16)
+    )
     assert (len(data.train), len(data.val), len(data.test)) == (100, 100, 50)
     assert data.num_classes == 100 and data.class_names[99] == "class99"
     assert data.test.images.shape == (50, 3, 16, 16)
@@ -194,9 +221,15 @@ def test_corrupt_or_hostile_cifar_files_are_input_errors(tmp_path):
 
 # --- configs ----------------------------------------------------------------------------------
 
+
 def test_config_round_trips_and_rejects_unknown_keys():
-    config = DataConfig(name="cifar10", root="/data", image_size=24, seed=3,
-                        augment=AugmentConfig(crop_padding=2, hflip=False))
+    config = DataConfig(
+        name="cifar10",
+        root="/data",
+        image_size=24,
+        seed=3,
+        augment=AugmentConfig(crop_padding=2, hflip=False),
+    )
     assert DataConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="data.nmae"):
         DataConfig.from_dict({"nmae": "digits"})
@@ -206,18 +239,25 @@ def test_config_round_trips_and_rejects_unknown_keys():
         DataConfig.from_dict({"augment": {"crop_padding": 1}})
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"name": "mnist"}, "data.name"), ({"val_fraction": 1.5}, "data.val_fraction"),
-    ({"test_fraction": 0}, "data.test_fraction"), ({"image_size": 2}, "data.image_size"),
-    ({"limit_train": 0}, "data.limit_train"), ({"seed": True}, "data.seed"),
-    ({"augment": {"crop_padding": -1, "hflip": True}}, "augment.crop_padding"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"name": "mnist"}, "data.name"),
+        ({"val_fraction": 1.5}, "data.val_fraction"),
+        ({"test_fraction": 0}, "data.test_fraction"),
+        ({"image_size": 2}, "data.image_size"),
+        ({"limit_train": 0}, "data.limit_train"),
+        ({"seed": True}, "data.seed"),
+        ({"augment": {"crop_padding": -1, "hflip": True}}, "augment.crop_padding"),
+    ],
+)
 def test_invalid_values_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         DataConfig.from_dict(bad)
 
 
 # --- augmentation and batching ----------------------------------------------------------------
+
 
 def test_augment_keeps_shape_and_is_deterministic_by_generator(dt_digits):
     images = dt_digits.train.images[:64]
@@ -231,8 +271,9 @@ def test_augment_keeps_shape_and_is_deterministic_by_generator(dt_digits):
 
 def test_hflip_flips_about_half_and_nothing_else():
     images = torch.randn(200, 3, 5, 7)
-    out = augment_batch(images, AugmentConfig(crop_padding=0, hflip=True),
-                        torch.Generator().manual_seed(0))
+    out = augment_batch(
+        images, AugmentConfig(crop_padding=0, hflip=True), torch.Generator().manual_seed(0)
+    )
     flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
     kept = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -241,20 +282,25 @@ def test_hflip_flips_about_half_and_nothing_else():
 
 def test_crop_is_a_shifted_window_of_the_zero_padded_image():
     images = torch.randn(16, 2, 6, 6)
-    out = augment_batch(images, AugmentConfig(crop_padding=2, hflip=False),
-                        torch.Generator().manual_seed(1))
+    out = augment_batch(
+        images, AugmentConfig(crop_padding=2, hflip=False), torch.Generator().manual_seed(1)
+    )
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for o, p in zip(out, padded, strict=True):
-        windows = [p[:, y:y + 6, x:x + 6] for y in range(5) for x in range(5)]
+        windows = [p[:, y : y + 6, x : x + 6] for y in range(5) for x in range(5)]
         assert any(torch.equal(o, w) for w in windows)
     assert not torch.equal(out, images)  # some sample moved
 
 
 def test_iterate_batches_covers_each_sample_once(dt_digits):
     split = dt_digits.val
-    seen = [y for _, labels in iterate_batches(split, 50, shuffle=True,
-                                               generator=torch.Generator().manual_seed(0))
-            for y in labels.tolist()]
+    seen = [
+        y
+        for _, labels in iterate_batches(
+            split, 50, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        for y in labels.tolist()
+    ]
     assert sorted(seen) == sorted(split.labels.tolist())
     ordered = torch.cat([x for x, _ in iterate_batches(split, 50, shuffle=False)])
     assert torch.equal(ordered, split.images)

@@ -222,7 +222,11 @@ def test_knapsack_keeps_forced_blocks_and_refuses_an_unreachable_budget() -> Non
         ({"blocks": 2, "latency_table": "t.json"}, "prune.latency_table: only with"),
         ({"latency_fraction": 1.5}, "prune.latency_fraction"),
         ({"latency_ms": 0}, "prune.latency_ms"),
-        ({"latency_ms": 1, "latency_backend": "torch"}, "prune.latency_backend"),
+        ({"latency_ms": 1, "latency_backend": "tflite"}, "prune.latency_backend"),
+        (
+            {"latency_ms": 1, "latency_backend": "torch", "latency_precision": "fp16"},
+            "fp32 modules",
+        ),
     ],
 )
 def test_latency_keys_are_checked(keys: dict, message: str) -> None:
@@ -267,6 +271,28 @@ def test_a_table_from_another_device_drives_pruning_with_the_mismatch_recorded(
     assert step["predicted_ms"] > 0 and step["measured_ms"] > 0
     assert step["removed"] and record["removed"] == latency["steps"][-1]["removed"]
     assert not (tmp_path / "ticket" / "latency_table.json").exists()  # it came from the file
+
+
+def test_a_torch_table_and_torch_timed_candidates(tmp_path) -> None:
+    """prune.latency_backend: torch (CUDA where there is one, here the CPU)."""
+    from compressor.recipe.sections import load_recipe
+    from compressor.workflows.stages import prune_stage
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: {name: resnet20}\n"
+        "data: {name: digits, image_size: 16}\n"
+        "prune: {latency_fraction: 0.7, latency_backend: torch, criterion: grasp}\n"
+    )
+    prune_stage(load_recipe(str(recipe)), tmp_path / "ticket")
+    latency = json.loads((tmp_path / "ticket" / "prune.json").read_text())["latency"]
+    assert latency["backend"] == "torch" and latency["precision"] == "fp32"
+    table = read_table(tmp_path / "ticket" / "latency_table.json")
+    one = table.batch(1)
+    assert len(one.blocks) == 7 and 0 < one.skeleton_ms < one.network_ms
+    assert {r["backend"] for r in table.records} == {"torch"}
+    last = latency["steps"][-1]
+    assert last["measured_ms"] > 0 and 0.3 < last["measured_fraction"] < 0.95
 
 
 def test_a_budget_measured_here_is_met_and_its_table_kept(tmp_path, monkeypatch) -> None:

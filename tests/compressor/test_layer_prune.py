@@ -121,5 +121,6 @@ def test_after_training_the_trained_weights_choose_and_the_rewind_weights_stay(
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in ticket.state_dict().items())
     assert all(torch.equal(v, trained_state[k]) for k, v in trained.state_dict().items())
     with pytest.raises(UnsupportedModelError, match="rewind weights do not fit resnet20"):
-        prune_after_training(trained, {"fc.weight": theta0["fc.weight"]}, SPEC, images, labels,
-                             config)
+        prune_after_training(
+            trained, {"fc.weight": theta0["fc.weight"]}, SPEC, images, labels, config
+        )

@@ -18,8 +18,16 @@ from compressor.training.config import TrainConfig, resolve_device
 from compressor.training.evaluate import evaluate
 from compressor.training.loop import train
 
-METRIC_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                 "epoch_seconds", "elapsed_seconds"}
+METRIC_FIELDS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "elapsed_seconds",
+}
 
 
 class TinyCNN(nn.Module):
@@ -29,10 +37,15 @@ class TinyCNN(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(32, 10)
 
@@ -83,8 +96,9 @@ def _equal_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def test_three_epochs_learn_digits_and_log_every_epoch(dt_digits, tmp_path):
     model = TinyCNN()
-    result = train(model, dt_digits, _config(epochs=3, batch_size=32), tmp_path,
-                   describe={"model": "tiny"})
+    result = train(
+        model, dt_digits, _config(epochs=3, batch_size=32), tmp_path, describe={"model": "tiny"}
+    )
     assert result.final_val_acc > 0.5 and result.test_acc > 0.5  # chance is 0.1
     assert result.epochs_run == 3 and result.device == "cpu"
     assert result.best_val_acc >= result.final_val_acc
@@ -189,8 +203,12 @@ def _lrs(metrics_path: str) -> list[float]:
 
 
 def test_schedule_lr_per_epoch(dt_small_digits, tmp_path):
-    step = train(TinyCNN(), dt_small_digits,
-                 _config(epochs=4, schedule="step", milestones=(0.5,), gamma=0.1), tmp_path / "s")
+    step = train(
+        TinyCNN(),
+        dt_small_digits,
+        _config(epochs=4, schedule="step", milestones=(0.5,), gamma=0.1),
+        tmp_path / "s",
+    )
     assert _lrs(step.metrics) == pytest.approx([0.05, 0.05, 0.005, 0.005])
     cosine = train(TinyCNN(), dt_small_digits, _config(epochs=3, warmup_epochs=1), tmp_path / "c")
     lrs = _lrs(cosine.metrics)
@@ -239,14 +257,24 @@ def test_train_config_round_trips_and_rejects_unknown_keys():
         TrainConfig.from_dict({"lr": 0.1})
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"epochs": 0}, "train.epochs"), ({"lr": -0.1}, "train.lr"), ({"lr": math.nan}, "train.lr"),
-    ({"batch_size": 2.5}, "train.batch_size"), ({"momentum": 1.0}, "train.momentum"),
-    ({"schedule": "linear"}, "train.schedule"), ({"device": "tpu"}, "train.device"),
-    ({"milestones": (0.75, 0.5)}, "train.milestones"), ({"warmup_epochs": 3}, "train.warmup"),
-    ({"progress": "verbose"}, "train.progress"), ({"amp": "yes"}, "train.amp"),
-    ({"momentum": 0.0}, "train.nesterov"), ({"threads": 0}, "train.threads"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"epochs": 0}, "train.epochs"),
+        ({"lr": -0.1}, "train.lr"),
+        ({"lr": math.nan}, "train.lr"),
+        ({"batch_size": 2.5}, "train.batch_size"),
+        ({"momentum": 1.0}, "train.momentum"),
+        ({"schedule": "linear"}, "train.schedule"),
+        ({"device": "tpu"}, "train.device"),
+        ({"milestones": (0.75, 0.5)}, "train.milestones"),
+        ({"warmup_epochs": 3}, "train.warmup"),
+        ({"progress": "verbose"}, "train.progress"),
+        ({"amp": "yes"}, "train.amp"),
+        ({"momentum": 0.0}, "train.nesterov"),
+        ({"threads": 0}, "train.threads"),
+    ],
+)
 def test_invalid_train_values_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{"epochs": 3, **bad})
@@ -265,6 +293,7 @@ def test_cuda_amp_training_resumes(dt_small_digits, tmp_path):
 
 
 # --- atomic writes (every checkpoint and metrics file goes through them) ----------------------
+
 
 def test_atomic_writes_replace_whole_files(tmp_path):
     target = tmp_path / "sub" / "file.txt"
@@ -308,7 +337,9 @@ def test_rewind_points_save_the_weights_reached_at_those_epochs(dt_small_digits,
     finally:
         _Run.save_checkpoint = save
     assert sorted(p.name for p in tmp_path.glob("rewind_*")) == [
-        "rewind_e000.safetensors", "rewind_e002.safetensors"]
+        "rewind_e000.safetensors",
+        "rewind_e002.safetensors",
+    ]
     kept = {0: theta_0, 2: seen[2]}
     for epoch, expected in kept.items():
         snapshot = load_file(str(rewind_path(tmp_path, epoch)))

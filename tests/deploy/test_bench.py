@@ -209,9 +209,7 @@ def test_one_repeat_has_no_run_to_run_cv() -> None:
 def test_rotation_carries_across_runs_and_every_run_gets_an_iteration() -> None:
     log: list[str] = []
     runners = {name: LoggingRunner(name, log) for name in ("a", "b")}
-    config = BenchConfig(
-        warmup_iters=0, iterations=1, repeats=3, block_iters=1, lead_in_seconds=0
-    )
+    config = BenchConfig(warmup_iters=0, iterations=1, repeats=3, block_iters=1, lead_in_seconds=0)
     records = benchmark_side_by_side(runners, config)
     assert log == ["a", "b", "b", "a", "a", "b"]  # one round per run, order still rotating
     assert [r.iterations for r in records] == [3, 3]

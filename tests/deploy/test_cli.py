@@ -253,9 +253,7 @@ def test_torch_backend_runs_a_torch_export_file_only_when_trusted(
         torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
     ).eval()
     example = (torch.zeros(2, 1, 8, 8),)
-    program = torch.export.export(
-        model, example, dynamic_shapes=({0: torch.export.Dim("batch")},)
-    )
+    program = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
     path = tmp_path / "tiny.pt2"
     torch.export.save(program, path)
     output = tmp_path / "r.json"
