@@ -36,6 +36,10 @@ _API = {
     "deploy.results.files": ("ResultFile", "read_results", "write_results"),
     "deploy.results.report": ("build_report",),
     "deploy.results.compare": ("compare_results",),
+    "deploy.profiling.blocks_file": ("BlocksFile", "read_blocks"),
+    "deploy.profiling.profile_blocks": ("profile_blocks",),
+    "deploy.profiling.table": ("LatencyTable", "read_table", "write_table"),
+    "deploy.profiling.node_times": ("onnxruntime_node_times",),
 }
 __all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _API)

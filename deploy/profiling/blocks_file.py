@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,15 +131,11 @@ def _text(path: Path, key: str, value: Any) -> str:
     return value
 
 
-def block_names(blocks: BlocksFile, wanted: Sequence[str] | None = None) -> list[str]:
-    """The names in `wanted` (all when None), refusing one the file does not list."""
-    names = [b.name for b in blocks.blocks]
-    if wanted is None:
-        return names
-    unknown = [name for name in wanted if name not in names]
-    if unknown:
-        raise DeployInputError(f"blocks {unknown} are not in the blocks file; it lists {names}")
-    return list(wanted)
-
-
-__all__ = ["BlockEntry", "BlocksFile", "block_names", "read_blocks", "write_blocks"]
+__all__ = [
+    "BlockEntry",
+    "BlocksFile",
+    "default_blocks_path",
+    "read_blocks",
+    "read_format_file",
+    "write_blocks",
+]
