@@ -17,6 +17,7 @@ and the mismatch is recorded and warned about, never silent.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,15 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.errors import ConfigError
+from compressor.errors import ConfigError, InputError
 from compressor.models.blocks import BlockInfo
 from compressor.models.spec import remove_blocks_
 from compressor.prune.knapsack import cover_budget
 from compressor.prune.torch_table import time_modules, torch_block_table
-from deploy.errors import DeployError
+from deploy.errors import DeployConfigError, DeployError
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import summary_line
-from deploy.profiling.blocks_file import BlockEntry, BlocksFile, write_blocks
+from deploy.machine.stability import timing_warnings
+from deploy.profiling.blocks_file import BlockEntry, BlocksFile, default_blocks_path, write_blocks
 from deploy.profiling.profile_blocks import profile_blocks, time_files
 from deploy.profiling.table import LatencyTable, read_table
 from deploy.records import BenchConfig, LatencyRecord
@@ -89,10 +91,10 @@ def blocks_file(blocks: Sequence[BlockInfo], result: ExportResult) -> BlocksFile
 def export_with_blocks(
     model: nn.Module, example: torch.Tensor, path: Path, blocks: Sequence[BlockInfo]
 ) -> BlocksFile:
-    """The model as ONNX at `path` and its blocks file beside it (blocks.json)."""
+    """The model as ONNX at `path` and its blocks file beside it (default_blocks_path)."""
     result = export_onnx(model, example, path, ExportConfig(), blocks=[b.name for b in blocks])
     described = blocks_file(blocks, result)
-    write_blocks(path.with_name("blocks.json"), described)
+    write_blocks(default_blocks_path(path), described)
     return described
 
 
@@ -103,9 +105,12 @@ def prune_to_latency(
     budget: LatencyBudget,
     example: torch.Tensor,
     log: Callable[[str], object] = print,
+    every: Sequence[str] | None = None,
 ) -> BudgetOutcome:
     """The blocks of `removable` to remove from `model` (theta_0) so that it meets `budget`,
-    measured."""
+    measured. `every`: the names of all the model's blocks (default: `removable`'s), which
+    a table of another model is recognised by."""
+    every = list(every) if every is not None else [b.name for b in removable]
     candidates = [b.name for b in removable]
     threads = default_threads()
     session = BenchSession(threads)
@@ -124,7 +129,18 @@ def prune_to_latency(
                     threads=threads, monitor=session.monitor,
                 )  # fmt: skip
             else:
-                table = _profile(ctx.dense_onnx, blocks, config, session, budget, threads, log)
+                try:
+                    table = _profile(ctx.dense_onnx, blocks, config, session, budget, threads, log)
+                except DeployConfigError as exc:  # a setting: exit 2, named by its key
+                    raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+                except DeployError as exc:  # trtexec or TensorRT missing: exit 1
+                    raise InputError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+            table = _with_warnings(table, session)
+            if table.warnings:
+                warnings.append(
+                    f"the latency table's timings earned {len(table.warnings)} measurement "
+                    f"warnings (in latency_table.json), e.g. {table.warnings[0]}"
+                )
         else:
             table = read_table(budget.table)
             warnings += _table_mismatch(table, session.fingerprint, budget)
@@ -133,19 +149,17 @@ def prune_to_latency(
         if target_ms >= dense_ms:
             raise ConfigError(
                 f"prune.latency_ms {target_ms:.4g}: the dense network already takes "
-                f"{dense_ms:.4g} ms in the table; give a smaller budget"
+                f"{dense_ms:.4g} ms in the table ({table.backend}, batch {budget.batch}); give "
+                "a smaller budget"
             )
+        _check_table_fits(table.batch(budget.batch).blocks, removable, every, budget.table)
         costs = {n: b.cost_ms for n, b in table.batch(budget.batch).blocks.items()}
-        missing = sorted(set(candidates) - set(costs))
-        if missing:
-            raise ConfigError(
-                f"prune.latency_table: blocks {missing} are not in {budget.table}; "
-                "measure the table on this model's dense ONNX"
-            )
-        steps = _measure_steps(ctx, table, costs, scores, candidates, target_ms, log)
+        steps, step_warnings = _measure_steps(ctx, table, costs, scores, candidates, target_ms, log)
+        warnings += step_warnings
     final = steps[-1]
     target_fraction = target_ms / dense_ms
-    if final["measured_fraction"] > target_fraction:
+    within_noise = any("cannot resolve" in w for w in step_warnings)
+    if final["measured_fraction"] > target_fraction and not within_noise:
         warnings.append(
             f"after {len(steps)} steps the ticket measures {final['measured_fraction']:.3f} of "
             f"the dense latency here, above the budget's {target_fraction:.3f}"
@@ -164,6 +178,39 @@ def prune_to_latency(
         "warnings": warnings,
     }
     return BudgetOutcome(list(final["removed"]), record, table, warnings)
+
+
+def _check_table_fits(
+    table: dict[str, Any],
+    removable: Sequence[BlockInfo],
+    every: Sequence[str],
+    source: str | None,
+) -> None:
+    """A table made on another model (another depth or width) is refused, naming a block it
+    gets wrong: its costs would be another network's."""
+    where = source or "the latency table"
+    foreign = sorted(set(table) - set(every))
+    missing = sorted({b.name for b in removable} - set(table))
+    if foreign or missing:
+        raise ConfigError(
+            f"prune.latency_table: {where} lists blocks this model does not have "
+            f"({foreign[:4]}) or lacks some it does ({missing[:4]}); measure the table on "
+            "this model's dense ONNX (`deploy profile-blocks`)"
+        )
+    for block in removable:
+        if table[block.name].macs != block.macs:
+            raise ConfigError(
+                f"prune.latency_table: block {block.name} has {table[block.name].macs:,} MACs "
+                f"in {where} and {block.macs:,} in this model (another width?); measure the "
+                "table on this model's dense ONNX (`deploy profile-blocks`)"
+            )
+
+
+def _with_warnings(table: LatencyTable, session: BenchSession) -> LatencyTable:
+    """The table with the warnings its timings earned (noisy or drifting, a busy machine)."""
+    records = [LatencyRecord.from_dict(r) for r in table.records]
+    found = timing_warnings(records, session.monitor.samples, session.limits)
+    return dataclasses.replace(table, warnings=found)
 
 
 def _profile(
@@ -225,8 +272,10 @@ def _time_candidate(
             ctx.session.monitor,
             log=log,
         )
-    except DeployError as exc:
+    except DeployConfigError as exc:
         raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
+    except DeployError as exc:
+        raise InputError(f"prune.latency_backend {budget.backend}: {exc}") from exc
 
 
 def _table_mismatch(table: LatencyTable, here: dict[str, Any], budget: LatencyBudget) -> list[str]:
@@ -254,22 +303,31 @@ def _measure_steps(
     candidates: Sequence[str],
     target_ms: float,
     log: Callable[[str], object],
-) -> list[dict[str, Any]]:
-    """Choose, build, time; remove more while the measurement misses the budget."""
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Choose, build, time; remove more while the measurement misses the budget by more
+    than the timings' own run-to-run variation. The steps and what to warn about."""
     budget = ctx.budget
     dense_ms = table.batch(budget.batch).network_ms
     target_fraction = target_ms / dense_ms
     need = dense_ms - target_ms
     removed: list[str] = []
     steps: list[dict[str, Any]] = []
+    warnings: list[str] = []
     for step in range(1, budget.steps + 1):
-        removed = cover_budget(scores, costs, need, candidates=candidates, forced=removed)
+        chosen = cover_budget(scores, costs, need, candidates=candidates, forced=removed)
+        if step > 1 and len(chosen) == len(removed):  # the table says it already covers
+            rest = [name for name in candidates if name not in removed]
+            need = sum(costs[name] for name in removed) + min(costs[n] for n in rest) / 2
+            chosen = cover_budget(scores, costs, need, candidates=candidates, forced=removed)
+        removed = chosen
         predicted = table.predict_ms(removed, budget.batch)
         ticket = copy.deepcopy(ctx.model)
         remove_blocks_(ticket, removed, example=ctx.example[:1])
         records = _time_candidate(ctx, ticket, step, log)
         p50 = {r.model: r.p50_ms for r in records}
+        cv = {r.model: r.run_cv for r in records}
         fraction = p50["candidate"] / p50["dense"]
+        noise = max(value or 0.0 for value in cv.values())
         steps.append(
             {
                 "step": step,
@@ -279,20 +337,33 @@ def _measure_steps(
                 "measured_ms": p50["candidate"],
                 "measured_dense_ms": p50["dense"],
                 "measured_fraction": fraction,
-                "run_cv": {r.model: r.run_cv for r in records},
+                "run_cv": cv,
             }
         )
         log(
             f"[prune] latency step {step}: {len(removed)} blocks removed, predicted "
             f"{predicted:.4f} ms ({predicted / dense_ms:.3f} of dense), measured "
-            f"{p50['candidate']:.4f} ms ({fraction:.3f} of dense {p50['dense']:.4f} ms), "
-            f"budget {target_fraction:.3f}"
+            f"{p50['candidate']:.4f} ms ({fraction:.3f} of dense {p50['dense']:.4f} ms, run "
+            f"CV up to {100 * noise:.1f}%), budget {target_fraction:.3f}"
         )
+        if len(steps) > 1 and fraction > steps[-2]["measured_fraction"]:
+            warnings.append(
+                f"step {step} removed more blocks than step {step - 1} but measured slower "
+                f"({fraction:.3f} against {steps[-2]['measured_fraction']:.3f} of dense): the "
+                "timings on this machine are noisier than the differences being measured"
+            )
         if fraction <= target_fraction or len(removed) == len(candidates):
+            break
+        if fraction - target_fraction <= noise * fraction:
+            warnings.append(
+                f"the ticket measures {fraction:.3f} of the dense latency, over the budget's "
+                f"{target_fraction:.3f} by less than the run-to-run variation ({100 * noise:.1f}%"
+                "); no more blocks removed on a difference the timings cannot resolve"
+            )
             break
         need += (fraction - target_fraction) * dense_ms  # the shortfall, in the table's ms
         need = min(need, sum(costs[name] for name in candidates))
-    return steps
+    return steps, warnings
 
 
 __all__ = [

@@ -74,7 +74,7 @@ class LayerPruneConfig:
         default=None, metadata=real(0, 1, above=True, optional=True, noun="")
     )
     latency_fraction: float | None = field(
-        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+        default=None, metadata=real(0, 1, above=True, below=True, optional=True, noun="")
     )
     latency_ms: float | None = field(default=None, metadata=real(0, above=True, optional=True))
     # A table from `deploy profile-blocks` (measured on the target device); None: measured
@@ -121,6 +121,11 @@ class LayerPruneConfig:
         if len(given) != 1:
             raise ConfigError(
                 f"prune: give exactly one of {', '.join(AMOUNTS)} (got {given or 'none'})"
+            )
+        if self.latency_backend == "onnxruntime" and self.latency_precision not in (None, "fp32"):
+            raise ConfigError(
+                f"prune.latency_precision {self.latency_precision}: onnxruntime times the FP32 "
+                "export; other precisions need latency_backend tensorrt or trtexec"
             )
         if self.latency_backend == "torch" and self.latency_precision not in (None, "fp32"):
             raise ConfigError(
@@ -356,7 +361,9 @@ def _prune(
             blocks, scores, config, dense_macs=dense_macs, model_name=spec.model
         )
     else:
-        outcome = measured or prune_to_latency(model, removable, scores, budget, images, log=_log)
+        outcome = measured or prune_to_latency(
+            model, removable, scores, budget, images, log=_log, every=[b.name for b in blocks]
+        )
         removed = outcome.removed
     warnings = _score_warnings(model, removable, scored, len(removed), config, batch[0])
     ticket = copy.deepcopy(model)

@@ -48,7 +48,7 @@ class ShrinkConfig:
     # model's, or <= latency_ms (bisection on the ratio, each probe built, exported and
     # timed side by side with the unshrunk model: compressor/prune/shrink_latency.py).
     latency_fraction: float | None = field(
-        default=None, metadata=real(0, 1, above=True, optional=True, noun="")
+        default=None, metadata=real(0, 1, above=True, below=True, optional=True, noun="")
     )
     latency_ms: float | None = field(default=None, metadata=real(0, above=True, optional=True))
     latency_backend: str = field(

@@ -65,6 +65,7 @@ def shrink_to_latency(
                     f"shrink.latency_backend {config.latency_backend}: {exc}"
                 ) from exc
             p50 = {r.model: r.p50_ms for r in records}
+            cv = {r.model: r.run_cv for r in records}
             fraction = p50["probe"] / p50["unshrunk"]
             macs = result.macs_after / result.macs_before
             probes.append(
@@ -74,6 +75,7 @@ def shrink_to_latency(
                     "unshrunk_ms": p50["unshrunk"],
                     "fraction": fraction,
                     "macs_fraction": macs,
+                    "run_cv": cv,
                 }
             )
             log(
@@ -88,6 +90,12 @@ def shrink_to_latency(
             alone = time_files({"unshrunk": base}, config.latency_backend, None, threads,
                                bench, work, monitor, log=log)  # fmt: skip
             target = float(config.latency_ms) / alone[0].p50_ms
+            if target >= 1:
+                raise ConfigError(
+                    f"shrink.latency_ms {config.latency_ms:g}: the unshrunk model already takes "
+                    f"{alone[0].p50_ms:.4g} ms here ({config.latency_backend}, batch "
+                    f"{config.latency_batch}); give a smaller budget"
+                )
         low, high = 0.0, _fewest_macs_ratio(model, example, config, calibration)
         best = high if probe(high) <= target else None
         if best is not None:
@@ -105,6 +113,8 @@ def shrink_to_latency(
             f"{target:.3f}; shrunk at {high:.2f}"
         )
         best = high
+    for line in warnings:
+        log(f"[shrink] warning: {line}")
     result = shrink_channels_(model, example, config.at_ratio(best), calibration)
     record = {
         "budget_fraction": target,

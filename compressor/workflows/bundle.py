@@ -26,6 +26,7 @@ from compressor.recipe.sections import recipe_from_dict
 from deploy.evaluate import save_labelled
 from deploy.files import atomic_copy, file_sha256, work_directory
 from deploy.paths import check_output_path
+from deploy.profiling.blocks_file import default_blocks_path
 
 SCHEMA = "compressor.bundle/1"
 PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
@@ -53,7 +54,7 @@ def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int 
                 name = f"{variant['name']}{PRECISION_SUFFIX[precision]}"
                 atomic_copy(entry["path"], staging / name)
                 files[name] = file_sha256(staging / name)
-                blocks = Path(entry["path"]).with_name("blocks.json")
+                blocks = default_blocks_path(Path(entry["path"]))
                 if precision == "fp32" and blocks.is_file():  # for `deploy profile-blocks`
                     atomic_copy(blocks, staging / f"{variant['name']}.blocks.json")
                 models.append(

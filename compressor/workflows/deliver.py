@@ -22,7 +22,7 @@ from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.files import file_sha256
 from deploy.machine.cpus import default_threads
 from deploy.machine.state import MachineMonitor
-from deploy.profiling.blocks_file import write_blocks
+from deploy.profiling.blocks_file import default_blocks_path, write_blocks
 from deploy.results.files import format_table
 from deploy.runners import OnnxRuntimeRunner
 from deploy.runners.torch_runner import TorchRunner
@@ -81,7 +81,7 @@ def export_variant(
     try:  # with blocks.json beside it, `deploy profile-blocks` can time its blocks
         result = export([b.name for b in blocks])
         if blocks:
-            write_blocks(onnx_path.with_name("blocks.json"), blocks_file(blocks, result))
+            write_blocks(default_blocks_path(onnx_path), blocks_file(blocks, result))
     except BlockBoundaryError as exc:
         log(f"[export] no blocks.json for {onnx_path}: {exc}")
         result = export([])

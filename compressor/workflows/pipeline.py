@@ -35,7 +35,7 @@ from compressor.workflows.deliver import benchmark_variants, export_precisions, 
 from compressor.workflows.export_probe import probe_export
 from compressor.workflows.facts import TrainedFacts
 from compressor.workflows.report import write_report
-from compressor.workflows.report_budget import budget_report
+from compressor.workflows.report_budget import budget_report, shrink_budget_report
 from compressor.workflows.stages import (
     dense_model,
     pretrained_info,
@@ -242,6 +242,7 @@ def _deliver(
         table if table.is_file() else _optional_path(recipe.prune.latency_table),
         ticket.removed_blocks,
     )
+    report["shrink_budget"] = shrink_budget_report(out_dir / "shrunk" / "shrink.json")
     failed = mark_comparable_(report, data.num_classes, recipe.report.max_accuracy_drop)
     json_path, md_path, plot_path = write_report(report, out_dir)
     log(f"[report] {md_path}")

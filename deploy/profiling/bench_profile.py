@@ -28,7 +28,11 @@ from deploy.profiling.node_times import (
     trtexec_node_times,
 )
 from deploy.records import BenchConfig, LatencyRecord
-from deploy.results.node_profile import format_node_times, write_node_profiles
+from deploy.results.node_profile import (
+    format_node_times,
+    read_node_profiles,
+    write_node_profiles,
+)
 
 PROFILE_BACKENDS = ("onnxruntime", "trtexec")
 # Profiled calls per batch, at most: onnxruntime's trace holds an event (~1 kB) per node per
@@ -50,7 +54,16 @@ def check_profile_request(backend: str, output: Path) -> Path:
             f"--exportProfile, and --backend {backend} has neither; use --backend "
             "onnxruntime or trtexec"
         )
-    return check_output_path(profile_path(output), "--profile file")
+    path = check_output_path(profile_path(output), "--profile file")
+    if path.exists():  # replaced only when it is a profile: never a model or other file
+        try:
+            read_node_profiles(path)
+        except DeployInputError:
+            raise DeployInputError(
+                f"--profile would replace {path}, which is not a per-node profile; choose "
+                "another --output (the profile goes to <output stem>.profile.json)"
+            ) from None
+    return path
 
 
 def profile_bench(

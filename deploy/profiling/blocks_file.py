@@ -74,10 +74,23 @@ def read_format_file(
 
 
 def default_blocks_path(model: Path) -> Path:
-    """`<stem>.blocks.json` beside the model (a bundle's dense.onnx), else `blocks.json`
-    (a run's dense/model.onnx)."""
-    own = model.with_name(f"{model.stem}.blocks.json")
-    return own if own.is_file() else model.with_name("blocks.json")
+    """Where a model's blocks file is written and looked for: `blocks.json` beside a run's
+    `model.onnx`, `<stem>.blocks.json` beside any other name (a bundle's dense.onnx, an
+    export to `resnet56.onnx`), so files exported into one folder keep their own."""
+    if model.name == "model.onnx":
+        return model.with_name("blocks.json")
+    return model.with_name(f"{model.stem}.blocks.json")
+
+
+def check_blocks_match(blocks: BlocksFile, path: Path, model: Path, model_sha256: str) -> None:
+    """Refuse a blocks file written for another export: its tensor names belong to that
+    file, and cutting this one by them builds wrong subgraphs."""
+    if blocks.model_sha256 != model_sha256:
+        raise DeployInputError(
+            f"blocks file {path} was written for another ONNX file (SHA-256 "
+            f"{blocks.model_sha256[:12]}..., {model.name} has {model_sha256[:12]}...); use the "
+            "blocks file written with this export, or export the model again"
+        )
 
 
 def write_blocks(path: str | os.PathLike[str], blocks: BlocksFile) -> Path:

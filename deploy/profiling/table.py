@@ -13,6 +13,7 @@ timed in the same run); the scale is recorded.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -144,12 +145,13 @@ def _batch_table(data: dict[str, Any]) -> BatchTable:
     blocks = {}
     for name, b in data["blocks"].items():
         block = BlockLatency(**b)
-        if not all(v >= 0 for v in (block.ms, block.baseline_ms, block.cost_ms)):
-            raise ValueError(f"block {name} has a negative time")
+        times = (block.ms, block.baseline_ms, block.alone_ms, block.cost_ms)
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in times):
+            raise ValueError(f"block {name} has a time that is not a number >= 0")
         blocks[str(name)] = block
     network = float(data["network_ms"])
-    if not network > 0:
-        raise ValueError("network_ms must be > 0")
+    if not (math.isfinite(network) and network > 0):
+        raise ValueError("network_ms must be a number > 0")
     return BatchTable(
         network,
         data.get("network_run_cv"),

@@ -78,6 +78,11 @@ __all__ = [
 _RESULT_SCHEMA_PREFIX = "deploy.results/"
 PROFILE_SUFFIX = ".profile.json"  # `deploy bench --profile` writes <result stem> + this
 PROFILE_ROWS = 5  # longest layers shown per profile under "Where the time goes"
+PROFILE_NOTE = (
+    "Per-node times come from a profiling pass of their own, after the timed runs, and carry "
+    "the profiler's overhead: compare their shares, not their milliseconds, with the table "
+    "above."
+)
 
 
 @dataclass(frozen=True)
@@ -254,7 +259,8 @@ def _profile_rows(profile: NodeProfile) -> list[tuple[str, str, str, str]]:
         share = ms / profile.total_ms if profile.total_ms > 0 else 0.0
         rows.append(
             (
-                f"{len(blocks)} removable blocks (longest: {max(blocks, key=blocks.__getitem__)})",
+                f"all {len(blocks)} removable blocks together, rows above included (longest: "
+                f"{max(blocks, key=blocks.__getitem__)})",
                 "blocks.json",
                 f"{ms:.4f}",
                 f"{100 * share:.1f}%",
@@ -264,7 +270,7 @@ def _profile_rows(profile: NodeProfile) -> list[tuple[str, str, str, str]]:
 
 
 def _profile_markdown(profiles: Sequence[tuple[Path, NodeProfile]]) -> list[str]:
-    lines = ["", "## Where the time goes", ""]
+    lines = ["", "## Where the time goes", "", PROFILE_NOTE, ""]
     for path, profile in profiles:
         lines += [f"{_markdown_cell(describe_profile(profile))} (`{path}`)", ""]
         lines += ["| layer | op | ms | share |", "|---|---|---:|---:|"]
@@ -296,7 +302,9 @@ def _profile_html(profiles: Sequence[tuple[Path, NodeProfile]]) -> str:
     if removed:
         items = "".join(f"<li>{esc(line)}</li>" for line in removed)
         parts.append(f"<p>Time the pruned models no longer spend:</p><ul>{items}</ul>")
-    return "<h2>Where the time goes</h2>" + "".join(parts) if parts else ""
+    if not parts:
+        return ""
+    return f"<h2>Where the time goes</h2><p>{esc(PROFILE_NOTE)}</p>" + "".join(parts)
 
 
 def render_markdown(

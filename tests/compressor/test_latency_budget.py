@@ -450,3 +450,117 @@ def test_deploy_report_says_what_time_the_removed_blocks_took(dense, tmp_path, c
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Time the pruned models no longer spend" in text
     assert "ticket (onnxruntime fp32, batch 1): its 2 removed blocks took" in text
+
+
+def test_profile_blocks_never_writes_over_its_inputs_or_other_files(dense, tmp_path, capsys):
+    """--output onto the model, its blocks file or an unrelated file is refused before any
+    timing, and each stays as it was; an earlier table is replaced."""
+    import hashlib
+    import shutil
+
+    _, path = dense
+    model = tmp_path / "dense.onnx"
+    shutil.copy(path, model)
+    shutil.copy(path.with_name("blocks.json"), tmp_path / "dense.blocks.json")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    for target, words in (
+        (model, "is an input of the profile"),
+        (tmp_path / "dense.blocks.json", "is an input of the profile"),
+        (notes, "exists and is not a latency table"),
+    ):
+        assert deploy_main(["profile-blocks", str(model), "--output", str(target), *FAST]) == 1
+        assert words in capsys.readouterr().err
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    table = tmp_path / "t.json"
+    for _ in range(2):  # a latency table is replaced
+        assert deploy_main(["profile-blocks", str(model), "--output", str(table), *FAST]) == 0
+
+
+def test_a_blocks_file_of_another_file_is_refused_by_its_hash(dense, tmp_path, capsys):
+    import shutil
+
+    _, path = dense
+    other = tmp_path / "model.onnx"
+    shutil.copy(path, other)
+    onnx_model = onnx.load(str(other))
+    onnx_model.doc_string = "edited"
+    onnx.save(onnx_model, str(other))
+    shutil.copy(path.with_name("blocks.json"), tmp_path / "blocks.json")
+    assert deploy_main(["profile-blocks", str(other), "--output", str(tmp_path / "t.json")]) == 1
+    assert "was written for another ONNX file" in capsys.readouterr().err
+
+
+def test_exports_into_one_folder_keep_their_own_blocks_files(tmp_path) -> None:
+    from deploy.profiling.blocks_file import default_blocks_path
+
+    torch.manual_seed(0)
+    example = torch.randn(2, 1, 16, 16)
+    for name in ("resnet8", "resnet20"):
+        model = create_model(name, num_classes=10, in_channels=1).eval()
+        blocks = [b for b in discover_blocks(model, example[:1]) if b.removable]
+        export_with_blocks(model, example, tmp_path / f"{name}.onnx", blocks)
+    assert default_blocks_path(tmp_path / "model.onnx") == tmp_path / "blocks.json"
+    eight = read_blocks(tmp_path / "resnet8.blocks.json")
+    twenty = read_blocks(tmp_path / "resnet20.blocks.json")
+    assert len(eight.blocks) < len(twenty.blocks)
+    assert not (tmp_path / "blocks.json").exists()
+
+
+def test_a_table_of_another_width_is_refused_naming_the_block(dense, tmp_path) -> None:
+    from compressor.recipe.sections import load_recipe
+    from compressor.workflows.stages import prune_stage
+
+    _, path = dense  # resnet20 at width 1.0
+    table = tmp_path / "t.json"
+    assert deploy_main(["profile-blocks", str(path), "--output", str(table), *FAST]) == 0
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: {name: resnet20, width: 0.5}\n"
+        "data: {name: digits, image_size: 16}\n"
+        f"prune: {{latency_fraction: 0.6, latency_table: {table}}}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"block layer1.0 has 1,179,648 MACs in .* \(another width"
+    ):
+        prune_stage(load_recipe(str(recipe)), tmp_path / "ticket")
+
+
+@pytest.mark.parametrize(
+    ("section", "keys", "message"),
+    [
+        ("prune", {"latency_fraction": 1.0}, "prune.latency_fraction"),
+        ("shrink", {"latency_fraction": 1.0}, "shrink.latency_fraction"),
+        ("prune", {"latency_fraction": 0.5, "latency_precision": "int8"}, "onnxruntime times"),
+    ],
+)
+def test_budgets_that_cannot_mean_anything_are_refused_up_front(section, keys, message):
+    from compressor.prune.shrink import ShrinkConfig
+
+    config = LayerPruneConfig if section == "prune" else ShrinkConfig
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict(keys)
+
+
+def test_a_shrink_budget_above_the_unshrunk_latency_is_refused() -> None:
+    from compressor.prune.shrink import ShrinkConfig
+    from compressor.prune.shrink_latency import shrink_to_latency
+
+    model = create_model("resnet8", num_classes=10, in_channels=1).eval()
+    config = ShrinkConfig.from_dict({"latency_ms": 1000.0, "latency_probes": 2})
+    with pytest.raises(ConfigError, match="shrink.latency_ms 1000: the unshrunk model already"):
+        shrink_to_latency(model, torch.randn(2, 1, 16, 16), config, None, log=lambda _: None)
+
+
+def test_bench_profile_never_replaces_a_file_that_is_not_a_profile(dense, tmp_path, capsys):
+    import shutil
+
+    _, path = dense
+    victim = tmp_path / "r.profile.json"
+    shutil.copy(path, victim)
+    before = victim.read_bytes()
+    code = deploy_main(["bench", str(path), "--profile", "--output", str(tmp_path / "r.json")])
+    assert code == 1
+    assert "which is not a per-node profile" in capsys.readouterr().err
+    assert victim.read_bytes() == before and not (tmp_path / "r.json").exists()
