@@ -35,7 +35,7 @@ from compressor.prune.torch_table import time_modules, torch_block_table
 from deploy.errors import DeployConfigError, DeployError
 from deploy.machine.cpus import default_threads
 from deploy.machine.fingerprint import summary_line
-from deploy.machine.stability import timing_warnings
+from deploy.machine.stability import load_warnings, timing_warnings
 from deploy.profiling.blocks_file import BlockEntry, BlocksFile, default_blocks_path, write_blocks
 from deploy.profiling.profile_blocks import profile_blocks, time_files
 from deploy.profiling.table import LatencyTable, read_table
@@ -136,11 +136,7 @@ def prune_to_latency(
                 except DeployError as exc:  # trtexec or TensorRT missing: exit 1
                     raise InputError(f"prune.latency_backend {budget.backend}: {exc}") from exc
             table = _with_warnings(table, session)
-            if table.warnings:
-                warnings.append(
-                    f"the latency table's timings earned {len(table.warnings)} measurement "
-                    f"warnings (in latency_table.json), e.g. {table.warnings[0]}"
-                )
+            warnings += _unstable_medians(table, session)
         else:
             table = read_table(budget.table)
             warnings += _table_mismatch(table, session.fingerprint, budget)
@@ -211,6 +207,23 @@ def _with_warnings(table: LatencyTable, session: BenchSession) -> LatencyTable:
     records = [LatencyRecord.from_dict(r) for r in table.records]
     found = timing_warnings(records, session.monitor.samples, session.limits)
     return dataclasses.replace(table, warnings=found)
+
+
+def _unstable_medians(table: LatencyTable, session: BenchSession) -> list[str]:
+    """What undermines the table's medians (all its warnings are in the table file): medians
+    that moved between runs more than the limit, and a busy machine. Single slow iterations
+    do not: the table is made of medians."""
+    limit = session.limits.max_run_cv
+    moved = [r["model"] for r in table.records if (r.get("run_cv") or 0.0) > limit]
+    notes = load_warnings(session.monitor.samples, session.limits)
+    if moved:
+        notes.insert(
+            0,
+            f"{len(moved)} of the latency table's {len(table.records)} timings moved more than "
+            f"{limit:.0%} between runs ({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}"
+            "); its costs are that uncertain",
+        )
+    return notes
 
 
 def _profile(
