@@ -23,12 +23,12 @@ from pathlib import Path
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
 from deploy.cli_options import (
     float_option,
-    fraction_option,
     int_option,
     optional_int,
     parse_batch_sizes,
     parse_shapes,
     precision_option,
+    stability_limits,
     threads_option,
     timing_config,
 )
@@ -44,7 +44,6 @@ from deploy.machine.fingerprint import (
     summary_line,
 )
 from deploy.machine.power import open_power_sampler
-from deploy.machine.stability import StabilityLimits
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import inspect_onnx
 from deploy.paths import check_output_path, same_file
@@ -93,11 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
     precision = precision_option(args.precision)
     threads = threads_option(args.threads)
-    limits = StabilityLimits(
-        max_cv=fraction_option("--max-cv", args.max_cv),
-        max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
-        max_load=fraction_option("--max-load", args.max_load),
-    )
+    limits = stability_limits(args)
     config = _bench_config(args)
     expected = _expected_top1(args)
     data = load_labelled(args.data) if args.data is not None else None

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from deploy.errors import DeployConfigError
+from deploy.machine.stability import StabilityLimits
 from deploy.onnx_info import PRECISIONS
 from deploy.records import BenchConfig
 
@@ -113,4 +114,13 @@ def timing_config(args: Any, **more: Any) -> BenchConfig:
         seed=int_option("--seed", args.seed, minimum=0),
         repeats=int_option("--repeats", args.repeats, minimum=1),
         **more,
+    )
+
+
+def stability_limits(args: Any) -> StabilityLimits:
+    """The measurement-warning limits of the flags `deploy bench` and `profile-blocks` share."""
+    return StabilityLimits(
+        max_cv=fraction_option("--max-cv", args.max_cv),
+        max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
+        max_load=fraction_option("--max-load", args.max_load),
     )

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from deploy.cli_options import (
-    fraction_option,
     precision_option,
+    stability_limits,
     threads_option,
     timing_config,
 )
@@ -17,7 +17,7 @@ from deploy.errors import DeployConfigError, DeployInputError, MeasurementError
 from deploy.files import file_sha256, output_lock
 from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
 from deploy.machine.fingerprint import clock_warnings, require_locked_clocks, summary_line
-from deploy.machine.stability import StabilityLimits, timing_warnings
+from deploy.machine.stability import timing_warnings
 from deploy.onnx_files import check_onnx_file
 from deploy.paths import check_output_path, same_file
 from deploy.profiling.blocks_file import check_blocks_match, default_blocks_path, read_blocks
@@ -40,11 +40,7 @@ def profile_blocks_command(args: argparse.Namespace) -> int:
         )
     precision = precision_option(args.precision)
     threads = threads_option(args.threads)
-    limits = StabilityLimits(
-        max_cv=fraction_option("--max-cv", args.max_cv),
-        max_run_cv=fraction_option("--max-run-cv", args.max_run_cv),
-        max_load=fraction_option("--max-load", args.max_load),
-    )
+    limits = stability_limits(args)
     config = timing_config(args, block_iters=PROFILE_BLOCK_ITERS)
     check_onnx_file(args.model)  # a model that is no ONNX file is named as such first
     blocks_path = args.blocks or default_blocks_path(args.model)
