@@ -43,6 +43,9 @@ ALLOWED = {
     ("compressor/atomic.py", "save", "obj"): "torch.save into atomic_file's handle",
     ("deploy/evaluate.py", "savez", "handle"): "np.savez into atomic_file's handle",
     ("compressor/workflows/report.py", "savefig", "buffer"): "rendered to memory, then atomic",
+    ("compressor/workflows/report_budget.py", "savefig", "buffer"): (
+        "rendered to memory, then atomic"
+    ),
     ("deploy/results/report_plots.py", "savefig", "buffer"): "rendered to memory, then atomic",
     ("compressor/workflows/lottery/summary.py", "savefig", "buffer"): (
         "rendered to memory, then atomic"

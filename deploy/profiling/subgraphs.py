@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployInputError
+from deploy.files import atomic_write_bytes
 from deploy.lazy import lazy_import
 from deploy.onnx_files import check_onnx_file
 from deploy.profiling.blocks_file import BlocksFile
@@ -57,14 +58,16 @@ def write_subgraphs(model_path: Path, blocks: BlocksFile, folder: Path) -> Subgr
                 f"{model_path.name}: {exc}"
             ) from None
         paths[block.name] = folder / f"block_{index:03d}.onnx"
-        onnx.save(sub, str(paths[block.name]))
+        atomic_write_bytes(paths[block.name], sub.SerializeToString())
         key = _shape_key(types[block.input])
         baseline_of[block.name] = key
         if key not in baselines:
             baselines[key] = folder / f"baseline_{len(baselines):03d}.onnx"
-            onnx.save(_identity_model(onnx, types[block.input], model), str(baselines[key]))
+            baseline = _identity_model(onnx, types[block.input], model)
+            atomic_write_bytes(baselines[key], baseline.SerializeToString())
     skeleton = folder / "skeleton.onnx"
-    onnx.save(without_blocks(model, [(b.input, b.output) for b in blocks.blocks]), str(skeleton))
+    cut = without_blocks(model, [(b.input, b.output) for b in blocks.blocks])
+    atomic_write_bytes(skeleton, cut.SerializeToString())
     return Subgraphs(paths, skeleton, baselines, baseline_of)
 
 
