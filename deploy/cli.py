@@ -46,7 +46,7 @@ from deploy.machine.fingerprint import (
 from deploy.machine.power import open_power_sampler
 from deploy.model_files import refuse_pickle
 from deploy.onnx_info import inspect_onnx
-from deploy.paths import check_output_path, same_file
+from deploy.paths import check_output_path, check_replaceable_output, same_file
 from deploy.profiling.bench_profile import check_profile_request, profile_bench
 from deploy.results.compare import compare_results, render_comparison
 from deploy.results.files import default_results_path, format_table, read_results
@@ -106,7 +106,9 @@ def _bench(args: argparse.Namespace) -> int:
     if not name.isprintable():  # a newline would break every table the name lands in
         raise DeployConfigError(f"--name must be one line of printable text, got {name!r}")
     output = args.output or default_results_path()
-    _check_output(output, args.model)
+    check_replaceable_output(
+        output, (args.model,), read_results, is_input="the model being timed", kind="result file"
+    )
     if args.profile:
         check_profile_request(backend, output)
     with output_lock(output, "--output"):  # a second writer of it is refused
@@ -194,25 +196,6 @@ def _expected_top1(args: argparse.Namespace) -> tuple[float, float] | None:
             raise DeployConfigError(f"{flag}: must be a fraction from 0 to 1, got {text!r}")
         values.append(value)
     return values[0], values[1]
-
-
-def _check_output(output: Path, model: Path) -> None:
-    """Refuse, before timing anything, to write results over a file that is not one, through a
-    link, or where they cannot be written."""
-    if output.is_dir() and not output.is_symlink():
-        raise DeployInputError(f"--output {output} is a directory; give a file name")
-    check_output_path(output, "--output")
-    if not output.exists():
-        return
-    if same_file(output, model):
-        raise DeployInputError(f"--output {output} is the model being timed; choose another path")
-    try:
-        read_results(output)
-    except DeployInputError:
-        raise DeployInputError(
-            f"--output {output} exists and is not a result file; choose another path "
-            "(an existing result file is replaced)"
-        ) from None
 
 
 def _cli_runner(

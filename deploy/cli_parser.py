@@ -97,8 +97,8 @@ def _add_profile_blocks(commands: Any) -> None:
         "--blocks",
         type=Path,
         default=None,
-        help="the blocks file (default: <model stem>.blocks.json beside the model, as in a "
-        "bundle, else blocks.json, as in a run)",
+        help="the blocks file (default beside the model: blocks.json for model.onnx, as in a "
+        "run, <stem>.blocks.json for any other name, as in a bundle)",
     )
     profile.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime, tensorrt or trtexec"

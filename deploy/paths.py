@@ -18,9 +18,10 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
-from deploy.errors import DiskFullError, UnsafePathError
+from deploy.errors import DeployInputError, DiskFullError, UnsafePathError
 
 __all__ = [
     "check_output_path",
@@ -189,6 +190,33 @@ def format_size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def check_replaceable_output(
+    output: Path,
+    inputs: tuple[Path, ...],
+    read: Callable[[Path], object],
+    *,
+    is_input: str,
+    kind: str,
+) -> None:
+    """Refuse, before anything is timed, to write `output` over a folder, through a link, over
+    one of `inputs` (`is_input` says which, e.g. "the model being timed") or over a file
+    `read` does not accept as a `kind` (an existing `kind` is replaced)."""
+    if output.is_dir() and not output.is_symlink():
+        raise DeployInputError(f"--output {output} is a directory; give a file name")
+    check_output_path(output, "--output")
+    if not output.exists():
+        return
+    if any(path.exists() and same_file(output, path) for path in inputs):
+        raise DeployInputError(f"--output {output} is {is_input}; choose another path")
+    try:
+        read(output)
+    except DeployInputError:
+        raise DeployInputError(
+            f"--output {output} exists and is not a {kind}; choose another path (an existing "
+            f"{kind} is replaced)"
+        ) from None
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

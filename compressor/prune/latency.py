@@ -44,8 +44,8 @@ from deploy.session import BenchSession
 from export.config import ExportConfig, ExportResult
 from export.onnx_export import export_onnx
 
-# Timing of the table and of each candidate: turns of 100 iterations (blocks take
-# microseconds), 300 per model in 3 runs.
+# Timing of the table, of each candidate and of each channel probe (shrink_latency.py):
+# turns of 100 iterations (blocks take microseconds), 300 per model in 3 runs.
 TIMING = {"iterations": 300, "block_iters": 100, "repeats": 3}
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ConfigError
+from compressor.prune.latency import TIMING
 from compressor.prune.shrink import ShrinkConfig, ShrinkResult, shrink_channels_
 from deploy.errors import DeployError
 from deploy.machine.cpus import default_threads
@@ -30,7 +31,6 @@ from export.onnx_export import export_onnx
 
 MAX_RATIO = 0.9  # the largest fraction of channels a probe removes
 GRID = 0.05  # the ratios the upper end of the search is chosen from
-TIMING = {"iterations": 300, "block_iters": 100, "repeats": 3}
 
 
 def shrink_to_latency(

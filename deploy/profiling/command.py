@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from deploy.cli_options import (
     precision_option,
@@ -13,13 +12,13 @@ from deploy.cli_options import (
     threads_option,
     timing_config,
 )
-from deploy.errors import DeployConfigError, DeployInputError, MeasurementError
+from deploy.errors import DeployConfigError, MeasurementError
 from deploy.files import file_sha256, output_lock
 from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
 from deploy.machine.fingerprint import clock_warnings, require_locked_clocks, summary_line
 from deploy.machine.stability import timing_warnings
 from deploy.onnx_files import check_onnx_file
-from deploy.paths import check_output_path, same_file
+from deploy.paths import check_replaceable_output
 from deploy.profiling.blocks_file import check_blocks_match, default_blocks_path, read_blocks
 from deploy.profiling.profile_blocks import profile_blocks
 from deploy.profiling.table import LatencyTable, read_table, write_table
@@ -46,7 +45,13 @@ def profile_blocks_command(args: argparse.Namespace) -> int:
     blocks_path = args.blocks or default_blocks_path(args.model)
     blocks = read_blocks(blocks_path)
     check_blocks_match(blocks, blocks_path, args.model, file_sha256(args.model))
-    _check_output(args.output, (args.model, blocks_path))
+    check_replaceable_output(
+        args.output,
+        (args.model, blocks_path),
+        read_table,
+        is_input="an input of the profile",
+        kind="latency table",
+    )
     with output_lock(args.output, "--output"):
         pinned = format_cpu_list(pin_process(parse_cpu_list(args.cpus))) if args.cpus else None
         if threads is None and args.backend == "onnxruntime":
@@ -91,24 +96,6 @@ def profile_blocks_command(args: argparse.Namespace) -> int:
             f"{args.output} (with the warnings) but should not be trusted as it stands"
         )
     return 0
-
-
-def _check_output(output: Path, inputs: tuple[Path, ...]) -> None:
-    """Refuse, before timing, to write the table over an input or a file that is not one."""
-    if output.is_dir() and not output.is_symlink():
-        raise DeployInputError(f"--output {output} is a directory; give a file name")
-    check_output_path(output, "--output")
-    if not output.exists():
-        return
-    if any(same_file(output, path) for path in inputs if path.exists()):
-        raise DeployInputError(f"--output {output} is an input of the profile; choose another path")
-    try:
-        read_table(output)
-    except DeployInputError:
-        raise DeployInputError(
-            f"--output {output} exists and is not a latency table; choose another path (an "
-            "existing latency table is replaced)"
-        ) from None
 
 
 def format_latency_table(table: LatencyTable) -> str:
