@@ -16,10 +16,11 @@ and the mismatch is recorded and warned about, never silent.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,8 @@ def prune_to_latency(
                     threads=threads, monitor=session.monitor,
                 )  # fmt: skip
             else:
-                try:
+                with _named_backend(budget):
                     table = _profile(ctx.dense_onnx, blocks, config, session, budget, threads, log)
-                except DeployConfigError as exc:  # a setting: exit 2, named by its key
-                    raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
-                except DeployError as exc:  # trtexec or TensorRT missing: exit 1
-                    raise InputError(f"prune.latency_backend {budget.backend}: {exc}") from exc
             table = _with_warnings(table, session)
             warnings += _unstable_medians(table, session)
         else:
@@ -154,12 +151,6 @@ def prune_to_latency(
         warnings += step_warnings
     final = steps[-1]
     target_fraction = target_ms / dense_ms
-    within_noise = any("cannot resolve" in w for w in step_warnings)
-    if final["measured_fraction"] > target_fraction and not within_noise:
-        warnings.append(
-            f"after {len(steps)} steps the ticket measures {final['measured_fraction']:.3f} of "
-            f"the dense latency here, above the budget's {target_fraction:.3f}"
-        )
     record = {
         "budget_ms": target_ms,
         "budget_fraction": target_fraction,
@@ -274,7 +265,7 @@ def _time_candidate(
         )
     path = ctx.work / f"candidate_{step}.onnx"
     export_onnx(ticket, ctx.example[:2], path, ExportConfig())
-    try:
+    with _named_backend(budget):
         return time_files(
             {"dense": ctx.dense_onnx, "candidate": path},
             budget.backend,
@@ -285,6 +276,14 @@ def _time_candidate(
             ctx.session.monitor,
             log=log,
         )
+
+
+@contextlib.contextmanager
+def _named_backend(budget: LatencyBudget) -> Iterator[None]:
+    """deploy's errors while timing, as the recipe key that chose the backend: a setting
+    (exit 2) or a missing tool such as trtexec or TensorRT (exit 1)."""
+    try:
+        yield
     except DeployConfigError as exc:
         raise ConfigError(f"prune.latency_backend {budget.backend}: {exc}") from exc
     except DeployError as exc:
@@ -365,7 +364,10 @@ def _measure_steps(
                 f"({fraction:.3f} against {steps[-2]['measured_fraction']:.3f} of dense): the "
                 "timings on this machine are noisier than the differences being measured"
             )
-        if fraction <= target_fraction or len(removed) == len(candidates):
+        if fraction <= target_fraction:
+            break
+        if len(removed) == len(candidates):
+            warnings.append(_missed(steps, target_fraction))
             break
         if fraction - target_fraction <= noise * fraction:
             warnings.append(
@@ -374,9 +376,18 @@ def _measure_steps(
                 "); no more blocks removed on a difference the timings cannot resolve"
             )
             break
+        if step == budget.steps:
+            warnings.append(_missed(steps, target_fraction))
         need += (fraction - target_fraction) * dense_ms  # the shortfall, in the table's ms
         need = min(need, sum(costs[name] for name in candidates))
     return steps, warnings
+
+
+def _missed(steps: list[dict[str, Any]], target_fraction: float) -> str:
+    return (
+        f"after {len(steps)} steps the ticket measures {steps[-1]['measured_fraction']:.3f} "
+        f"of the dense latency here, above the budget's {target_fraction:.3f}"
+    )
 
 
 __all__ = [
