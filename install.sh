@@ -2,7 +2,9 @@
 # Set up a virtual environment for this project, keeping any torch already installed in it.
 #
 #   bash install.sh                      .venv with the pipeline (torch 2.13.0 CPU if no torch)
-#   bash install.sh --test               ... plus pytest, ruff, hypothesis
+#   bash install.sh --test               ... plus pytest, ruff, hypothesis and Ray (the
+#                                        suite runs the lottery grid on Ray for real)
+#   bash install.sh --ray                ... plus Ray: compressor lottery --executor ray
 #   bash install.sh --torchvision        ... plus torchvision and timm (torch 2.14.1 +
 #                                        torchvision 0.29.1 if the venv has no torch yet)
 #   bash install.sh --venv DIR ...       another venv (made when missing)
@@ -21,10 +23,11 @@ torchvision=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv="${2:?--venv needs a directory}"; shift 2 ;;
-        --test) extras+=(test); shift ;;
+        --test) extras+=(test ray); shift ;;
+        --ray) extras+=(ray); shift ;;
         --torchvision) torchvision=1; shift ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "install.sh: unknown option '$1' (use --venv DIR, --test, --torchvision)" >&2
+        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install.sh: unknown option '$1' (use --venv DIR, --test, --ray, --torchvision)" >&2
            exit 2 ;;
     esac
 done
@@ -57,7 +60,9 @@ if [ "$torchvision" = 1 ] && ! has torchvision; then
 fi
 
 spec="."
-if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
+if [ ${#extras[@]} -gt 0 ]; then
+    spec=".[$(printf '%s\n' "${extras[@]}" | sort -u | paste -sd, -)]"
+fi
 "${pip[@]}" -c constraints.txt -e "$spec"
 if [ "$torchvision" = 1 ]; then "${pip[@]}" -c constraints.txt timm; fi
 

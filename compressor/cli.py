@@ -87,6 +87,7 @@ def cmd_lottery(args: argparse.Namespace) -> int:
     import dataclasses
 
     from compressor.data.config import DataConfig
+    from compressor.workflows.lottery.executor_config import ExecutorConfig
     from compressor.workflows.lottery.experiment import plan, run_experiment
     from compressor.workflows.lottery.recipes import lottery_recipe
 
@@ -96,6 +97,7 @@ def cmd_lottery(args: argparse.Namespace) -> int:
         recipe = _recipe(args)
         if args.cifar10 is not None:
             recipe = dataclasses.replace(recipe, data=DataConfig(name="cifar10", root=args.cifar10))
+    executor = ExecutorConfig(args.executor, args.workers, args.address, args.threads, args.retries)
     if args.plan:
         cells = plan(recipe.experiment)
         kinds: dict[str, int] = {}
@@ -107,7 +109,9 @@ def cmd_lottery(args: argparse.Namespace) -> int:
             f"{total} epochs in all; runtime = {total} x one dense epoch's time, at most"
         )
         return 0
-    summary = run_experiment(recipe, args.out, resume=args.resume)
+    summary = run_experiment(
+        recipe, args.out, resume=args.resume, executor=executor, summary_only=args.summary_only
+    )
     print(summary.read_text())
     print(f"summary: {summary} (summary.json, delta_vs_p.png, savings_vs_p.png beside it)")
     return 0
@@ -298,6 +302,51 @@ def _add_lottery(sub: Any) -> None:
     )
     lottery.add_argument(
         "--plan", action="store_true", help="print the cells and epochs to train, then stop"
+    )
+    lottery.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="write the summary of the finished grid in --out again, training nothing",
+    )
+    scale = lottery.add_argument_group(
+        "scale-out",
+        "cells as Ray tasks across GPUs or nodes (pip install 'layer-lottery-deploy[ray]'); "
+        "--out must be on a file system every node shares",
+    )
+    scale.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: the cells one after another in this process (default); ray: each cell "
+        "a Ray task, one GPU each on GPU machines",
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="most cells trained at once (default: one per GPU, or the cores / --threads)",
+    )
+    scale.add_argument(
+        "--address",
+        metavar="ADDR",
+        default=None,
+        help="join the Ray cluster at ADDR (e.g. 10.0.0.1:6379, or 'auto') instead of "
+        "starting one on this machine",
+    )
+    scale.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=None,
+        help="CPU threads per cell on CPU workers (default: train.threads, else cores / workers)",
+    )
+    scale.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        default=2,
+        help="times a cell whose worker died is started again, from its checkpoint (default 2)",
     )
 
 

@@ -19,3 +19,11 @@ class UnsupportedModelError(CompressorError):
 
 class TrainingError(CompressorError):
     """Training stopped (a NaN loss); the last good checkpoint stays on disk."""
+
+
+class InUseError(InputError):
+    """Another live process holds the output directory (or grid cell) asked for."""
+
+
+class GridError(CompressorError):
+    """Cells of the lottery grid failed for good; the others finished and are kept."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from compressor.errors import InputError
+from compressor.errors import InputError, InUseError
 from deploy.errors import UnsafePathError
 from deploy.files import remove_stale_temporaries
 from deploy.paths import check_folder_writable, check_write_target, is_within, read_regular_bytes
@@ -32,7 +32,7 @@ LOCK_NAME = ".lock"
 
 @contextlib.contextmanager
 def exclusive_out_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Hold `out_dir` for this process until the block ends; InputError if another run has it.
+    """Hold `out_dir` for this process until the block ends; InUseError if another run has it.
 
     The directory is created. Where `fcntl` does not exist (Windows) there is no lock, and
     nothing is cleaned up, since another run could be writing.
@@ -65,7 +65,7 @@ def exclusive_out_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise InputError(
+            raise InUseError(
                 f"{out_dir} is in use by another run ({_holder(fd)}); wait for it to finish, "
                 "or choose another --out"
             ) from exc

@@ -26,6 +26,7 @@ _INSTALL_HINTS = {
     ),
     "pynvml": "pip install nvidia-ml-py",
     "cuda": "pip install cuda-python",
+    "ray": "pip install 'layer-lottery-deploy[ray]' (from a checkout: bash install.sh --ray)",
 }
 
 

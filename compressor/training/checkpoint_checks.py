@@ -11,6 +11,7 @@ to resume from the very same file.
 from __future__ import annotations
 
 import math
+import socket
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from compressor.errors import InputError
+from compressor.training.distributed import gather_objects
 from deploy.errors import UnsafePathError, first_line
 from deploy.paths import check_readable_file
 
@@ -145,4 +147,21 @@ def refuse_to_overwrite(checkpoint_path: Path, resume: bool) -> None:
         raise InputError(
             f"{checkpoint_path} already exists; pass --resume to continue that run "
             "or choose another output directory"
+        )
+
+
+def check_same_checkpoint(path: Path) -> None:
+    """On resume, every rank must read the same checkpoint: the nodes of a multi-node job
+    share the output folder. Without a shared file system rank 0 alone would find the
+    checkpoint and resume while the others started over, training a model nobody asked for;
+    every rank raises this error instead. A fresh run needs no shared folder: rank 0 alone
+    writes and nobody reads."""
+    views = gather_objects((socket.gethostname(), path.is_file()))
+    if len({seen for _, seen in views}) > 1:
+        seen = [f"rank {r} on {host}" for r, (host, found) in enumerate(views) if found]
+        blind = [f"rank {r} on {host}" for r, (host, found) in enumerate(views) if not found]
+        raise InputError(
+            f"--resume: {path} is seen by {', '.join(seen)} but not by {', '.join(blind)}; "
+            "every node must see the same output folder: put --out on a file system all "
+            "nodes share (NFS, Lustre, a cloud file share) at the same path"
         )

@@ -35,6 +35,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "cleanup",
+    "gather_objects",
     "init_from_env",
     "is_main_process",
     "local_batch_size",
@@ -175,6 +176,15 @@ def broadcast_object(obj: Any) -> Any:
     holder = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (`[obj]` without a process group)."""
+    if not _group_ready():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from compressor.data.splits import DataSplits, Split
 from compressor.errors import CompressorError, ConfigError, InputError
 from compressor.models.spec import ModelSpec, build_model, remove_blocks_
 from compressor.models.store import load_model, save_model
+from compressor.outdir import exclusive_out_dir
 from compressor.prune.filters import block_filters, prune_filters_at_init
 from compressor.prune.layers import prune_after_training, prune_at_init, scoring_batch
 from compressor.prune.shrink import count_macs_params
@@ -34,7 +35,7 @@ from compressor.training.loop import train
 from compressor.training.memory import step_memory_bytes
 from compressor.workflows.lottery.analysis import error_barrier, recompute_bn_stats, stage_cka
 from compressor.workflows.lottery.cells import Cell, cell_result
-from compressor.workflows.lottery.energy import EnergyMeter
+from compressor.workflows.lottery.energy import EnergyMeter, physical_gpu_index
 from compressor.workflows.stages import dense_model
 
 Log = Callable[[str], None]
@@ -208,7 +209,12 @@ def run_cell(ctx: CellContext, cell: Cell) -> dict[str, Any]:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    meter = EnergyMeter(ctx.config.energy_source, ctx.config.power_watts, ctx.config.g_co2_per_kwh)
+    meter = EnergyMeter(
+        ctx.config.energy_source,
+        ctx.config.power_watts,
+        ctx.config.g_co2_per_kwh,
+        gpu_index=physical_gpu_index(device),
+    )
     with meter:
         trained = train(
             model, ctx.data, config, cell_dir / "train", resume=True,
@@ -243,6 +249,24 @@ def run_cell(ctx: CellContext, cell: Cell) -> dict[str, Any]:
     save_model(model.cpu(), spec, cell_dir / "model", {"cell": cell.key})
     atomic_write_text(cell_dir / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def claim_and_run(
+    ctx: CellContext, cell: Cell, on_start: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """(result, whether it was trained now) of `cell`, holding the cell while it trains.
+
+    InUseError while another live process holds the cell. A cell another process finished
+    in the meantime (or a retried Ray task whose first try wrote result.json before it
+    died) is read back, never trained again.
+    """
+    with exclusive_out_dir(ctx.cell_dir(cell.key)):
+        done = cell_result(ctx.out_dir, cell.key)
+        if done is not None:
+            return done, False
+        if on_start is not None:
+            on_start(cell.key)
+        return run_cell(ctx, cell), True
 
 
 def corrupted_sets(ctx: CellContext) -> dict[tuple[str, int], Split]:

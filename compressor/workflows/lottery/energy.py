@@ -16,6 +16,7 @@ still gets the energy of all its epochs, and evaluation between epochs is not co
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,7 +33,7 @@ class EnergyReading:
     energy_kwh: float
     co2_g: float
     g_co2_per_kwh: float
-    method: str  # "codecarbon", "nvml:gpu0", "tegrastats:VDD_IN" or "declared 30 W"
+    method: str  # "codecarbon:gpu3", "nvml:gpu3", "tegrastats:VDD_IN" or "declared 30 W"
     estimate: bool  # True when power was declared, not measured
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,6 +46,10 @@ class EnergyMeter:
     A source that is asked for by name and cannot run is an error before training starts;
     "auto" falls back quietly to the next source and, last, to the declared power (None
     when no power is declared: the result then has no energy, and says why).
+
+    `gpu_index` is the physical GPU (NVML's numbering, `physical_gpu_index`) the training
+    runs on: NVML and codecarbon then read that GPU alone, not GPU 0 or every GPU of a
+    machine whose other GPUs train other cells at the same time.
     """
 
     def __init__(
@@ -52,9 +57,11 @@ class EnergyMeter:
         source: str = "auto",
         power_watts: float | None = None,
         g_co2_per_kwh: float = WORLD_G_CO2_PER_KWH,
+        gpu_index: int | None = None,
     ) -> None:
         check_energy_settings(source, power_watts, g_co2_per_kwh)
         self.source, self.power_watts, self.g_co2_per_kwh = source, power_watts, g_co2_per_kwh
+        self.gpu_index = gpu_index
         self._tracker: Any = None
         self._sampler: Any = None
         self._started = 0.0
@@ -70,7 +77,9 @@ class EnergyMeter:
             from deploy.machine.power import open_power_sampler
 
             try:
-                self._sampler = open_power_sampler(self.source, interval_s=0.1)
+                self._sampler = open_power_sampler(
+                    self.source, device_index=self.gpu_index or 0, interval_s=0.1
+                )
                 if self._sampler is not None:
                     self._sampler.start()
             except DeployError as exc:
@@ -89,8 +98,13 @@ class EnergyMeter:
                     "pip install codecarbon, or use 'auto'"
                 ) from exc
             return None
+        gpus = {} if self.gpu_index is None else {"gpu_ids": [self.gpu_index]}
         tracker = OfflineEmissionsTracker(
-            country_iso_code="USA", save_to_file=False, log_level="error", measure_power_secs=1
+            country_iso_code="USA",
+            save_to_file=False,
+            log_level="error",
+            measure_power_secs=1,
+            **gpus,
         )
         tracker.start()
         return tracker
@@ -102,7 +116,9 @@ class EnergyMeter:
             data = self._tracker.final_emissions_data
             kwh = float(getattr(data, "energy_consumed", 0.0) or 0.0)
             if kwh > 0:  # its energy; the intensity stays the configured one, as elsewhere
-                self._measured = (kwh * 3.6e6 / seconds, self.g_co2_per_kwh, "codecarbon")
+                gpu = "" if self.gpu_index is None else f":gpu{self.gpu_index}"
+                method = f"codecarbon{gpu}"
+                self._measured = (kwh * 3.6e6 / seconds, self.g_co2_per_kwh, method)
         elif self._sampler is not None:
             trace = self._sampler.stop()
             if trace.watts or trace.counter_energy_j:
@@ -121,3 +137,33 @@ class EnergyMeter:
             return None
         kwh = watts * train_seconds / 3.6e6
         return EnergyReading(watts, kwh, kwh * intensity, intensity, method, estimate)
+
+
+def physical_gpu_index(device: Any) -> int | None:
+    """NVML's index of the GPU torch calls `device` (None on the CPU).
+
+    torch numbers the GPUs CUDA_VISIBLE_DEVICES lets it see (Ray sets it for each task);
+    NVML numbers every GPU of the machine. A UUID entry is looked up through NVML, and
+    None is returned when the mapping cannot be made (the meter then reads GPU 0 and the
+    result's method says so).
+    """
+    if getattr(device, "type", None) != "cuda":
+        return None
+    ordinal = device.index or 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return ordinal
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if ordinal >= len(entries):
+        return None
+    entry = entries[ordinal]
+    if entry.isdigit():
+        return int(entry)
+    try:
+        from deploy.machine.nvml import import_nvml
+
+        nvml = import_nvml("the energy of a GPU named by UUID")
+        nvml.nvmlInit()
+        return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
+    except Exception:  # no NVML, or an unknown UUID: unknown, and the result says gpu0
+        return None

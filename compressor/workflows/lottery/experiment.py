@@ -36,22 +36,25 @@ from pathlib import Path
 
 from compressor.atomic import atomic_write_text
 from compressor.data.splits import load_data
-from compressor.errors import ConfigError, InputError
+from compressor.errors import ConfigError, GridError, InputError, InUseError
 from compressor.models.blocks import discover_blocks, select_patterns
 from compressor.outdir import LOCK_NAME, exclusive_out_dir
 from compressor.recipe.experiment import ExperimentConfig
 from compressor.recipe.resume import recipe_changes, started_recipe
 from compressor.recipe.sections import Recipe
 from compressor.training.config import RUNTIME_ONLY_FIELDS, rewind_path
+from compressor.training.distributed import world_size
 from compressor.workflows.lottery.cell_work import (
     CKA_MAX_IMAGES,
     CellContext,
+    claim_and_run,
     corrupted_sets,
     dense_models,
-    run_cell,
     theta0,
 )
 from compressor.workflows.lottery.cells import Cell, cell_result, plan
+from compressor.workflows.lottery.executor_config import ExecutorConfig
+from compressor.workflows.lottery.schedule import GridProgress, dependencies
 from compressor.workflows.lottery.summary import write_summary
 
 Log = Callable[[str], None]
@@ -72,20 +75,41 @@ GRID_FIELDS = (
 )
 
 
+WAIT_SECONDS = 2.0  # how often a run waiting for cells another run holds looks again
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def run_experiment(
-    recipe: Recipe, out_dir: str | Path, *, resume: bool = False, log: Log = _stderr
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    log: Log = _stderr,
+    executor: ExecutorConfig | None = None,
+    summary_only: bool = False,
 ) -> Path:
     """Run (or continue) the grid of `recipe.experiment`; returns the summary.md path.
 
-    The output directory is held for the whole run (`compressor.outdir`): a second run on it
-    is refused with the first one's process id.
+    Each cell is held by the process training it (`compressor.outdir` on `cells/<key>/`),
+    not the grid: two runs on one --out (`--resume`) share the work, each skipping the
+    cells the other holds, and Ray workers hold theirs. `executor` picks who trains the
+    cells (`ExecutorConfig`; default: this process, one after another). Cells that fail
+    for good under Ray are reported together in a GridError once the others finished;
+    `summary_only` rewrites the summary from the finished cells without training.
     """
+    executor = executor or ExecutorConfig()
     out_dir = Path(out_dir)
     cells = plan(recipe.experiment)  # a bad grid fails before anything is written
+    if world_size() > 1:
+        raise ConfigError(
+            "compressor lottery trains one cell per process and cannot run under torchrun; "
+            "to train cells on several GPUs or nodes at once use --executor ray"
+        )
+    if summary_only:
+        return _summary_only(recipe, out_dir, cells, log)
     _check_out_dir(out_dir, recipe, resume)
     data = load_data(recipe.data)
     log(
@@ -94,35 +118,107 @@ def run_experiment(
     )
     ctx = CellContext(recipe, data, out_dir, log)
     _preflight(ctx, cells)  # nothing is written before the grid is known to fit
-    with exclusive_out_dir(out_dir):
+    with exclusive_out_dir(out_dir):  # held while the grid's recipe is checked and written
         _check_out_dir(out_dir, recipe, resume)  # again: another run may have started since
-        return _run_cells(ctx, cells)
-
-
-def _run_cells(ctx: CellContext, cells: list[Cell]) -> Path:
-
-    recipe, out_dir, data, log = ctx.recipe, ctx.out_dir, ctx.data, ctx.log
-    atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    progress = GridProgress.of(cells, recipe.train.epochs, log)
     started = time.perf_counter()
-    for number, cell in enumerate(cells, 1):
-        result = cell_result(out_dir, cell.key)
-        if result is not None:
-            log(f"[{number}/{len(cells)}] {cell.key}: finished before, kept")
-            continue
-        tick = time.perf_counter()
-        result = run_cell(ctx, cell)
-        log(
-            f"[{number}/{len(cells)}] {cell.key}: accuracy {100 * result['accuracy']:.2f}, "
-            f"{len(result['removed_blocks'])} blocks removed, {time.perf_counter() - tick:.0f}s"
-        )
+    if executor.executor == "ray":
+        from compressor.workflows.lottery.ray_grid import run_on_ray
+
+        failed = run_on_ray(recipe, out_dir, cells, executor, progress)
+    else:
+        _run_here(ctx, cells, progress)
+        failed = {}
     log(f"[grid] done in {time.perf_counter() - started:.0f}s")
+    if failed:
+        finished = len(progress.done)
+        raise GridError(
+            f"{len(failed)} cell(s) failed: "
+            + "; ".join(f"{key}: {why}" for key, why in failed.items())
+            + f". The other {finished} cells are finished and kept in {out_dir}; fix the "
+            "cause and rerun with --resume to train only what is missing"
+        )
+    return _write_grid_summary(ctx, cells)
+
+
+def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> None:
+    """The cells one after another in this process, in plan order, skipping (and coming back
+    to) cells another process holds; a failing cell stops the grid with its error."""
+
+    out_dir, log = ctx.out_dir, ctx.log
+    needs = dependencies(cells)
+    number = {cell.key: n for n, cell in enumerate(cells, 1)}
+    pending = []
+    for cell in cells:
+        if cell_result(out_dir, cell.key) is not None:
+            log(f"[{number[cell.key]}/{len(cells)}] {cell.key}: finished before, kept")
+            progress.finished_before(cell.key)
+        else:
+            pending.append(cell)
+    waited_for: set[str] = set()
+    while pending:
+        for cell in pending:
+            if any(cell_result(out_dir, key) is None for key in needs[cell.key]):
+                continue
+            tick = time.perf_counter()
+            try:
+                result, ran = claim_and_run(ctx, cell, on_start=progress.start)
+            except InUseError:
+                continue
+            pending.remove(cell)
+            progress.finish(cell.key)
+            what = (
+                f"accuracy {100 * result['accuracy']:.2f}, {len(result['removed_blocks'])} "
+                f"blocks removed, {time.perf_counter() - tick:.0f}s"
+                if ran
+                else "finished meanwhile by another run, kept"
+            )
+            log(f"[{number[cell.key]}/{len(cells)}] {cell.key}: {what}")
+            progress.report()
+            break
+        else:  # every cell left is held by another run, or waits for one that is
+            held = {cell.key for cell in pending}
+            if held != waited_for:
+                shown = ", ".join(sorted(held)[:3]) + (", ..." if len(held) > 3 else "")
+                log(
+                    f"[grid] waiting: {len(held)} cell(s) are held by, or wait for, another "
+                    f"run on {out_dir} ({shown})"
+                )
+                waited_for = held
+            time.sleep(WAIT_SECONDS)
+
+
+def _write_grid_summary(ctx: CellContext, cells: list[Cell]) -> Path:
     return write_summary(
-        recipe,
-        out_dir,
+        ctx.recipe,
+        ctx.out_dir,
         cells,
         dense_models=dense_models(ctx),
-        images=data.test.images[:CKA_MAX_IMAGES],
+        images=ctx.data.test.images[:CKA_MAX_IMAGES],
     )
+
+
+def _summary_only(recipe: Recipe, out_dir: Path, cells: list[Cell], log: Log) -> Path:
+    """The summary of a grid whose cells have all finished, written again without training."""
+
+    if started_recipe(out_dir) is None:
+        raise InputError(
+            f"{out_dir} holds no lottery grid (no recipe.json); --summary-only rewrites the "
+            "summary of a grid run there before"
+        )
+    _check_out_dir(out_dir, recipe, resume=True)
+    missing = [cell.key for cell in cells if cell_result(out_dir, cell.key) is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"--summary-only: {len(missing)} of {len(cells)} cells of this grid have not "
+            f"finished in {out_dir} ({shown}); run without --summary-only (with --resume) "
+            "to train them"
+        )
+    data = load_data(recipe.data)
+    log(f"[grid] all {len(cells)} cells finished; writing the summary again")
+    return _write_grid_summary(CellContext(recipe, data, out_dir, log), cells)
 
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:

@@ -1,0 +1,57 @@
+"""How `compressor lottery` runs its cells: one after another in this process, or as Ray tasks.
+
+A leaf module, so that the CLI can check the flags before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compressor.errors import ConfigError
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """`executor`: "local" (this process, the default) or "ray".
+
+    With Ray, `workers` caps the cells trained at once (default: what the cluster's
+    resources allow: one per GPU, or one per `threads` CPU cores), `address` joins a
+    running cluster (`ray start --head`, KubeRay, a Slurm job's head node) instead of
+    starting one on this machine, `threads` are the CPU threads each cell trains with on
+    a CPU (default: the recipe's train.threads, else this machine's cores shared by the
+    workers), and `retries` is how many times a cell whose worker died (killed, out of
+    memory, a lost node) is started again, from its own checkpoint.
+    """
+
+    executor: str = "local"
+    workers: int | None = None
+    address: str | None = None
+    threads: int | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor {self.executor!r}: choose from {', '.join(EXECUTORS)}")
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ConfigError(f"--{name} {value}: give a whole number of at least 1")
+        if isinstance(self.retries, bool) or self.retries < 0:
+            raise ConfigError(f"--retries {self.retries}: give a whole number of at least 0")
+        if self.executor == "local":
+            given = [
+                flag
+                for flag, value in (
+                    ("--workers", self.workers),
+                    ("--address", self.address),
+                    ("--threads", self.threads),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} only apply to --executor ray; add --executor ray, "
+                    "or leave them out (the one-process grid uses the recipe's train.threads)"
+                )
