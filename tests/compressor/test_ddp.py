@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,20 @@ SCRIPT = textwrap.dedent(
         run("from_two", plain, BASE / "from_two", stop=INTERRUPT)
         distributed.barrier()
         distributed.cleanup()
+    elif MODE == "nodes":  # one process on each of two "nodes" (two torchrun agents)
+        from compressor.errors import InputError
+        from compressor.training.checkpoint_checks import check_same_checkpoint
+
+        info = distributed.init_from_env("cpu")
+        run("nodes_plain", plain, BASE / "nodes_plain")
+        # a resume on nodes that do not share the output folder: rank 1 sees no checkpoint
+        own = BASE / ("nodes_plain" if info.is_main else "not_shared") / "checkpoint.pt"
+        try:
+            check_same_checkpoint(own)
+        except InputError as exc:
+            print("REFUSED " + json.dumps({"rank": info.rank, "message": str(exc)}), flush=True)
+        distributed.barrier()
+        distributed.cleanup()
     else:
         run("from_two", plain, BASE / "from_two", resume=True)
     '''
@@ -247,6 +262,70 @@ def test_checkpoints_resume_across_world_sizes(runs):
     records = (base / "from_two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in records] == [1, 2, 3]
     assert seconds < 120  # the whole fixture; about 25 s on 2 CPU cores
+
+
+def _two_agents(args: list[str], cwd: Path) -> list[str]:
+    """Two torchrun agents, one process each, meeting at a c10d rendezvous on 127.0.0.1: what
+    two nodes run, each with `--nnodes=2`; their outputs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=nodes{port}",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    agents = [subprocess.Popen([*agent, *args], cwd=cwd, env=env, **pipes) for _ in range(2)]
+    outputs = []
+    for process in agents:
+        try:
+            outputs.append(process.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in agents:
+                other.kill()
+            raise
+    for process, output in zip(agents, outputs, strict=True):
+        if process.returncode != 0:
+            pytest.fail(f"agent failed ({process.returncode}):\n{output[-4000:]}")
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_train_the_weights_one_process_trains(runs):
+    """`torchrun --nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT` on two "nodes"
+    (two agents on 127.0.0.1, Gloo): the weights of one process with the same global batch;
+    and a resume where the nodes see different output folders is refused on every rank."""
+    base, _, _ = runs
+    script = base / "script.py"
+    outputs = _two_agents([str(script), "nodes", str(base)], base)
+    assert _max_diff(base, "one_plain", "nodes_plain") < WEIGHT_TOLERANCE
+    ranks = [r for out in outputs for r in _results(out) if r["name"] == "nodes_plain"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
+    assert all(r["diff_to_rank0"] == 0.0 for r in ranks)
+    refused = [
+        json.loads(found) for out in outputs for found in re.findall(r"REFUSED (\{.*\})", out)
+    ]
+    assert sorted(r["rank"] for r in refused) == [0, 1]  # every rank, so none waits forever
+    assert all("is seen by rank 0 on" in r["message"] for r in refused)
+    assert all("but not by rank 1 on" in r["message"] for r in refused)
+    assert all("a file system all nodes share" in r["message"] for r in refused)
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_run_compressor_train(tmp_path):
+    """`torchrun --nnodes=2 ... -m compressor train`: one trained model, rank 0's."""
+    recipe = write_recipe(tmp_path, {"model": {"name": "resnet8", "width": 0.5}}, blocks=1)
+    from compressor.cli import main
+
+    assert main(["prune", str(recipe), "--out", str(tmp_path / "ticket")]) == 0
+    out = tmp_path / "trained"
+    command = ["-m", "compressor", "train", str(tmp_path / "ticket"), str(recipe)]
+    _two_agents([*command, "--out", str(out)], tmp_path)
+    checkpoint = torch.load(out / "train" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["world_size"] == 2
+    assert (out / "model" / "weights.safetensors").is_file()
 
 
 @pytest.mark.parametrize("batch_len", [64, 41, 7, 2])

@@ -207,30 +207,39 @@ def test_grid_killed_inside_file_writes_resumes_to_the_same_table(
     assert _deterministic(resumed) == _deterministic(uninterrupted)
 
 
-def test_a_second_run_on_the_same_directory_is_refused_with_the_first_ones_pid(
+def test_a_cell_is_held_by_the_run_training_it_and_freed_when_that_run_dies(
     tmp_path: Path,
 ) -> None:
+    """Locks are per cell (two --resume runs share a grid: tests/compressor/test_lottery_ray.py);
+    a second run without --resume is refused, and a killed run's cell is free again."""
     recipe = _write(tmp_path, TINY)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "compressor", "lottery", str(recipe), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    cell = out / "cells" / "dense-s0"
     try:
         deadline = time.monotonic() + 120
-        while not (out / "recipe.json").is_file() and time.monotonic() < deadline:
+        while (lock_holder(cell) or {}).get("pid") != first.pid:
+            assert time.monotonic() < deadline, "the first run never held its first cell"
             time.sleep(0.05)
-        second = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+        second = subprocess.run(command, env=env, capture_output=True, text=True)
         assert second.returncode == 1
         last = second.stderr.strip().splitlines()[-1]  # after the [data] progress line
-        assert last.startswith("compressor: error: ")
-        assert f"in use by another run (process {first.pid}" in last
+        assert last == (
+            f"compressor: error: {out} already holds an experiment; pass --resume to continue "
+            "or grow it, or choose another --out"
+        )
+        held = pytest.raises(InputError, match=f"in use by another run \\(process {first.pid}")
+        with held, exclusive_out_dir(cell):
+            pass
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # The first run's lock died with it: the directory is free again (resuming is tested above).
-    assert lock_holder(out)["pid"] == first.pid
-    with exclusive_out_dir(out):
-        assert lock_holder(out)["pid"] == os.getpid()
+    # The first run's lock died with it: the cell is free again (resuming is tested above).
+    assert lock_holder(cell)["pid"] == first.pid
+    with exclusive_out_dir(cell):
+        assert lock_holder(cell)["pid"] == os.getpid()
 
 
 def test_resume_may_grow_the_grid_but_not_change_the_training(grid: Path, tmp_path: Path) -> None:

@@ -176,3 +176,65 @@ def test_a_worker_killed_mid_cell_resumes_from_the_cells_checkpoint(grids, tmp_p
         _results(out)["init-grasp-p1-s0"]["accuracy"]
         == (_results(base / "local")["init-grasp-p1-s0"]["accuracy"])
     )
+
+
+@pytest.mark.slow
+def test_a_cell_that_fails_is_named_and_the_others_finish(grids, tmp_path):
+    """dense-s1's checkpoint is damaged: that cell fails for good (no retry: it raised), the
+    cells that need it are not started, seed 0's cells are kept, and the grid says which
+    and how to go on. Once the damaged folder is deleted, --resume trains only seed 1."""
+    base, recipe, _ = grids
+    out = tmp_path / "grid"
+    subprocess.run(["cp", "-r", str(base / "local"), str(out)], check=True)
+    for key in ("dense-s1", "init-grasp-p1-s1", "init-random-p1-s1"):
+        subprocess.run(["rm", "-r", str(out / "cells" / key)], check=True)
+    (out / "summary.md").unlink()
+    damaged = out / "cells" / "dense-s1" / "train" / "checkpoint.pt"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a checkpoint")
+    kept = {key: (out / "cells" / key / "result.json").read_text() for key in CELLS[::2]}
+
+    ray_args = ["--executor", "ray", "--workers", "2", "--resume"]
+    process = _lottery([str(recipe), "--out", str(out), *ray_args])
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("compressor: error: 3 cell(s) failed: dense-s1: ")
+    assert str(damaged) in last
+    assert "init-grasp-p1-s1: not started, it needs dense-s1, which failed" in last
+    assert "init-random-p1-s1: not started, it needs dense-s1, which failed" in last
+    assert last.endswith(
+        f"The other 3 cells are finished and kept in {out}; fix the cause and rerun with "
+        "--resume to train only what is missing"
+    )
+    assert {key: (out / "cells" / key / "result.json").read_text() for key in kept} == kept
+    assert not (out / "summary.md").exists()  # no summary of an unfinished grid
+
+    subprocess.run(["rm", "-r", str(out / "cells" / "dense-s1")], check=True)
+    again = _finish(_lottery([str(recipe), "--out", str(out), *ray_args]))
+    assert again.count("finished before, kept") == 3
+    assert _deterministic(out) == _deterministic(base / "local")
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_grid_share_its_cells(grids, tmp_path):
+    """Locks are per cell: a second one-process run with --resume on the same --out trains
+    the cells the first does not hold instead of being refused, and no cell is trained twice
+    (the trainer's own lock would refuse the second, failing that run)."""
+    base, recipe, _ = grids
+    out = tmp_path / "shared"
+    first = _lottery([str(recipe), "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "recipe.json").is_file():
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never began"
+        time.sleep(0.05)
+    second = _lottery([str(recipe), "--out", str(out), "--resume"])
+    outputs = [_finish(first), _finish(second)]
+    for key in CELLS:
+        metrics = (out / "cells" / key / "train" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [1, 2], key
+    trained = [
+        key for key in CELLS for text in outputs if f"{key}: accuracy" in text
+    ]  # each cell trained by exactly one of the runs
+    assert sorted(trained) == sorted(CELLS)
+    assert _deterministic(out) == _deterministic(base / "local")

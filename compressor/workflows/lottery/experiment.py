@@ -56,6 +56,7 @@ from compressor.workflows.lottery.cells import Cell, cell_result, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
 from compressor.workflows.lottery.schedule import GridProgress, dependencies
 from compressor.workflows.lottery.summary import write_summary
+from deploy.lazy import lazy_import
 
 Log = Callable[[str], None]
 # Grid fields that may change on --resume (cells are keyed by them); the rest may not.
@@ -110,6 +111,8 @@ def run_experiment(
         )
     if summary_only:
         return _summary_only(recipe, out_dir, cells, log)
+    if executor.executor == "ray":  # missing Ray is said before anything is written
+        lazy_import("ray", "compressor lottery --executor ray")
     _check_out_dir(out_dir, recipe, resume)
     data = load_data(recipe.data)
     log(
@@ -130,7 +133,12 @@ def run_experiment(
     else:
         _run_here(ctx, cells, progress)
         failed = {}
-    log(f"[grid] done in {time.perf_counter() - started:.0f}s")
+    took = f"{time.perf_counter() - started:.0f}s"
+    log(
+        f"[grid] stopped after {took}, {len(failed)} cell(s) failed"
+        if failed
+        else f"[grid] done in {took}"
+    )
     if failed:
         finished = len(progress.done)
         raise GridError(
