@@ -65,17 +65,18 @@ def test_progress_says_done_running_left_and_the_time_left(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"executor": "dask"}, "--executor 'dask': choose from local, ray"),
-        ({"executor": "ray", "workers": 0}, "--workers 0: give a whole number of at least 1"),
-        ({"executor": "ray", "threads": 0}, "--threads 0: give a whole number of at least 1"),
-        ({"executor": "ray", "retries": -1}, "--retries -1: give a whole number of at least 0"),
+        ({"executor": "dask"}, "--executor must be one of ('local', 'ray'), got 'dask'"),
+        ({"executor": "ray", "workers": 0}, "--workers must be an integer >= 1, got 0"),
+        ({"executor": "ray", "threads": True}, "--threads must be an integer >= 1, got True"),
+        ({"executor": "ray", "retries": -1}, "--retries must be an integer >= 0, got -1"),
         ({"workers": 2}, "--workers only apply to --executor ray; add --executor ray"),
         ({"address": "auto", "threads": 2}, "--address, --threads only apply to --executor ray"),
     ],
 )
 def test_bad_executor_settings_name_the_flag(kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError) as caught:
         ExecutorConfig(**kwargs)
+    assert str(caught.value).startswith(message)
 
 
 def test_cli_refuses_ray_flags_without_ray_executor_in_one_line(tmp_path, capsys):

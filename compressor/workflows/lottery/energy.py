@@ -5,7 +5,7 @@ Sources, in the order "auto" tries them:
   tables); CO2 uses the configured intensity, not codecarbon's country table, so every
   source converts energy to CO2 the same way;
 - NVML on a GPU server or tegrastats on a Jetson (deploy/machine/power.py): the board's
-  measured power;
+  measured power, on a GPU server of the GPU the cell trains on (`physical_gpu_index`);
 - declared: `power_watts` the user states for the device, times the time. This is an
   estimate and every result says so.
 

@@ -5,9 +5,10 @@ A leaf module, so that the CLI can check the flags before anything heavy is impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from compressor.errors import ConfigError
+from deploy.config_fields import check_fields, one_of, whole
 
 EXECUTORS = ("local", "ray")
 
@@ -25,21 +26,14 @@ class ExecutorConfig:
     memory, a lost node) is started again, from its own checkpoint.
     """
 
-    executor: str = "local"
-    workers: int | None = None
+    executor: str = field(default="local", metadata=one_of(EXECUTORS))
+    workers: int | None = field(default=None, metadata=whole(1, optional=True))
     address: str | None = None
-    threads: int | None = None
-    retries: int = 2
+    threads: int | None = field(default=None, metadata=whole(1, optional=True))
+    retries: int = field(default=2, metadata=whole(0))
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"--executor {self.executor!r}: choose from {', '.join(EXECUTORS)}")
-        for name in ("workers", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value < 1):
-                raise ConfigError(f"--{name} {value}: give a whole number of at least 1")
-        if isinstance(self.retries, bool) or self.retries < 0:
-            raise ConfigError(f"--retries {self.retries}: give a whole number of at least 0")
+        check_fields(self, ConfigError, "--{name} ")
         if self.executor == "local":
             given = [
                 flag

@@ -24,6 +24,11 @@ Each cell records accuracy, MACs, params, one training step's memory, training t
 energy and CO2 (compressor/workflows/lottery/energy.py), accuracy under corruptions, and
 per-stage CKA against the dense network of its seed. compressor/workflows/lottery/summary.py
 turns the cells into the tables and plots.
+
+Who trains the cells: this process, one after another (the default), or Ray tasks across
+GPUs and nodes (compressor/workflows/lottery/ray_grid.py); both start a cell only after the
+cells it reads (compressor/workflows/lottery/schedule.py) and run the same cell code
+(compressor/workflows/lottery/cell_work.py).
 """
 
 from __future__ import annotations
