@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compressor.recipe.sections import recipe_from_dict
+from compressor.workflows.lottery.summary import summarise
+from compressor.workflows.lottery.summary_tables import render_markdown
+from deploy.machine.fingerprint import cpu_model
 from tests.faults import ROOT, child_env
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (bash install.sh --test adds it)")
@@ -108,6 +112,31 @@ def test_ray_grid_gives_the_accuracies_of_the_one_process_grid(grids):
     assert "6 done, 0 running, 0 left" in outputs["ray"]
     for out in ("local", "ray"):
         assert "time left: about" in outputs[out]  # the estimate, in both executors
+
+
+def test_cells_on_gpus_of_one_kind_are_comparable_and_other_kinds_are_flagged(grids):
+    """Every Ray task sees its GPU as cuda:0 and reads its energy on its own GPU: the summary
+    compares cells by device kind and energy method, not by index."""
+    base, _, _ = grids
+    recipe = recipe_from_dict(SMALL_GRID)
+    results = list(_results(base / "ray").values())
+    assert {r["device_kind"] for r in results} == {f"cpu: {cpu_model()}"}
+    assert json.loads((base / "ray" / "summary.json").read_text())["devices"] == [
+        f"cpu: {cpu_model()}"
+    ]
+    on_gpus = [
+        {**r, "device": "cuda:0", "device_kind": "cuda: NVIDIA H200",
+         "energy": {**r["energy"], "method": f"nvml:gpu{n}", "estimate": False}}
+        for n, r in enumerate(results)
+    ]  # fmt: skip
+    summary = summarise(on_gpus, 1.0)
+    assert summary["devices"] == ["cuda: NVIDIA H200"] and summary["energy_methods"] == ["nvml"]
+    assert "**Warning:** the cells ran on" not in render_markdown(summary, recipe, None)
+    on_gpus[0]["device_kind"] = "cuda: NVIDIA A100-SXM4-80GB"
+    mixed = summarise(on_gpus, 1.0)
+    assert "**Warning:** the cells ran on ['cuda: NVIDIA A100-SXM4-80GB', 'cuda: NVIDIA H200']" in (
+        render_markdown(mixed, recipe, None)
+    )
 
 
 def test_summary_only_rewrites_the_summary_without_training(grids):

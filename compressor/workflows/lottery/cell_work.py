@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from compressor.training.loop import train
 from compressor.training.memory import step_memory_bytes
 from compressor.workflows.lottery.analysis import error_barrier, recompute_bn_stats, stage_cka
 from compressor.workflows.lottery.cells import Cell, cell_result
-from compressor.workflows.lottery.energy import EnergyMeter, physical_gpu_index
+from compressor.workflows.lottery.energy import EnergyMeter, device_kind, physical_gpu_index
 from compressor.workflows.stages import dense_model
 
 Log = Callable[[str], None]
@@ -239,6 +240,8 @@ def run_cell(ctx: CellContext, cell: Cell) -> dict[str, Any]:
         "median_epoch_seconds": trained.median_epoch_seconds,
         "energy": energy.to_dict() if energy else None,
         "device": trained.device,
+        "device_kind": device_kind(device),
+        "host": socket.gethostname(),
         **facts,
     }
     result["corruptions"] = _robustness(ctx, model, device)

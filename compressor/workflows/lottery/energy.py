@@ -167,3 +167,22 @@ def physical_gpu_index(device: Any) -> int | None:
         return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
     except Exception:  # no NVML, or an unknown UUID: unknown, and the result says gpu0
         return None
+
+
+def device_kind(device: Any) -> str:
+    """What a cell trained on, by kind: the GPU's name or the CPU's model, never its index
+    (every Ray task sees its GPU as cuda:0; eight H200s are one kind, an H200 and an A100
+    two), so the summary can say when cells' times and energy are not comparable."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    from deploy.machine.fingerprint import cpu_model
+
+    return f"cpu: {cpu_model()}"
+
+
+def energy_method_kind(method: str) -> str:
+    """An energy method without the GPU it read ("nvml:gpu3" -> "nvml"): cells measured the
+    same way on different GPUs of a machine are comparable."""
+    return method.split(":gpu")[0]

@@ -25,6 +25,7 @@ from torch import nn
 from compressor.atomic import atomic_write_bytes, atomic_write_text
 from compressor.workflows.lottery.analysis import stage_cka
 from compressor.workflows.lottery.cells import cell_result
+from compressor.workflows.lottery.energy import energy_method_kind
 from compressor.workflows.lottery.summary_tables import NAMES, render_markdown
 
 KIND_LABEL = {
@@ -107,8 +108,11 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
         rows.append(row)
     if rows and rows[0]["kind"] == "dense" and base["corrupted"] is not None:
         rows[0]["corrupted_by_name"] = _by_corruption(dense)
-    devices = sorted({r.get("device") or "?" for r in results})
-    methods = sorted({r["energy"]["method"] for r in results if r.get("energy")})
+    # by kind (a GPU model, a CPU model): cells spread over eight GPUs are one kind
+    devices = sorted({r.get("device_kind") or r.get("device") or "?" for r in results})
+    methods = sorted(
+        {energy_method_kind(r["energy"]["method"]) for r in results if r.get("energy")}
+    )
     return {
         "dense": base,
         "xi_points": margin,
