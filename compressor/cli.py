@@ -345,7 +345,7 @@ def _add_lottery(sub: Any) -> None:
         "--retries",
         type=int,
         metavar="N",
-        default=2,
+        default=None,
         help="times a cell whose worker died is started again, from its checkpoint (default 2)",
     )
 

@@ -65,6 +65,12 @@ def exclusive_out_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InputError(  # ENOLCK, EOPNOTSUPP: Lustre without -o flock, some FUSE
+                    f"cannot use {out_dir} as an output directory: its file system refuses "
+                    f"locks ({exc.strerror or exc}); use a folder on a file system with "
+                    "flock (NFSv4, Lustre mounted with -o flock, a local disk)"
+                ) from exc
             raise InUseError(
                 f"{out_dir} is in use by another run ({_holder(fd)}); wait for it to finish, "
                 "or choose another --out"

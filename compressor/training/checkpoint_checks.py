@@ -150,12 +150,12 @@ def refuse_to_overwrite(checkpoint_path: Path, resume: bool) -> None:
         )
 
 
-def check_same_checkpoint(path: Path) -> None:
-    """On resume, every rank must read the same checkpoint: the nodes of a multi-node job
-    share the output folder. Without a shared file system rank 0 alone would find the
-    checkpoint and resume while the others started over, training a model nobody asked for;
-    every rank raises this error instead. A fresh run needs no shared folder: rank 0 alone
-    writes and nobody reads."""
+def check_same_file(path: Path) -> None:
+    """On resume, every rank must see the same files (a checkpoint, a finished stage's model):
+    the nodes of a multi-node job share the output folder. Without a shared file system rank
+    0 alone would find the checkpoint and resume while the others started over, training a
+    model nobody asked for, or skip a stage the others train; every rank raises this error
+    instead. A fresh run needs no shared folder: rank 0 alone writes and nobody reads."""
     views = gather_objects((socket.gethostname(), path.is_file()))
     if len({seen for _, seen in views}) > 1:
         seen = [f"rank {r} on {host}" for r, (host, found) in enumerate(views) if found]

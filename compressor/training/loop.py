@@ -40,7 +40,7 @@ from compressor.outdir import exclusive_out_dir
 from compressor.training.bn_recalibration import BNRecalibration, recalibrate_bn_
 from compressor.training.checkpoint_checks import (
     check_checkpoint_fields,
-    check_same_checkpoint,
+    check_same_file,
     checkpoint_size_limit,
     load_checkpoint,
     refuse_to_overwrite,
@@ -388,7 +388,7 @@ def train(
     with owner:
         refuse_to_overwrite(checkpoint_path, resume)  # again: another run may have finished
         if resume:
-            check_same_checkpoint(checkpoint_path)
+            check_same_file(checkpoint_path)
         if resume and checkpoint_path.exists():
             run.restore(load_checkpoint(checkpoint_path, checkpoint_size_limit(model)))
             if info.is_main:  # a kill between the checkpoint's rename and the metrics' left

@@ -28,6 +28,7 @@ from compressor.models.store import load_model
 from compressor.outdir import exclusive_out_dir
 from compressor.recipe.resume import RECIPE_FILE, recipe_changes, started_recipe
 from compressor.recipe.sections import Recipe
+from compressor.training.checkpoint_checks import check_same_file
 from compressor.training.config import TrainConfig
 from compressor.training.distributed import barrier, cleanup, init_from_env
 from compressor.workflows.accuracy_check import mark_comparable_
@@ -88,6 +89,8 @@ def _train_stage(
 ) -> _Variant:
     """Train (or, on resume, reuse a finished stage) and store the model with its facts."""
     model_dir = out_dir / name / "model"
+    if resume:
+        check_same_file(model_dir / "spec.json")  # every rank reuses the stage, or none
     if resume and (model_dir / "spec.json").is_file():
         stored = load_model(model_dir, factory=spec.factory)
         log(f"[{name}] reusing finished stage {model_dir}")
@@ -143,6 +146,8 @@ def _silent(message: str) -> None:
 def _run(
     recipe: Recipe, out_dir: Path, resume: bool, log: Log, is_main: bool
 ) -> PipelineResult | None:
+    if resume:
+        check_same_file(out_dir / RECIPE_FILE)  # every rank resumes, or is refused alike
     _check_out_dir(out_dir, recipe, resume)
     if "tensorrt" in recipe.bench.backends:  # fail now, not after an hour of training
         lazy_import("tensorrt", "bench.backends: tensorrt")

@@ -147,14 +147,14 @@ SCRIPT = textwrap.dedent(
         distributed.cleanup()
     elif MODE == "nodes":  # one process on each of two "nodes" (two torchrun agents)
         from compressor.errors import InputError
-        from compressor.training.checkpoint_checks import check_same_checkpoint
+        from compressor.training.checkpoint_checks import check_same_file
 
         info = distributed.init_from_env("cpu")
         run("nodes_plain", plain, BASE / "nodes_plain")
         # a resume on nodes that do not share the output folder: rank 1 sees no checkpoint
         own = BASE / ("nodes_plain" if info.is_main else "not_shared") / "checkpoint.pt"
         try:
-            check_same_checkpoint(own)
+            check_same_file(own)
         except InputError as exc:
             print("REFUSED " + json.dumps({"rank": info.rank, "message": str(exc)}), flush=True)
         distributed.barrier()

@@ -10,10 +10,12 @@ import torch
 
 from compressor.cli import main
 from compressor.errors import ConfigError
+from compressor.recipe.sections import recipe_from_dict
 from compressor.workflows.lottery import schedule
 from compressor.workflows.lottery.cells import Cell, plan
 from compressor.workflows.lottery.energy import physical_gpu_index
 from compressor.workflows.lottery.executor_config import ExecutorConfig
+from compressor.workflows.lottery.ray_grid import Resources, plan_resources, task_recipe_dict
 from compressor.workflows.lottery.recipes import lottery_recipe
 from compressor.workflows.lottery.schedule import GridProgress, dependencies
 
@@ -71,6 +73,7 @@ def test_progress_says_done_running_left_and_the_time_left(monkeypatch):
         ({"executor": "ray", "retries": -1}, "--retries must be an integer >= 0, got -1"),
         ({"workers": 2}, "--workers only apply to --executor ray; add --executor ray"),
         ({"address": "auto", "threads": 2}, "--address, --threads only apply to --executor ray"),
+        ({"retries": 0}, "--retries only apply to --executor ray"),
     ],
 )
 def test_bad_executor_settings_name_the_flag(kwargs, message):
@@ -124,7 +127,7 @@ def test_summary_only_on_a_folder_without_a_grid(tmp_path, capsys):
 @pytest.mark.parametrize(
     "visible, device, expected",
     [
-        (None, torch.device("cuda", 2), 2),  # torch sees every GPU: its numbering is NVML's
+        (None, torch.device("cuda", 2), 2),  # no NVML here: mapped by position
         ("3,1", torch.device("cuda", 0), 3),  # Ray gave this task GPUs 3 and 1
         ("3,1", torch.device("cuda", 1), 1),
         ("5", torch.device("cuda"), 5),  # "cuda" is the first visible GPU
@@ -140,3 +143,51 @@ def test_energy_is_read_on_the_physical_gpu_the_cell_trains_on(
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert physical_gpu_index(device) == expected
+
+
+def test_a_cell_another_run_finished_counts_as_done_but_not_towards_the_pace(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+    cells = [Cell("dense", 0), Cell("dense", 1), Cell("dense", 2)]
+    progress = GridProgress.of(cells, epochs=10, log=print)
+    progress.finish("dense-s0", trained=False)  # read back, not trained here
+    assert progress.seconds_left() is None
+    progress.start("dense-s1")
+    now[0] = 20.0
+    progress.finish("dense-s1")
+    assert progress.seconds_left() == pytest.approx(20.0)  # 10 epochs left at 0.5 epoch/s
+
+
+@pytest.mark.parametrize(
+    "device, gpus, cpus, flags, threads, expected",
+    [
+        ("auto", 0, 2, {"workers": 2}, None, Resources(False, 1, 2)),  # cores shared
+        ("auto", 0, 16, {}, None, Resources(False, 1, 16)),
+        ("auto", 0, 16, {"threads": 4}, None, Resources(False, 4, 4)),
+        ("auto", 0, 16, {}, 2, Resources(False, 2, 8)),  # the recipe's train.threads
+        ("auto", 8, 64, {}, None, Resources(True, 1, 8)),  # one cell per GPU
+        ("cuda", 8, 64, {"workers": 3, "threads": 4}, None, Resources(True, 4, 3)),
+        ("cpu", 8, 64, {"workers": 4}, None, Resources(False, 16, 4)),  # GPUs left alone
+    ],
+)
+def test_resources_each_cell_asks_ray_for(device, gpus, cpus, flags, threads, expected):
+    executor = ExecutorConfig("ray", **flags)
+    assert plan_resources(device, gpus, cpus, executor, threads) == expected
+
+
+def test_cuda_cells_on_a_cluster_without_gpus_are_refused():
+    with pytest.raises(ConfigError, match="train.device is 'cuda' but the Ray cluster has no GPU"):
+        plan_resources("cuda", 0, 64, ExecutorConfig("ray"), None)
+
+
+def test_workers_run_the_recipe_with_their_device_threads_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_from_dict(
+        {"data": {"name": "cifar10", "root": "data/c10"}, "train": {"device": "auto"}}
+    )
+    on_gpu = task_recipe_dict(recipe, Resources(True, 2, 8))
+    assert on_gpu["train"]["device"] == "cuda" and on_gpu["train"]["threads"] == 2
+    assert on_gpu["data"]["root"] == str(tmp_path / "data" / "c10")
+    on_cpu = task_recipe_dict(recipe, Resources(False, 1, 2))
+    assert on_cpu["train"]["device"] == "cpu"  # never a GPU Ray did not hand out
+    assert recipe_from_dict(on_cpu).train.threads == 1  # a recipe the worker can read

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.errors import InputError
+from compressor.errors import InputError, InUseError
 from compressor.outdir import LOCK_NAME, exclusive_out_dir, lock_holder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,3 +81,23 @@ def test_an_unusable_directory_is_an_input_error(tmp_path: Path) -> None:
         exclusive_out_dir(blocker / "out"),
     ):
         pass
+
+
+def test_a_file_system_without_locks_is_said_not_waited_on(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Lustre without -o flock answers ENOLCK: an error naming the cause, not "in use" (which
+    the lottery grid would wait on forever)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(InputError) as caught, exclusive_out_dir(tmp_path / "out"):
+        pass
+    assert not isinstance(caught.value, InUseError)
+    assert str(caught.value) == (
+        f"cannot use {tmp_path / 'out'} as an output directory: its file system refuses locks "
+        "(No locks available); use a folder on a file system with flock (NFSv4, Lustre mounted "
+        "with -o flock, a local disk)"
+    )

@@ -140,32 +140,41 @@ class EnergyMeter:
 
 
 def physical_gpu_index(device: Any) -> int | None:
-    """NVML's index of the GPU torch calls `device` (None on the CPU).
+    """NVML's index of the GPU torch calls `device` (None on the CPU or when unknown).
 
-    torch numbers the GPUs CUDA_VISIBLE_DEVICES lets it see (Ray sets it for each task);
-    NVML numbers every GPU of the machine. A UUID entry is looked up through NVML, and
-    None is returned when the mapping cannot be made (the meter then reads GPU 0 and the
-    result's method says so).
+    torch numbers the GPUs CUDA_VISIBLE_DEVICES lets it see (Ray sets it for each task), in
+    CUDA's order (fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID); NVML numbers every GPU
+    of the machine by PCI bus. So the GPU is looked up by its UUID in NVML; without NVML (or
+    a UUID) the visible list is mapped by position, which is right when all GPUs are of
+    one model. None when neither works: the meter then reads GPU 0 and says so.
     """
     if getattr(device, "type", None) != "cuda":
         return None
+    by_uuid = _nvml_index_of(device)
+    if by_uuid is not None:
+        return by_uuid
     ordinal = device.index or 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None or not visible.strip():
         return ordinal
     entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-    if ordinal >= len(entries):
+    if ordinal >= len(entries) or not entries[ordinal].isdigit():
         return None
-    entry = entries[ordinal]
-    if entry.isdigit():
-        return int(entry)
+    return int(entries[ordinal])
+
+
+def _nvml_index_of(device: Any) -> int | None:
     try:
+        import torch
+
         from deploy.machine.nvml import import_nvml
 
-        nvml = import_nvml("the energy of a GPU named by UUID")
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        nvml = import_nvml("the energy of one GPU")
         nvml.nvmlInit()
-        return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
-    except Exception:  # no NVML, or an unknown UUID: unknown, and the result says gpu0
+        name = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(name)))
+    except Exception:  # no GPU, no NVML, an old torch without .uuid: map by position
         return None
 
 

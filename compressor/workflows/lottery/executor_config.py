@@ -11,6 +11,7 @@ from compressor.errors import ConfigError
 from deploy.config_fields import check_fields, one_of, whole
 
 EXECUTORS = ("local", "ray")
+DEFAULT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,14 @@ class ExecutorConfig:
     starting one on this machine, `threads` are the CPU threads each cell trains with on
     a CPU (default: the recipe's train.threads, else this machine's cores shared by the
     workers), and `retries` is how many times a cell whose worker died (killed, out of
-    memory, a lost node) is started again, from its own checkpoint.
+    memory, a lost node) is started again, from its own checkpoint (default 2).
     """
 
     executor: str = field(default="local", metadata=one_of(EXECUTORS))
     workers: int | None = field(default=None, metadata=whole(1, optional=True))
     address: str | None = None
     threads: int | None = field(default=None, metadata=whole(1, optional=True))
-    retries: int = field(default=2, metadata=whole(0))
+    retries: int | None = field(default=None, metadata=whole(0, optional=True))
 
     def __post_init__(self) -> None:
         check_fields(self, ConfigError, "--{name} ")
@@ -41,6 +42,7 @@ class ExecutorConfig:
                     ("--workers", self.workers),
                     ("--address", self.address),
                     ("--threads", self.threads),
+                    ("--retries", self.retries),
                 )
                 if value is not None
             ]
@@ -49,3 +51,7 @@ class ExecutorConfig:
                     f"{', '.join(given)} only apply to --executor ray; add --executor ray, "
                     "or leave them out (the one-process grid uses the recipe's train.threads)"
                 )
+
+    @property
+    def max_retries(self) -> int:
+        return DEFAULT_RETRIES if self.retries is None else self.retries

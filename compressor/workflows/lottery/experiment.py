@@ -33,10 +33,11 @@ cells it reads (compressor/workflows/lottery/schedule.py) and run the same cell 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from compressor.atomic import atomic_write_text
@@ -82,6 +83,7 @@ GRID_FIELDS = (
 
 
 WAIT_SECONDS = 2.0  # how often a run waiting for cells another run holds looks again
+GRID_WAIT_SECONDS = 120.0  # the longest wait for another run writing the grid's own files
 
 
 def _stderr(message: str) -> None:
@@ -126,7 +128,7 @@ def run_experiment(
     )
     ctx = CellContext(recipe, data, out_dir, log)
     _preflight(ctx, cells)  # nothing is written before the grid is known to fit
-    with exclusive_out_dir(out_dir):  # held while the grid's recipe is checked and written
+    with _grid_held(out_dir):  # while the grid's recipe is checked and written
         _check_out_dir(out_dir, recipe, resume)  # again: another run may have started since
         atomic_write_text(out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
     progress = GridProgress.of(cells, recipe.train.epochs, log)
@@ -180,7 +182,7 @@ def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> No
             except InUseError:
                 continue
             pending.remove(cell)
-            progress.finish(cell.key)
+            progress.finish(cell.key, trained=ran)
             what = (
                 f"accuracy {100 * result['accuracy']:.2f}, {len(result['removed_blocks'])} "
                 f"blocks removed, {time.perf_counter() - tick:.0f}s"
@@ -203,13 +205,32 @@ def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> No
 
 
 def _write_grid_summary(ctx: CellContext, cells: list[Cell]) -> Path:
-    return write_summary(
-        ctx.recipe,
-        ctx.out_dir,
-        cells,
-        dense_models=dense_models(ctx),
-        images=ctx.data.test.images[:CKA_MAX_IMAGES],
-    )
+    with _grid_held(ctx.out_dir):  # two runs sharing the grid may finish at once
+        return write_summary(
+            ctx.recipe,
+            ctx.out_dir,
+            cells,
+            dense_models=dense_models(ctx),
+            images=ctx.data.test.images[:CKA_MAX_IMAGES],
+        )
+
+
+@contextlib.contextmanager
+def _grid_held(out_dir: Path) -> Iterator[None]:
+    """The grid folder itself, held briefly while its own files (recipe.json, the summary)
+    are written, and only then swept of a killed writer's temporaries: several runs and
+    Ray workers share the grid, each holding its cells. Another holder is waited for."""
+    with contextlib.ExitStack() as stack:
+        deadline = time.monotonic() + GRID_WAIT_SECONDS
+        while True:
+            try:
+                stack.enter_context(exclusive_out_dir(out_dir))
+                break
+            except InUseError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        yield
 
 
 def _summary_only(recipe: Recipe, out_dir: Path, cells: list[Cell], log: Log) -> Path:

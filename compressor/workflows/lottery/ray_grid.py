@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,10 @@ from compressor.workflows.lottery.schedule import GridProgress, dependencies
 from deploy.lazy import lazy_import
 
 WAIT_SECONDS = 2.0  # how often a worker whose cell another run holds looks again
+REPORT_SECONDS = 300.0  # a progress line at least this often, even when no cell finishes
 
-# One context per worker process and grid: the data are loaded once per worker, not per cell.
+# One context per worker process and grid: on CPUs the data are loaded once per worker, not
+# per cell (a GPU worker trains one cell and exits, see run_on_ray).
 _CONTEXTS: dict[tuple[str, str], CellContext] = {}
 
 
@@ -56,46 +59,44 @@ def run_on_ray(
     """Train the unfinished cells as Ray tasks; {key: why} of the cells that failed for good."""
 
     ray = lazy_import("ray", "compressor lottery --executor ray")
-    gpu, threads, workers = _start(ray, recipe, executor, progress.log)
     try:
-        train = dataclasses.replace(recipe.train, threads=threads)
-        if gpu:  # Ray hands each task one GPU, which torch then sees as cuda:0
-            train = dataclasses.replace(train, device="cuda")
-        task_recipe = json.dumps(dataclasses.replace(recipe, train=train).to_dict())
-        task = ray.remote(_cell_task).options(
-            num_cpus=threads,
-            num_gpus=1 if gpu else 0,
-            max_retries=executor.retries,
-            retry_exceptions=False,
+        plan_ = _start(ray, recipe, executor)
+        progress.log(plan_.describe(executor.address))
+        remote = ray.remote(_cell_task)
+        if plan_.gpu:  # a fresh worker per cell: torch's CUDA context keeps its first GPU
+            remote = ray.remote(num_gpus=1, max_calls=1)(_cell_task)
+        task = remote.options(
+            num_cpus=plan_.threads, max_retries=executor.max_retries, retry_exceptions=False
         )
-        return _drive(ray, task, task_recipe, out_dir, cells, workers, progress)
+        task_recipe = json.dumps(task_recipe_dict(recipe, plan_))
+        return _drive(ray, task, task_recipe, out_dir.resolve(), cells, plan_.slots, progress)
     finally:
         ray.shutdown()
 
 
-def _start(
-    ray: Any, recipe: Recipe, executor: ExecutorConfig, log: Any
-) -> tuple[bool, int, int | None]:
-    """Start or join the cluster; (cells train on GPUs, threads per cell, most cells at once)."""
+@dataclass(frozen=True)
+class Resources:
+    """What each cell asks Ray for and how many cells train at once."""
 
-    device = recipe.train.device
-    quiet = {"logging_level": logging.ERROR, "include_dashboard": False}
-    if executor.address is not None:
-        try:
-            ray.init(address=executor.address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise InputError(
-                f"--address {executor.address}: no Ray cluster answers there ({exc}); start "
-                "one with `ray start --head` and pass the address it prints, or leave out "
-                "--address to start one on this machine"
-            ) from exc
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-    else:
-        import torch
+    gpu: bool  # one GPU per cell; else `threads` CPU cores
+    threads: int
+    slots: int  # cells in flight at once: --workers, else what the resources hold
 
-        gpus = torch.cuda.device_count() if device != "cpu" else 0
-        cpus = os.cpu_count() or 1
+    def describe(self, address: str | None) -> str:
+        where = address or "a Ray cluster on this machine"
+        each = "one GPU" if self.gpu else f"{self.threads} CPU thread(s)"
+        return f"[ray] cells on {where}; each on {each}; at most {self.slots} at once"
+
+
+def plan_resources(
+    device: str, gpus: int, cpus: int, executor: ExecutorConfig, recipe_threads: int | None
+) -> Resources:
+    """Each cell's share of a cluster with `gpus` GPUs and `cpus` cores (device: the recipe's).
+
+    GPU cells take one GPU each and --threads (else train.threads, else 1) cores; CPU cells
+    take --threads (else train.threads, else the cores shared by --workers) cores. Without
+    --workers, as many cells train at once as the GPUs, or the cores, hold.
+    """
     if device == "cuda" and gpus == 0:
         raise ConfigError(
             "train.device is 'cuda' but the Ray cluster has no GPU; use 'auto' or 'cpu'"
@@ -103,18 +104,71 @@ def _start(
     gpu = gpus > 0 and device != "cpu"
     workers = executor.workers
     if gpu:
-        threads = executor.threads or recipe.train.threads or 1
-    else:
-        threads = executor.threads or recipe.train.threads or max(1, cpus // (workers or cpus))
-    if executor.address is None:
-        slots = workers or (gpus if gpu else max(1, cpus // threads))
-        # Logical resources: asking for more workers x threads than cores is the user's call.
-        ray.init(num_cpus=max(cpus, slots * threads), num_gpus=gpus, **quiet)
-    where = executor.address or "a Ray cluster on this machine"
-    each = "one GPU" if gpu else f"{threads} CPU thread(s)"
-    at_once = workers or "as many as the cluster's resources allow"
-    log(f"[ray] cells on {where}; each on {each}; at most {at_once} at once")
-    return gpu, threads, workers
+        threads = executor.threads or recipe_threads or 1
+        return Resources(True, threads, workers or gpus)
+    threads = executor.threads or recipe_threads or max(1, cpus // (workers or cpus))
+    return Resources(False, threads, workers or max(1, cpus // threads))
+
+
+def task_recipe_dict(recipe: Recipe, resources: Resources) -> dict[str, Any]:
+    """The recipe a worker runs: its threads and device fixed (Ray shows a GPU task its GPU
+    as cuda:0; a CPU task must not pick up a GPU Ray did not give it), paths absolute (a
+    worker on another node starts in another folder)."""
+    device = "cuda" if resources.gpu else "cpu"
+    train = dataclasses.replace(recipe.train, threads=resources.threads, device=device)
+    data = recipe.data
+    if getattr(data, "root", None):
+        data = dataclasses.replace(data, root=str(Path(data.root).resolve()))
+    return dataclasses.replace(recipe, train=train, data=data).to_dict()
+
+
+def _start(ray: Any, recipe: Recipe, executor: ExecutorConfig) -> Resources:
+    """Start a cluster on this machine, or join the one at --address; the cells' resources."""
+
+    device = recipe.train.device
+    quiet = {"logging_level": logging.ERROR, "include_dashboard": False}
+    if executor.address is not None:
+        try:
+            ray.init(address=executor.address, **quiet)
+        except Exception as exc:  # ConnectionError, a ray:// address without ray[client], ...
+            raise InputError(
+                f"--address {executor.address}: cannot join a Ray cluster there "
+                f"({_first_line(exc)}); start one with `ray start --head` and pass the address "
+                "it prints, or leave out --address to start one on this machine"
+            ) from exc
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = plan_resources(device, gpus, cpus, executor, recipe.train.threads)
+        widest = max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0)
+        if resources.threads > widest:
+            raise ConfigError(
+                f"--threads {resources.threads}: no node of the cluster at "
+                f"{executor.address} has that many CPUs (the largest has {widest}); "
+                "ask for fewer"
+            )
+        return resources
+    import torch
+
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    cpus = os.cpu_count() or 1
+    resources = plan_resources(device, gpus, cpus, executor, recipe.train.threads)
+    try:  # address="local": a new cluster, even where RAY_ADDRESS or `ray start` say another
+        ray.init(
+            address="local",
+            # logical: more workers x threads than cores is the user's call
+            num_cpus=max(cpus, resources.slots * resources.threads),
+            num_gpus=gpus,
+            **quiet,
+        )
+    except Exception as exc:
+        raise InputError(f"cannot start Ray on this machine: {_first_line(exc)}") from exc
+    return resources
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _drive(
@@ -123,7 +177,7 @@ def _drive(
     task_recipe: str,
     out_dir: Path,
     cells: list[Cell],
-    workers: int | None,
+    slots: int,
     progress: GridProgress,
 ) -> dict[str, str]:
     log = progress.log
@@ -138,7 +192,7 @@ def _drive(
             pending.append(cell)
     failed: dict[str, str] = {}
     running: dict[Any, str] = {}
-    changed = False
+    changed = True  # the first line once the first cells are submitted
     while pending or running:
         for cell in list(pending):
             lost = [key for key in needs[cell.key] if key in failed]
@@ -146,7 +200,7 @@ def _drive(
                 pending.remove(cell)
                 failed[cell.key] = f"not started, it needs {lost[0]}, which failed"
                 progress.fail(cell.key)
-            elif workers is not None and len(running) >= workers:
+            elif len(running) >= slots:
                 break
             elif all(key in progress.done for key in needs[cell.key]):
                 pending.remove(cell)
@@ -159,7 +213,9 @@ def _drive(
             for cell in pending:  # cannot happen with plan()'s order; said, not looped on
                 failed[cell.key] = "not started, it waits for cells that never finished"
             break
-        ready, _ = ray.wait(list(running), num_returns=1)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=REPORT_SECONDS)
+        if not ready:  # nothing finished for a while: say where the grid stands anyway
+            changed = True
         for ref in ready:
             key = running.pop(ref)
             head = f"[{number[key]}/{len(cells)}] {key}"
@@ -169,12 +225,12 @@ def _drive(
                 failed[key] = _why(getattr(exc, "cause", None) or exc)
                 progress.fail(key)
                 log(f"{head}: failed: {failed[key]}")
-            except ray.exceptions.RayError as exc:  # the worker or its node died every try
-                failed[key] = f"its worker died on every try ({type(exc).__name__})"
+            except ray.exceptions.RayError as exc:  # a worker or node died on every try, ...
+                failed[key] = f"Ray could not run it: {_first_line(exc)}"
                 progress.fail(key)
                 log(f"{head}: failed: {failed[key]}")
             else:
-                progress.finish(key)
+                progress.finish(key, trained=reply["ran"])
                 log(f"{head}: {_describe(reply)}")
             changed = True
     if changed:

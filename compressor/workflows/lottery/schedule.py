@@ -77,10 +77,12 @@ class GridProgress:
             self._started = time.perf_counter()
         self.running.add(key)
 
-    def finish(self, key: str) -> None:
+    def finish(self, key: str, *, trained: bool = True) -> None:
+        """`trained` False: another run finished it meanwhile; done, but no pace from it."""
         self.running.discard(key)
         self.done.add(key)
-        self._epochs_done_here += self.epochs[key]
+        if trained:
+            self._epochs_done_here += self.epochs[key]
 
     def fail(self, key: str) -> None:
         self.running.discard(key)
