@@ -182,9 +182,7 @@ def test_cuda_cells_on_a_cluster_without_gpus_are_refused():
 
 def test_workers_run_the_recipe_with_their_device_threads_and_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recipe = recipe_from_dict(
-        {"data": {"name": "cifar10", "root": "data/c10"}, "train": {"device": "auto"}}
-    )
+    recipe = lottery_recipe("data/c10")  # the paper-scale grid, its batches in a relative folder
     on_gpu = task_recipe_dict(recipe, Resources(True, 2, 8))
     assert on_gpu["train"]["device"] == "cuda" and on_gpu["train"]["threads"] == 2
     assert on_gpu["data"]["root"] == str(tmp_path / "data" / "c10")
