@@ -163,14 +163,7 @@ def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> No
 
     out_dir, log = ctx.out_dir, ctx.log
     needs = dependencies(cells)
-    number = {cell.key: n for n, cell in enumerate(cells, 1)}
-    pending = []
-    for cell in cells:
-        if cell_result(out_dir, cell.key) is not None:
-            log(f"[{number[cell.key]}/{len(cells)}] {cell.key}: finished before, kept")
-            progress.finished_before(cell.key)
-        else:
-            pending.append(cell)
+    pending = progress.unfinished(cells, out_dir)
     waited_for: set[str] = set()
     while pending:
         for cell in pending:
@@ -189,7 +182,7 @@ def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> No
                 if ran
                 else "finished meanwhile by another run, kept"
             )
-            log(f"[{number[cell.key]}/{len(cells)}] {cell.key}: {what}")
+            log(f"{progress.label(cell.key)}: {what}")
             progress.report()
             break
         else:  # every cell left is held by another run, or waits for one that is

@@ -36,7 +36,7 @@ from compressor.data.splits import load_data
 from compressor.errors import CompressorError, ConfigError, InputError, InUseError
 from compressor.recipe.sections import Recipe, recipe_from_dict
 from compressor.workflows.lottery.cell_work import CellContext, claim_and_run
-from compressor.workflows.lottery.cells import Cell, cell_result, plan
+from compressor.workflows.lottery.cells import Cell, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
 from compressor.workflows.lottery.schedule import GridProgress, dependencies
 from deploy.lazy import lazy_import
@@ -182,14 +182,7 @@ def _drive(
 ) -> dict[str, str]:
     log = progress.log
     needs = dependencies(cells)
-    number = {cell.key: n for n, cell in enumerate(cells, 1)}
-    pending: list[Cell] = []
-    for cell in cells:
-        if cell_result(out_dir, cell.key) is not None:
-            log(f"[{number[cell.key]}/{len(cells)}] {cell.key}: finished before, kept")
-            progress.finished_before(cell.key)
-        else:
-            pending.append(cell)
+    pending = progress.unfinished(cells, out_dir)
     failed: dict[str, str] = {}
     running: dict[Any, str] = {}
     changed = True  # the first line once the first cells are submitted
@@ -218,7 +211,7 @@ def _drive(
             changed = True
         for ref in ready:
             key = running.pop(ref)
-            head = f"[{number[key]}/{len(cells)}] {key}"
+            head = progress.label(key)
             try:
                 reply = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from compressor.workflows.lottery.cells import Cell
+from compressor.workflows.lottery.cells import Cell, cell_result
 
 
 def dependencies(cells: Sequence[Cell]) -> dict[str, tuple[str, ...]]:
@@ -57,7 +58,7 @@ class GridProgress:
     by an earlier run count as done but not towards the pace.
     """
 
-    epochs: dict[str, int]  # the epochs each cell of the grid trains
+    epochs: dict[str, int]  # the epochs each cell of the grid trains, in plan order
     log: Callable[[str], None]
     done: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
@@ -68,6 +69,21 @@ class GridProgress:
     @classmethod
     def of(cls, cells: Iterable[Cell], epochs: int, log: Callable[[str], None]) -> GridProgress:
         return cls({cell.key: cell.epochs_to_train(epochs) for cell in cells}, log)
+
+    def label(self, key: str) -> str:
+        """ "[3/89] init-grasp-p1-s0": the cell and its place in the plan."""
+        return f"[{list(self.epochs).index(key) + 1}/{len(self.epochs)}] {key}"
+
+    def unfinished(self, cells: Sequence[Cell], out_dir: Path) -> list[Cell]:
+        """The cells without a result, in plan order; the others are said to be kept."""
+        pending = []
+        for cell in cells:
+            if cell_result(out_dir, cell.key) is not None:
+                self.log(f"{self.label(cell.key)}: finished before, kept")
+                self.finished_before(cell.key)
+            else:
+                pending.append(cell)
+        return pending
 
     def finished_before(self, key: str) -> None:
         self.done.add(key)
