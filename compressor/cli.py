@@ -87,11 +87,16 @@ def cmd_lottery(args: argparse.Namespace) -> int:
     import dataclasses
 
     from compressor.data.config import DataConfig
+    from compressor.recipe.resume import started_recipe
+    from compressor.recipe.sections import recipe_from_dict
     from compressor.workflows.lottery.executor_config import ExecutorConfig
     from compressor.workflows.lottery.experiment import plan, run_experiment
     from compressor.workflows.lottery.recipes import lottery_recipe
 
-    if args.recipe is None:
+    started = started_recipe(Path(args.out)) if args.summary_only else None
+    if args.recipe is None and started is not None:
+        recipe = recipe_from_dict(started)  # --summary-only: the grid's own recipe
+    elif args.recipe is None:
         recipe = lottery_recipe(args.cifar10)
     else:
         recipe = _recipe(args)
@@ -306,7 +311,8 @@ def _add_lottery(sub: Any) -> None:
     lottery.add_argument(
         "--summary-only",
         action="store_true",
-        help="write the summary of the finished grid in --out again, training nothing",
+        help="write the summary of the finished grid in --out again, training nothing "
+        "(without RECIPE: the grid's own recipe.json)",
     )
     scale = lottery.add_argument_group(
         "scale-out",

@@ -112,6 +112,9 @@ def test_ray_grid_gives_the_accuracies_of_the_one_process_grid(grids):
         assert outputs["ray"].count(f"] {key}: accuracy") == 1, key
     assert "finished meanwhile" not in outputs["ray"]
     assert "6 done, 0 running, 0 left" in outputs["ray"]
+    side_by_side = "Some cells trained as Ray tasks, side by side"
+    assert side_by_side in (base / "ray" / "summary.md").read_text()
+    assert "Ray tasks" not in (base / "local" / "summary.md").read_text()
     for out in ("local", "ray"):
         assert "time left: about" in outputs[out]  # the estimate, in both executors
 
@@ -146,7 +149,7 @@ def test_summary_only_rewrites_the_summary_without_training(grids):
     out = base / "ray"
     before = {key: (out / "cells" / key / "result.json").stat().st_mtime_ns for key in CELLS}
     (out / "summary.md").unlink()
-    output = _finish(_lottery([str(recipe), "--out", str(out), "--summary-only"]))
+    output = _finish(_lottery(["--out", str(out), "--summary-only"]))  # its own recipe.json
     assert "all 6 cells finished; writing the summary again" in output
     assert (out / "summary.md").is_file()
     assert _deterministic(out) == _deterministic(base / "local")
@@ -229,10 +232,12 @@ def test_a_cell_that_fails_is_named_and_the_others_finish(grids, tmp_path):
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 1, output[-3000:]
     last = output.strip().splitlines()[-1]
-    assert last.startswith("compressor: error: 3 cell(s) failed: dense-s1: ")
+    assert last.startswith("compressor: error: 1 cell(s) failed: dense-s1: ")
     assert str(damaged) in last
-    assert "init-grasp-p1-s1: not started, it needs dense-s1, which failed" in last
-    assert "init-random-p1-s1: not started, it needs dense-s1, which failed" in last
+    assert "; 2 not started, as they need a failed cell: init-grasp-p1-s1, init-random-p1-s1." in (
+        last
+    )
+    assert "1 failed, 2 blocked by a failed cell" in output
     assert last.endswith(
         f"The other 3 cells are finished and kept in {out}; fix the cause and rerun with "
         "--resume to train only what is missing"

@@ -5,8 +5,12 @@ Fast and without Ray: the grids run in tests/compressor/test_lottery_ray.py.
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 import torch
+import yaml
 
 from compressor.cli import main
 from compressor.errors import ConfigError
@@ -60,8 +64,8 @@ def test_progress_says_done_running_left_and_the_time_left(monkeypatch):
     progress.finish("init-grasp-p1-s0")  # 10 epochs in 60 s; the after cell retrains 5
     progress.report()
     assert lines == ["[grid] 2 done, 0 running, 1 left; time left: about 30 s"]
-    progress.fail("after-kl-p1-r50-s0")
-    assert progress.line() == "[grid] 2 done, 0 running, 0 left, 1 failed"
+    progress.fail("after-kl-p1-r50-s0", blocked=True)
+    assert progress.line() == "[grid] 2 done, 0 running, 0 left, 1 blocked by a failed cell"
 
 
 @pytest.mark.parametrize(
@@ -71,9 +75,9 @@ def test_progress_says_done_running_left_and_the_time_left(monkeypatch):
         ({"executor": "ray", "workers": 0}, "--workers must be an integer >= 1, got 0"),
         ({"executor": "ray", "threads": True}, "--threads must be an integer >= 1, got True"),
         ({"executor": "ray", "retries": -1}, "--retries must be an integer >= 0, got -1"),
-        ({"workers": 2}, "--workers only apply to --executor ray; add --executor ray"),
-        ({"address": "auto", "threads": 2}, "--address, --threads only apply to --executor ray"),
-        ({"retries": 0}, "--retries only apply to --executor ray"),
+        ({"workers": 2}, "--workers applies only to --executor ray; add --executor ray"),
+        ({"address": "auto", "threads": 2}, "--address, --threads apply only to --executor ray"),
+        ({"retries": 0}, "--retries applies only to --executor ray; add --executor ray, or leave"),
     ],
 )
 def test_bad_executor_settings_name_the_flag(kwargs, message):
@@ -87,8 +91,8 @@ def test_cli_refuses_ray_flags_without_ray_executor_in_one_line(tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "compressor: error: --workers only apply to --executor ray; add --executor ray, or "
-        "leave them out (the one-process grid uses the recipe's train.threads)"
+        "compressor: error: --workers applies only to --executor ray; add --executor ray, or "
+        "leave it out"
     ]
     assert not (tmp_path / "grid").exists()
 
@@ -189,3 +193,45 @@ def test_workers_run_the_recipe_with_their_device_threads_and_absolute_paths(tmp
     on_cpu = task_recipe_dict(recipe, Resources(False, 1, 2))
     assert on_cpu["train"]["device"] == "cpu"  # never a GPU Ray did not hand out
     assert recipe_from_dict(on_cpu).train.threads == 1  # a recipe the worker can read
+
+
+def test_an_address_nobody_answers_on_fails_at_once_in_one_line(tmp_path, capsys):
+    """ray.init retries such an address without end; the probe says so within seconds."""
+    pytest.importorskip("ray", reason="Ray is not installed (bash install.sh --test adds it)")
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_GRID))
+    code = main(
+        ["lottery", str(recipe), "--executor", "ray", "--address", f"127.0.0.1:{port}",
+         "--out", str(tmp_path / "grid")]
+    )  # fmt: skip
+    assert code == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("compressor:")]
+    assert line.startswith(f"compressor: error: --address 127.0.0.1:{port}: nothing answers there")
+    assert main(["lottery", str(recipe), "--plan", "--out", str(tmp_path / "grid")]) == 0
+    # nothing was trained, so the folder is free for the next start, without --resume
+    assert not (tmp_path / "grid" / "cells").exists()
+
+
+def test_more_threads_than_cores_is_refused(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed (bash install.sh --test adds it)")
+    recipe = tmp_path / "grid.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_GRID))
+    cores = os.cpu_count() or 1
+    argv = ["lottery", str(recipe), "--executor", "ray", "--threads", str(cores + 1)]
+    assert main([*argv, "--out", str(tmp_path / "grid")]) == 2
+    assert f"--threads {cores + 1}: this machine has {cores} CPU cores" in capsys.readouterr().err
+
+
+TINY_GRID = {
+    "model": {"name": "resnet8", "width": 0.5},
+    "data": {"name": "digits", "image_size": 8, "limit_train": 200},
+    "train": {"epochs": 1, "batch_size": 64, "progress": "none", "warmup_epochs": 0},
+    "experiment": {
+        "seeds": [0], "blocks": [1], "at_init": ["random"], "scratch": [],
+        "filter_criteria": [], "after_training": [], "lmc_seeds": [],
+        "energy_source": "declared", "power_watts": 5,
+    },
+}  # fmt: skip

@@ -54,6 +54,7 @@ class CellContext:
     data: DataSplits
     out_dir: Path
     log: Log
+    executor: str = "local"  # "ray": cells train side by side, which the summary says
     corrupted: dict[tuple[str, int], Split] = field(default_factory=dict)
     dense_trained: dict[int, nn.Module] = field(default_factory=dict)
 
@@ -241,6 +242,7 @@ def run_cell(ctx: CellContext, cell: Cell) -> dict[str, Any]:
         "energy": energy.to_dict() if energy else None,
         "device": trained.device,
         "device_kind": device_kind(device),
+        "executor": ctx.executor,
         "host": socket.gethostname(),
         **facts,
     }

@@ -47,9 +47,10 @@ class ExecutorConfig:
                 if value is not None
             ]
             if given:
+                verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
                 raise ConfigError(
-                    f"{', '.join(given)} only apply to --executor ray; add --executor ray, "
-                    "or leave them out (the one-process grid uses the recipe's train.threads)"
+                    f"{', '.join(given)} {verb} only to --executor ray; add --executor ray, "
+                    f"or leave {them} out"
                 )
 
     @property

@@ -60,7 +60,7 @@ from compressor.workflows.lottery.cell_work import (
 )
 from compressor.workflows.lottery.cells import Cell, cell_result, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
-from compressor.workflows.lottery.schedule import GridProgress, dependencies
+from compressor.workflows.lottery.schedule import GridProgress, blocks_removed, dependencies
 from compressor.workflows.lottery.summary import write_summary
 from deploy.lazy import lazy_import
 
@@ -147,12 +147,18 @@ def run_experiment(
         else f"[grid] done in {took}"
     )
     if failed:
-        finished = len(progress.done)
+        blocked = {key: why for key, why in failed.items() if key in progress.blocked}
+        broken = {key: why for key, why in failed.items() if key not in blocked}
+        text = f"{len(broken)} cell(s) failed: " + "; ".join(
+            f"{key}: {why}" for key, why in broken.items()
+        )
+        if blocked:
+            text += f"; {len(blocked)} not started, as they need a failed cell: " + ", ".join(
+                blocked
+            )
         raise GridError(
-            f"{len(failed)} cell(s) failed: "
-            + "; ".join(f"{key}: {why}" for key, why in failed.items())
-            + f". The other {finished} cells are finished and kept in {out_dir}; fix the "
-            "cause and rerun with --resume to train only what is missing"
+            f"{text}. The other {len(progress.done)} cells are finished and kept in "
+            f"{out_dir}; fix the cause and rerun with --resume to train only what is missing"
         )
     return _write_grid_summary(ctx, cells)
 
@@ -177,8 +183,9 @@ def _run_here(ctx: CellContext, cells: list[Cell], progress: GridProgress) -> No
             pending.remove(cell)
             progress.finish(cell.key, trained=ran)
             what = (
-                f"accuracy {100 * result['accuracy']:.2f}, {len(result['removed_blocks'])} "
-                f"blocks removed, {time.perf_counter() - tick:.0f}s"
+                f"accuracy {100 * result['accuracy']:.2f}, "
+                f"{blocks_removed(len(result['removed_blocks']))}, "
+                f"{time.perf_counter() - tick:.0f}s"
                 if ran
                 else "finished meanwhile by another run, kept"
             )
@@ -250,6 +257,8 @@ def _summary_only(recipe: Recipe, out_dir: Path, cells: list[Cell], log: Log) ->
 
 def _check_out_dir(out_dir: Path, recipe: Recipe, resume: bool) -> None:
     before = started_recipe(out_dir)
+    if before is not None and not (out_dir / "cells").exists():
+        return  # a start that stopped before its first cell (Ray never came up): start again
     if before is None:
         if out_dir.is_dir() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
             raise InputError(

@@ -38,7 +38,7 @@ from compressor.recipe.sections import Recipe, recipe_from_dict
 from compressor.workflows.lottery.cell_work import CellContext, claim_and_run
 from compressor.workflows.lottery.cells import Cell, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
-from compressor.workflows.lottery.schedule import GridProgress, dependencies
+from compressor.workflows.lottery.schedule import GridProgress, blocks_removed, dependencies
 from deploy.lazy import lazy_import
 
 WAIT_SECONDS = 2.0  # how often a worker whose cell another run holds looks again
@@ -128,6 +128,7 @@ def _start(ray: Any, recipe: Recipe, executor: ExecutorConfig) -> Resources:
     device = recipe.train.device
     quiet = {"logging_level": logging.ERROR, "include_dashboard": False}
     if executor.address is not None:
+        _check_reachable(executor.address)
         try:
             ray.init(address=executor.address, **quiet)
         except Exception as exc:  # ConnectionError, a ray:// address without ray[client], ...
@@ -153,6 +154,11 @@ def _start(ray: Any, recipe: Recipe, executor: ExecutorConfig) -> Resources:
     gpus = torch.cuda.device_count() if device != "cpu" else 0
     cpus = os.cpu_count() or 1
     resources = plan_resources(device, gpus, cpus, executor, recipe.train.threads)
+    if resources.threads > cpus:
+        raise ConfigError(
+            f"--threads {resources.threads}: this machine has {cpus} CPU cores; ask for at "
+            "most that many per cell"
+        )
     try:  # address="local": a new cluster, even where RAY_ADDRESS or `ray start` say another
         ray.init(
             address="local",
@@ -164,6 +170,21 @@ def _start(ray: Any, recipe: Recipe, executor: ExecutorConfig) -> Resources:
     except Exception as exc:
         raise InputError(f"cannot start Ray on this machine: {_first_line(exc)}") from exc
     return resources
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """A HOST:PORT nobody answers on fails now: ray.init would retry it without end."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray://...: Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise InputError(
+            f"--address {address}: nothing answers there ({exc.strerror or exc}); start a "
+            "cluster with `ray start --head` and pass the address it prints, or leave out "
+            "--address to start one on this machine"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -192,7 +213,7 @@ def _drive(
             if lost:
                 pending.remove(cell)
                 failed[cell.key] = f"not started, it needs {lost[0]}, which failed"
-                progress.fail(cell.key)
+                progress.fail(cell.key, blocked=True)
             elif len(running) >= slots:
                 break
             elif all(key in progress.done for key in needs[cell.key]):
@@ -240,7 +261,7 @@ def _describe(reply: dict[str, Any]) -> str:
     if not reply["ran"]:
         return "finished meanwhile by another run, kept"
     return (
-        f"accuracy {100 * reply['accuracy']:.2f}, {reply['removed']} blocks removed, "
+        f"accuracy {100 * reply['accuracy']:.2f}, {blocks_removed(reply['removed'])}, "
         f"{reply['seconds']:.0f}s on {reply['host']} ({reply['device']})"
     )
 
@@ -261,7 +282,9 @@ def _cell_task(task_recipe: str, out_dir: str, key: str) -> dict[str, Any]:
     context_key = (task_recipe, str(out.resolve()))
     if context_key not in _CONTEXTS:
         recipe = recipe_from_dict(json.loads(task_recipe))
-        _CONTEXTS[context_key] = CellContext(recipe, load_data(recipe.data), out, _worker_log)
+        _CONTEXTS[context_key] = CellContext(
+            recipe, load_data(recipe.data), out, _worker_log, executor="ray"
+        )
     ctx = _CONTEXTS[context_key]
     (cell,) = [cell for cell in plan(ctx.config) if cell.key == key]
     tick = time.perf_counter()

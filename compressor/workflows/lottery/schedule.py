@@ -63,6 +63,7 @@ class GridProgress:
     done: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    blocked: set[str] = field(default_factory=set)  # of `failed`: not started, need a failed one
     _epochs_done_here: int = 0
     _started: float | None = None
 
@@ -100,9 +101,12 @@ class GridProgress:
         if trained:
             self._epochs_done_here += self.epochs[key]
 
-    def fail(self, key: str) -> None:
+    def fail(self, key: str, *, blocked: bool = False) -> None:
+        """`blocked`: never started, because a cell it needs failed."""
         self.running.discard(key)
         self.failed.add(key)
+        if blocked:
+            self.blocked.add(key)
 
     @property
     def left(self) -> int:
@@ -118,8 +122,10 @@ class GridProgress:
 
     def line(self) -> str:
         text = f"{len(self.done)} done, {len(self.running)} running, {self.left} left"
-        if self.failed:
-            text += f", {len(self.failed)} failed"
+        if self.failed - self.blocked:
+            text += f", {len(self.failed - self.blocked)} failed"
+        if self.blocked:
+            text += f", {len(self.blocked)} blocked by a failed cell"
         remaining = self.seconds_left()
         if self.left or self.running:
             text += "; time left: " + (
@@ -129,3 +135,7 @@ class GridProgress:
 
     def report(self) -> None:
         self.log(self.line())
+
+
+def blocks_removed(count: int) -> str:
+    return f"{count} block{'' if count == 1 else 's'} removed"

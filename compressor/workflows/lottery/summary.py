@@ -120,6 +120,7 @@ def summarise(results: list[dict[str, Any]], xi: float | str) -> dict[str, Any]:
         "rows": rows,
         "devices": devices,
         "energy_methods": methods,
+        "executors": sorted({r.get("executor") or "local" for r in results}),
     }
 
 

@@ -219,6 +219,13 @@ def _energy_lines(summary: dict[str, Any], rows: list[dict[str, Any]]) -> list[s
             f"{summary['energy_methods']}; time and CO2 ratios across them mean little.",
             "",
         ]
+    if "ray" in summary.get("executors", ()):
+        lines += [
+            "Some cells trained as Ray tasks, side by side: their train s, speed-ups and CO2 "
+            "include what they shared (CPU cores, memory bandwidth, a node's power) and are "
+            "comparable only with cells trained the same way; accuracies do not depend on it.",
+            "",
+        ]
     if energy is not None:
         kind = "an estimate (declared power x time)" if energy["energy_estimate"] else "measured"
         lines.append(f"Energy and CO2: {energy['energy_method']}, {kind}.")
