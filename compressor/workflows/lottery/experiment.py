@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,7 +59,12 @@ from compressor.workflows.lottery.cell_work import (
 )
 from compressor.workflows.lottery.cells import Cell, cell_result, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
-from compressor.workflows.lottery.schedule import GridProgress, blocks_removed, dependencies
+from compressor.workflows.lottery.schedule import (
+    GridProgress,
+    blocks_removed,
+    dependencies,
+    log_to_stderr,
+)
 from compressor.workflows.lottery.summary import write_summary
 from deploy.lazy import lazy_import
 
@@ -86,16 +90,12 @@ WAIT_SECONDS = 2.0  # how often a run waiting for cells another run holds looks 
 GRID_WAIT_SECONDS = 120.0  # the longest wait for another run writing the grid's own files
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_experiment(
     recipe: Recipe,
     out_dir: str | Path,
     *,
     resume: bool = False,
-    log: Log = _stderr,
+    log: Log = log_to_stderr,
     executor: ExecutorConfig | None = None,
     summary_only: bool = False,
 ) -> Path:

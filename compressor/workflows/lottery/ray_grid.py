@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,12 @@ from compressor.recipe.sections import Recipe, recipe_from_dict
 from compressor.workflows.lottery.cell_work import CellContext, claim_and_run
 from compressor.workflows.lottery.cells import Cell, plan
 from compressor.workflows.lottery.executor_config import ExecutorConfig
-from compressor.workflows.lottery.schedule import GridProgress, blocks_removed, dependencies
+from compressor.workflows.lottery.schedule import (
+    GridProgress,
+    blocks_removed,
+    dependencies,
+    log_to_stderr,
+)
 from deploy.lazy import lazy_import
 
 WAIT_SECONDS = 2.0  # how often a worker whose cell another run holds looks again
@@ -62,9 +66,10 @@ def run_on_ray(
     try:
         plan_ = _start(ray, recipe, executor)
         progress.log(plan_.describe(executor.address))
-        remote = ray.remote(_cell_task)
-        if plan_.gpu:  # a fresh worker per cell: torch's CUDA context keeps its first GPU
-            remote = ray.remote(num_gpus=1, max_calls=1)(_cell_task)
+        # GPU cells: a fresh worker each (torch's CUDA context keeps its first GPU); Ray
+        # honours max_calls only from ray.remote(), not from .options()
+        gpu = {"num_gpus": 1, "max_calls": 1} if plan_.gpu else {}
+        remote = ray.remote(**gpu)(_cell_task) if gpu else ray.remote(_cell_task)
         task = remote.options(
             num_cpus=plan_.threads, max_retries=executor.max_retries, retry_exceptions=False
         )
@@ -283,7 +288,7 @@ def _cell_task(task_recipe: str, out_dir: str, key: str) -> dict[str, Any]:
     if context_key not in _CONTEXTS:
         recipe = recipe_from_dict(json.loads(task_recipe))
         _CONTEXTS[context_key] = CellContext(
-            recipe, load_data(recipe.data), out, _worker_log, executor="ray"
+            recipe, load_data(recipe.data), out, log_to_stderr, executor="ray"
         )
     ctx = _CONTEXTS[context_key]
     (cell,) = [cell for cell in plan(ctx.config) if cell.key == key]
@@ -302,7 +307,3 @@ def _cell_task(task_recipe: str, out_dir: str, key: str) -> dict[str, Any]:
         "host": host,
         "device": result.get("device"),
     }
-
-
-def _worker_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ order the cells happen to finish:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -139,3 +140,8 @@ class GridProgress:
 
 def blocks_removed(count: int) -> str:
     return f"{count} block{'' if count == 1 else 's'} removed"
+
+
+def log_to_stderr(message: str) -> None:
+    """The grid's log lines, the driver's and a Ray worker's alike."""
+    print(message, file=sys.stderr, flush=True)
