@@ -2,8 +2,9 @@
 # Set up a virtual environment for this project, keeping any torch already installed in it.
 #
 #   bash install.sh                      .venv with the pipeline (torch 2.13.0 CPU if no torch)
-#   bash install.sh --test               ... plus pytest, ruff, hypothesis and Ray (the
-#                                        suite runs the lottery grid on Ray for real)
+#   bash install.sh --test               ... plus pytest, ruff, hypothesis, Ray (the suite
+#                                        runs the lottery grid on Ray for real) and MkDocs
+#                                        (CI builds the docs site)
 #   bash install.sh --ray                ... plus Ray: compressor lottery --executor ray
 #   bash install.sh --torchvision        ... plus torchvision and timm (torch 2.14.1 +
 #                                        torchvision 0.29.1 if the venv has no torch yet)
@@ -23,7 +24,7 @@ torchvision=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv="${2:?--venv needs a directory}"; shift 2 ;;
-        --test) extras+=(test ray); shift ;;
+        --test) extras+=(test ray docs); shift ;;
         --ray) extras+=(ray); shift ;;
         --torchvision) torchvision=1; shift ;;
         -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
