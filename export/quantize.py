@@ -49,13 +49,13 @@ from export.errors import (
     ExportInputError,
     first_line,
 )
-from export.metadata import (
-    MetadataValue,
-    check_out_path,
-    checked_metadata,
-    load_source,
-    save_onnx,
-    set_metadata,
+from export.metadata import MetadataValue, check_out_path, load_source, save_onnx, set_metadata
+from export.quantize_inputs import (
+    calibration_subset,
+    checked_eval,
+    checked_images,
+    checked_user_metadata,
+    image_input,
 )
 
 CalibrationName = Literal["minmax", "entropy", "percentile"]
@@ -162,12 +162,12 @@ def quantize_qdq(
     model = load_source(source, "quantize_qdq")
     if any(node.op_type in _QDQ_OPS for node in model.graph.node):
         raise ExportInputError(f"quantize_qdq: {source} already has Q/DQ nodes; give the FP32 file")
-    spec = _image_input(model, source)
+    spec = image_input(model, source)
     check_out_path(out_path, source)
-    calib = _checked_images(calibration_images, spec, "calibration_images")
-    calib = _calibration_subset(calib, config.calibration_samples, spec.shape[0])
-    evaluation = _checked_eval(eval_images, eval_labels, spec)
-    user_metadata = _checked_user_metadata(metadata)
+    calib = checked_images(calibration_images, spec, "calibration_images")
+    calib = calibration_subset(calib, config.calibration_samples, spec.shape[0])
+    evaluation = checked_eval(eval_images, eval_labels, spec)
+    user_metadata = checked_user_metadata(metadata)
     with work_directory(out_path) as work:
         int8_file = work / "int8.onnx"
         _quantize(source, int8_file, calib, spec, config, work)
@@ -343,79 +343,6 @@ def _our_metadata(
         props["quantization.eval_samples"] = str(evals)
         props.update({f"quantization.{key}": f"{value:.6g}" for key, value in numbers.items()})
     return props
-
-
-def _checked_user_metadata(metadata: Mapping[str, MetadataValue] | None) -> dict[str, str]:
-    checked = checked_metadata(metadata or {})
-    reserved = ("precision", "quantization", "source_onnx_sha256")
-    ours = sorted(k for k in checked if k in reserved or k.startswith("quantization."))
-    if ours:
-        raise ExportInputError(f"metadata keys {ours} are written by quantize_qdq; rename them")
-    return checked
-
-
-def _image_input(model: onnx.ModelProto, path: Path) -> TensorSpec:
-    """The one float32 N x C x H x W input; None for dynamic (symbolic or unset) dims."""
-    weights = {init.name for init in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in weights]
-    tensor = inputs[0].type.tensor_type if len(inputs) == 1 else None
-    if tensor is None or tensor.elem_type != onnx.TensorProto.FLOAT or (len(tensor.shape.dim) != 4):
-        raise ExportInputError(
-            f"{path}: expected one float32 N x C x H x W image input, found "
-            f"{[value.name for value in inputs]}; quantize a classifier exported by export_onnx"
-        )
-    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-    return TensorSpec(inputs[0].name, dims, "float32")
-
-
-def _checked_images(images: Any, spec: TensorSpec, what: str) -> np.ndarray:
-    expected = ["?" if d is None else d for d in spec.shape[1:]]
-    if not isinstance(images, np.ndarray) or images.dtype.kind != "f":
-        kind = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
-        raise ExportInputError(
-            f"{what}: must be a float numpy array (N x C x H x W, preprocessed), got {kind}"
-        )
-    fits = images.ndim == 4 and all(
-        want in (None, got) for want, got in zip(spec.shape[1:], images.shape[1:], strict=True)
-    )
-    if not fits or images.shape[0] < 1:
-        raise ExportInputError(
-            f"{what}: shape {images.shape} does not fit input '{spec.name}', which takes "
-            f"N x {' x '.join(map(str, expected))} with N >= 1; preprocess like the model"
-        )
-    if not np.all(np.isfinite(images)):
-        raise ExportInputError(f"{what}: contains NaN or Inf")
-    return np.ascontiguousarray(images, dtype=np.float32)
-
-
-def _calibration_subset(images: np.ndarray, samples: int, fixed_batch: int | None) -> np.ndarray:
-    """At most `samples` images, evenly spaced so a class-sorted array is still covered;
-    with a fixed batch axis, a whole number of batches (the remainder is dropped)."""
-    if len(images) > samples:
-        images = images[np.linspace(0, len(images) - 1, samples).round().astype(int)]
-    if fixed_batch:
-        if len(images) < fixed_batch:
-            raise ExportInputError(
-                f"calibration_images: {len(images)} image(s), but the model's batch axis is "
-                f"fixed at {fixed_batch}; give at least {fixed_batch}"
-            )
-        images = images[: len(images) - len(images) % fixed_batch]
-    return images
-
-
-def _checked_eval(images: Any, labels: Any, spec: TensorSpec) -> LabelledData | None:
-    if images is None and labels is None:
-        return None
-    if images is None or labels is None:
-        raise ExportInputError("eval_images and eval_labels go together; give both or neither")
-    images = _checked_images(images, spec, "eval_images")
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
-        raise ExportInputError(
-            f"eval_labels: must be {len(images)} integers (one per eval image), got "
-            f"{labels.dtype} {labels.shape}"
-        )
-    return LabelledData(images=images, labels=labels.astype(np.int64))
 
 
 def _ort_version() -> str:
