@@ -60,7 +60,7 @@ def test_every_nav_page_is_built(site: Path) -> None:
     nav = re.findall(r"([\w/-]+)\.md\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
     assert len(nav) > 15
     for name in nav:
-        page = "index.html" if name == "index" else f"{name}/index.html"
+        page = f"{name}.html" if Path(name).name == "index" else f"{name}/index.html"
         assert (site / page).is_file(), name
 
 
