@@ -7,10 +7,8 @@ onnxruntime's quantize_static in QDQ format writes exactly that with QInt8 activ
 weights, ActivationSymmetric/WeightSymmetric and QuantizeBias=False; `_check_tensorrt_qdq`
 re-reads the file to prove it.
 
-Calibration ranges are computed here with onnxruntime's calibrators and handed to
-quantize_static through its calibration cache, because quantize_static does not pass the
-histogram size on: its entropy default (128 bins = 128 quantized bins) leaves the full range
-as the only candidate, so "entropy" silently equals "minmax".
+Calibration and quantize_static live in export/quantize_ort.py; where the Q/DQ pairs go
+(TensorRT's fusion rules by default) in export/qdq_placement.py.
 
 INT8 accuracy is measured, by default, with Q/DQ run as written (onnxruntime graph
 optimizations off): int8 products summed in float, the arithmetic of TensorRT's INT8 kernels.
@@ -23,12 +21,9 @@ That says nothing about TensorRT, so the result reports it apart (int8_top1_onnx
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
+import json
 import os
-import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -37,19 +32,19 @@ import numpy as np
 import onnx
 
 from deploy.config_fields import check_fields, flag, one_of, real, whole
-from deploy.errors import DiskFullError
 from deploy.evaluate import LabelledData, class_scores
 from deploy.files import file_sha256, work_directory
 from deploy.lazy import lazy_import
-from deploy.paths import disk_full_error, format_size
-from deploy.runners import OnnxRuntimeRunner, TensorSpec
-from export.errors import (
-    ExportConfigError,
-    ExportError,
-    ExportInputError,
-    first_line,
-)
+from deploy.runners import OnnxRuntimeRunner
+from export.errors import ExportConfigError, ExportError, ExportInputError
 from export.metadata import MetadataValue, check_out_path, load_source, save_onnx, set_metadata
+from export.qdq_placement import (
+    PLACEMENTS,
+    PlacementPlan,
+    QdqCounts,
+    QdqPlacement,
+    count_qdq,
+)
 from export.quantize_inputs import (
     calibration_subset,
     checked_eval,
@@ -57,16 +52,16 @@ from export.quantize_inputs import (
     checked_user_metadata,
     image_input,
 )
+from export.quantize_ort import quantize_with_onnxruntime
 
 CalibrationName = Literal["minmax", "entropy", "percentile"]
-CONFIG_VERSION = 1
+# 2: qdq_placement and quantize_classifier; the default placement became "tensorrt" (version
+# 1 files were written with what is now "all").
+CONFIG_VERSION = 2
 # Weighted ops TensorRT runs in INT8, plus Add: a quantized residual input lets TensorRT fuse
 # the add into the convolution (its Q/DQ placement guide); measured: no accuracy cost here.
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# Symmetric signed INT8 (zero point 0) and float biases: what TensorRT's parser takes.
-_TENSORRT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
 def _checked_op_types(op_types: Any) -> tuple[str, ...]:
@@ -113,6 +108,17 @@ class QuantizeConfig:
     # onnxruntime's quant_pre_process: shape inference, BN folding.
     preprocess: bool = field(default=True, metadata=flag())
     eval_batch_size: int = field(default=64, metadata=whole(1))  # images per evaluation run
+    # Where Q/DQ pairs go (export/qdq_placement.py): "tensorrt", as TensorRT fuses them;
+    # "all", onnxruntime's pair on every input and output of op_types (before version 2).
+    qdq_placement: QdqPlacement = field(
+        default="tensorrt", metadata=one_of(PLACEMENTS, expected=f"one of {list(PLACEMENTS)}")
+    )
+    # The classifier (last Gemm/MatMul) in INT8? None: the placement's choice, float for
+    # "tensorrt" (as ModelOpt: a GEMV gains nothing from INT8), INT8 for "all".
+    quantize_classifier: bool | None = field(
+        default=None,
+        metadata=flag(optional=True, expected="true, false or null (the placement's choice)"),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, ExportConfigError, "QuantizeConfig.{name}: ")
@@ -139,6 +145,9 @@ class QuantizeResult:
     eval_samples: int = 0
     sha256: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    qdq_placement: str = ""  # "tensorrt" or "all"
+    qdq_counts: QdqCounts = field(default_factory=lambda: QdqCounts(0, 0, {}))
+    float_classifier: str | None = None  # the classifier node left in float, if any
 
 
 def quantize_qdq(
@@ -170,13 +179,15 @@ def quantize_qdq(
     user_metadata = checked_user_metadata(metadata)
     with work_directory(out_path) as work:
         int8_file = work / "int8.onnx"
-        _quantize(source, int8_file, calib, spec, config, work)
+        plan = quantize_with_onnxruntime(source, int8_file, calib, spec, config, work)
         quantized = onnx.load(str(int8_file))
         qdq_nodes = _check_tensorrt_qdq(quantized, source)
+        counts = count_qdq(quantized)
         numbers = _evaluate(source, int8_file, evaluation, config) if evaluation else {}
         props = {prop.key: prop.value for prop in model.metadata_props}
         props.update(user_metadata)
         props.update(_our_metadata(source, len(calib), config, numbers, len(evaluation or ())))
+        props.update(_placement_metadata(plan, counts))
         final = set_metadata(quantized, props, replace=True)
         save_onnx(quantized, out_path)
     return QuantizeResult(
@@ -192,87 +203,10 @@ def quantize_qdq(
         eval_samples=len(evaluation or ()),
         sha256=file_sha256(out_path),
         metadata=final,
+        qdq_placement=plan.placement,
+        qdq_counts=counts,
+        float_classifier=None if plan.classifier_quantized else plan.classifier,
     )
-
-
-def _quantize(
-    source: Path, out: Path, calib: np.ndarray, spec: TensorSpec, config: QuantizeConfig, work: Path
-) -> None:
-    """Pre-process, calibrate, then quantize_static with the ranges from the cache file."""
-    q = lazy_import("onnxruntime.quantization", "INT8 quantization (quantize_qdq)")
-    method = getattr(q.CalibrationMethod, _ORT_METHODS[config.calibration_method])
-    options: dict[str, Any] = {"symmetric": True}  # TensorRT: zero point 0
-    if config.calibration_method == "entropy":
-        options.update(num_bins=config.entropy_bins, num_quantized_bins=128)
-    if config.calibration_method == "percentile":
-        options["percentile"] = config.percentile
-    step = spec.shape[0] or config.calibration_batch_size
-    batches = iter([{spec.name: calib[i : i + step]} for i in range(0, len(calib), step)])
-    model, ranges = str(source), str(work / "ranges.json")
-    try:
-        if config.preprocess:
-            model = str(work / "preprocessed.onnx")
-            q.quant_pre_process(str(source), model)
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print
-            calibrator = q.create_calibrator(
-                model,
-                list(config.op_types),
-                augmented_model_path=str(work / "augmented.onnx"),
-                calibrate_method=method,
-                providers=["CPUExecutionProvider"],
-                extra_options=options,
-            )
-            calibrator.collect_data(_Batches(batches))
-            q.save_tensors_data(calibrator.compute_data(), ranges)
-        q.quantize_static(
-            model,
-            str(out),
-            None,  # no data reader: the ranges come from the cache file written above
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=list(config.op_types),
-            per_channel=config.per_channel,
-            activation_type=q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8,
-            calibrate_method=method,
-            calibration_cache_path=ranges,
-            extra_options=_TENSORRT_OPTIONS,
-        )
-    except Exception as exc:  # onnxruntime raises many types, C++-backed ones included
-        full = disk_full_error(exc, out) or _nearly_full(work, source)
-        if full is not None:  # protobuf then reports a truncated file as "corrupt"
-            raise full from exc
-        hint = "; retry with QuantizeConfig(preprocess=False)" if config.preprocess else ""
-        raise ExportError(
-            f"quantize_qdq: onnxruntime could not quantize {source}: {first_line(exc)}{hint}"
-        ) from exc
-
-
-def _nearly_full(work: Path, source: Path) -> DiskFullError | None:
-    """A failed quantization in a folder without room for its intermediate files (three
-    copies of the model) ran out of space, whatever onnxruntime's message says."""
-    try:
-        free = shutil.disk_usage(work).free
-        needed = 3 * source.stat().st_size + (16 << 20)
-    except OSError:
-        return None
-    if free >= needed:
-        return None
-    return DiskFullError(
-        f"quantize_qdq: no space left on the disk of {work.parent} ({format_size(free)} free, "
-        f"about {format_size(needed)} needed for the intermediate files of {source.name}); "
-        "free some space and rerun",
-        errno.ENOSPC,
-    )
-
-
-class _Batches:
-    """onnxruntime's CalibrationDataReader protocol: get_next() until None."""
-
-    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
 
 
 def _check_tensorrt_qdq(model: onnx.ModelProto, source: Path) -> int:
@@ -343,6 +277,20 @@ def _our_metadata(
         props["quantization.eval_samples"] = str(evals)
         props.update({f"quantization.{key}": f"{value:.6g}" for key, value in numbers.items()})
     return props
+
+
+def _placement_metadata(plan: PlacementPlan, counts: QdqCounts) -> dict[str, str]:
+    """Where the pairs went and how many feed each op type, readable from the file alone."""
+    classifier = (
+        "none found"
+        if plan.classifier is None
+        else ("int8" if plan.classifier_quantized else f"float ({plan.classifier})")
+    )
+    return {
+        "quantization.qdq_placement": plan.placement,
+        "quantization.classifier": classifier,
+        "quantization.qdq_counts": json.dumps(counts.to_dict(), sort_keys=True),
+    }
 
 
 def _ort_version() -> str:

@@ -95,8 +95,19 @@ def test_int8_top1_is_within_one_point_of_fp32(int8: QuantizeResult) -> None:
     assert 0.0 <= int8.int8_top1_onnxruntime <= 1.0
 
 
-def test_graph_is_tensorrt_int8_qdq(int8: QuantizeResult) -> None:
-    """Symmetric int8 (zero point 0), per-output-channel weights, float biases."""
+@pytest.fixture(scope="module")
+def int8_all(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> QuantizeResult:
+    """The placement of config version 1, "all": every input and output of op_types."""
+    out = tmp_path_factory.mktemp("int8_all") / "model.int8.onnx"
+    config = QuantizeConfig(qdq_placement="all")
+    return quantize_qdq(digits.onnx_path, out, digits.train_images, config)
+
+
+def test_graph_is_tensorrt_int8_qdq(int8_all: QuantizeResult) -> None:
+    """Symmetric int8 (zero point 0), per-output-channel weights, float biases; with "all",
+    every Conv and Gemm and both inputs of every Add are quantized (the default "tensorrt"
+    placement is tested in test_qdq_placement.py)."""
+    int8 = int8_all
     graph = onnx.load(str(int8.path)).graph
     inits = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     qdq = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -294,5 +305,6 @@ def test_config_is_recorded_as_a_versioned_dict() -> None:
     config = QuantizeConfig(calibration_method="percentile", op_types=["Conv", "Gemm"])
     assert config.op_types == ("Conv", "Gemm")
     recorded = config.to_dict()
-    assert recorded["version"] == 1 and recorded["op_types"] == ["Conv", "Gemm"]
+    assert recorded["version"] == 2 and recorded["op_types"] == ["Conv", "Gemm"]
+    assert recorded["qdq_placement"] == "tensorrt" and recorded["quantize_classifier"] is None
     assert QuantizeConfig(**{k: v for k, v in recorded.items() if k != "version"}) == config
