@@ -43,16 +43,17 @@ ARG JETSON_IMAGE=nvcr.io/nvidia/pytorch:24.12-py3-igpu
 FROM ${SERVER_IMAGE} AS base-server
 ARG SERVER_IMAGE
 LABEL org.opencontainers.image.base.name="${SERVER_IMAGE}"
-# nvidia-ml-py gives `deploy` NVML power and energy readings on a discrete GPU.
+# The project's extras to install: the pipeline, and NVML (nvidia-ml-py), which gives
+# `deploy` power and energy readings on a discrete GPU.
 ENV LLD_TARGET=server \
-    LLD_EXTRA_PACKAGES="nvidia-ml-py"
+    LLD_EXTRAS="pipeline nvml"
 
 FROM ${JETSON_IMAGE} AS base-jetson
 ARG JETSON_IMAGE
 LABEL org.opencontainers.image.base.name="${JETSON_IMAGE}"
 # No NVML on a Jetson: `deploy` reads power from tegrastats.
 ENV LLD_TARGET=jetson \
-    LLD_EXTRA_PACKAGES=""
+    LLD_EXTRAS="pipeline"
 
 FROM base-${TARGET} AS app
 
@@ -67,8 +68,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/layer-lottery-deploy
 
-# Dependencies first, from pyproject.toml alone, so that editing the source does not
-# reinstall them. The base image's torch (NVIDIA's CUDA build) must survive: a plain
+# Dependencies first, from pyproject.toml alone (the core dependencies plus the extras in
+# LLD_EXTRAS), so that editing the source does not reinstall them. The base image's torch (NVIDIA's CUDA build) must survive: a plain
 # `pip install .` could replace it with a PyPI wheel (CPU-only on a Jetson). So torch is left
 # out of the list, and its installed version is also passed as a constraint, because
 # torch-pruning depends on torch too; NGC images from 25.03 on also set PIP_CONSTRAINT to
@@ -78,16 +79,17 @@ WORKDIR /opt/layer-lottery-deploy
 # onnxruntime wheels for aarch64 (CPU). The project's constraints.txt is not used here: it
 # pins the CPU versions the tests ran with (numpy 2.4, torch 2.13), which conflict with what
 # the NVIDIA images are built with. Reading pyproject.toml needs tomllib (Python >= 3.11;
-# both default bases have 3.12).
+# both default bases have 3.12). No cuda-python: the images' torch gives the TensorRT runner
+# its GPU buffers.
 COPY pyproject.toml ./
 RUN set -eu; \
     python3 -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' \
         > /tmp/keep-base.txt \
       || { echo "the base image has no torch; use an NVIDIA PyTorch image" >&2; exit 1; }; \
-    python3 -c 'import re, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(*(d for d in deps if re.match(r"[A-Za-z0-9._-]+", d).group().lower() != "torch"), sep=chr(10))' \
+    python3 -c 'import os, re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; deps = p["dependencies"] + [d for e in os.environ["LLD_EXTRAS"].split() for d in p["optional-dependencies"][e]]; print(*dict.fromkeys(d for d in deps if re.match(r"[A-Za-z0-9._-]+", d).group().lower() not in ("torch", "layer-lottery-deploy")), sep=chr(10))' \
         > /tmp/project-deps.txt; \
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \
-        -c /tmp/keep-base.txt -r /tmp/project-deps.txt ${LLD_EXTRA_PACKAGES}; \
+        -c /tmp/keep-base.txt -r /tmp/project-deps.txt; \
     after="torch==$(python3 -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
     if [ "$after" != "$(cat /tmp/keep-base.txt)" ]; then \
         echo "pip replaced the base image's torch: $(cat /tmp/keep-base.txt) -> $after" >&2; \
@@ -99,7 +101,7 @@ RUN set -eu; \
 # here for recipes/ and benchmarks/.
 COPY . .
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --no-deps . \
-    && python3 -c 'from importlib.metadata import requires, version; from packaging.requirements import Requirement; reqs = [Requirement(r) for r in requires("layer-lottery-deploy")]; bad = [str(r) for r in reqs if r.marker is None and not r.specifier.contains(version(r.name), prereleases=True)]; assert not bad, "unsatisfied: " + ", ".join(bad)'
+    && python3 -c 'from importlib.metadata import requires, version; from packaging.requirements import Requirement; import os; extras = os.environ["LLD_EXTRAS"].split(); reqs = [Requirement(r) for r in requires("layer-lottery-deploy")]; wanted = [r for r in reqs if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in extras)]; bad = [str(r) for r in wanted if not r.specifier.contains(version(r.name), prereleases=True)]; assert not bad, "unsatisfied: " + ", ".join(bad)'
 
 # A non-root user with a fixed UID. Files the container writes into a bind mount belong to
 # this UID on the host, so build with --build-arg APP_UID=$(id -u) --build-arg

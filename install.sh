@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up a virtual environment for this project, keeping any torch already installed in it.
 #
-#   bash install.sh                      .venv with the pipeline (torch 2.13.0 CPU if no torch)
+#   bash install.sh                      .venv with the pipeline, `compressor` and `deploy`
+#                                        (the [pipeline] extra; torch 2.13.0 CPU if no torch)
 #   bash install.sh --test               ... plus pytest, ruff, hypothesis, Ray (the suite
 #                                        runs the lottery grid on Ray for real) and MkDocs
 #                                        (CI builds the docs site)
 #   bash install.sh --ray                ... plus Ray: compressor lottery --executor ray
 #   bash install.sh --torchvision        ... plus torchvision and timm (torch 2.14.1 +
 #                                        torchvision 0.29.1 if the venv has no torch yet)
+#   bash install.sh --deploy-only        `deploy` alone, without torch (the [deploy] extra):
+#                                        a Jetson or GPU server that benchmarks ONNX files
+#                                        and engines; with --test, also pytest and ruff
 #   bash install.sh --venv DIR ...       another venv (made when missing)
 #
 # Why a script and not one pip line: constraints.txt pins every package we test with, except
@@ -19,19 +23,38 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=.venv
-extras=()
+test=0
+ray=0
 torchvision=0
+deploy_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --venv) venv="${2:?--venv needs a directory}"; shift 2 ;;
-        --test) extras+=(test ray docs); shift ;;
-        --ray) extras+=(ray); shift ;;
+        --test) test=1; shift ;;
+        --ray) ray=1; shift ;;
         --torchvision) torchvision=1; shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "install.sh: unknown option '$1' (use --venv DIR, --test, --ray, --torchvision)" >&2
+        --deploy-only) deploy_only=1; shift ;;
+        -h|--help) awk 'NR == 1 { next } /^#$/ && ++blank == 2 { exit } { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option '$1' (use --venv DIR, --test, --ray, --torchvision," \
+                "--deploy-only)" >&2
            exit 2 ;;
     esac
 done
+
+# The extras to install: [deploy] (no torch) or [pipeline], plus what the flags add.
+if [ "$deploy_only" = 1 ]; then
+    if [ "$torchvision" = 1 ] || [ "$ray" = 1 ]; then
+        echo "install.sh: --deploy-only installs no torch, so --ray and --torchvision (which" \
+             "need the pipeline) cannot go with it" >&2
+        exit 2
+    fi
+    extras=deploy
+    [ "$test" = 0 ] || extras+=,test  # not Ray: its grid runs the pipeline
+else
+    extras=pipeline
+    [ "$test" = 0 ] || extras+=,test,ray,docs
+    [ "$ray" = 0 ] || [ "$test" = 1 ] || extras+=,ray
+fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
@@ -39,6 +62,19 @@ pip=("$py" -m pip install -q --disable-pip-version-check)
 
 torch_version() { "$py" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null; }
 has() { "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
+
+if [ "$deploy_only" = 1 ]; then
+    # numpy, onnx, onnxruntime and matplotlib; torch is neither installed nor looked for.
+    "${pip[@]}" -c constraints.txt -e ".[$extras]"
+    found="$(torch_version || true)"
+    if [ -n "$found" ]; then
+        echo "install.sh: $venv already had torch $found; it was left in place (a new --venv" \
+             "DIR makes a venv without it)"
+    fi
+    echo "install.sh: $venv ready for deploy (no pipeline; \`compressor\` needs" \
+         "bash install.sh, or pip install '.[pipeline]')"
+    exit 0
+fi
 
 before="$(torch_version || true)"
 if [ -z "$before" ]; then
@@ -60,11 +96,7 @@ if [ "$torchvision" = 1 ] && ! has torchvision; then
     exit 1
 fi
 
-spec="."
-if [ ${#extras[@]} -gt 0 ]; then
-    spec=".[$(printf '%s\n' "${extras[@]}" | sort -u | paste -sd, -)]"
-fi
-"${pip[@]}" -c constraints.txt -e "$spec"
+"${pip[@]}" -c constraints.txt -e ".[$extras]"
 if [ "$torchvision" = 1 ]; then "${pip[@]}" -c constraints.txt timm; fi
 
 after="$(torch_version)"

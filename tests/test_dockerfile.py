@@ -12,9 +12,13 @@ every RUN is valid shell; .dockerignore keeps .venv, .git and runs out of the co
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,3 +362,58 @@ def test_the_parser_joins_continuations_and_drops_comments() -> None:
     ]
     with pytest.raises(ValueError, match="past the end"):
         parse_dockerfile("RUN a \\\n")
+
+
+def _python_one_liners(dockerfile: str) -> list[str]:
+    """The code of every `python3 -c '...'` in a RUN, in order."""
+    runs = [i.value for i in parse_dockerfile(dockerfile) if i.keyword == "RUN"]
+    return [code for run in runs for code in re.findall(r"python3 -c '([^']*)'", run)]
+
+
+def _stage_env(dockerfile: str, name: str) -> dict[str, str]:
+    """The ENV values a base stage sets (KEY=value or KEY="value" pairs)."""
+    stage = next(s for s in split_stages(parse_dockerfile(dockerfile))[1] if s.name == name)
+    pairs = " ".join(i.value for i in stage.instructions if i.keyword == "ENV")
+    return {key: value for key, value in re.findall(r'(\w+)="?([^"\s]*(?: [^"\s=]+)*)"?', pairs)}
+
+
+@pytest.mark.parametrize(
+    ("stage", "wanted", "unwanted"),
+    [
+        ("base-server", {"torch-pruning", "onnxscript", "pyyaml", "nvidia-ml-py"}, {"torch"}),
+        ("base-jetson", {"torch-pruning", "onnxscript", "pyyaml", "onnx"}, {"nvidia-ml-py"}),
+    ],
+)
+def test_the_image_installs_the_pipeline_from_the_extras(
+    dockerfile: str, stage: str, wanted: set[str], unwanted: set[str], tmp_path: Path
+) -> None:
+    """The Dockerfile's own dependency list, run on this pyproject.toml: core dependencies
+    plus its extras (the pipeline), never torch (the base image's CUDA build stays)."""
+    env = _stage_env(dockerfile, stage)
+    assert env["LLD_EXTRAS"].split()[0] == "pipeline"
+    listing = next(code for code in _python_one_liners(dockerfile) if "tomllib" in code)
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", listing],
+        cwd=tmp_path,
+        env={**os.environ, "LLD_EXTRAS": env["LLD_EXTRAS"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    names = {re.match(r"[A-Za-z0-9._-]+", line).group().lower() for line in result.stdout.split()}
+    assert wanted <= names and not unwanted & names, names
+
+
+def test_the_image_check_of_installed_requirements_runs_here(dockerfile: str) -> None:
+    """The post-install check (every requirement of the image's extras satisfied) is real
+    Python: it passes in this venv, which holds the pipeline, and names what a venv lacks."""
+    check = next(code for code in _python_one_liners(dockerfile) if "unsatisfied" in code)
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", check], capture_output=True, text=True
+    )
+    assert run(env={**os.environ, "LLD_EXTRAS": "pipeline"}).returncode == 0
+    missing = run(env={**os.environ, "LLD_EXTRAS": "pipeline energy"})
+    if importlib.util.find_spec("codecarbon") is None:
+        assert missing.returncode != 0 and "codecarbon" in missing.stderr
