@@ -12,11 +12,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.errors import DeployInputError
+from deploy.errors import DeployError, DeployInputError
+from deploy.files import file_sha256
 from deploy.onnx_files import check_onnx_file
+from deploy.records import ModelIdentity
 from deploy.tensor_spec import TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# The metadata_props keys `compressor export` writes (compressor/workflows/deliver.py) that
+# name a model whatever its file is called.
+VARIANT_KEY, SPEC_HASH_KEY = "variant", "spec_sha256"
+_MAX_ID_CHARS = 128  # a variant or hash longer than this is not ours: ignored
 
 # ONNX TensorProto data types -> numpy dtype names (the ones image models use).
 _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool",
@@ -35,6 +42,16 @@ class OnnxInfo:
     qdq_nodes: int
     initializer_types: dict[str, int] = field(default_factory=dict)  # dtype name -> count
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model this file holds: its variant and spec hash from the metadata, when
+        `compressor export` wrote them; the SHA-256 of the file always."""
+        return ModelIdentity(
+            variant=_metadata_text(self.metadata, VARIANT_KEY),
+            spec_sha256=_metadata_text(self.metadata, SPEC_HASH_KEY),
+            file_sha256=file_sha256(self.path),
+        )
 
     @property
     def dynamic_inputs(self) -> tuple[TensorSpec, ...]:
@@ -79,6 +96,30 @@ def inspect_onnx(path: str | os.PathLike[str]) -> OnnxInfo:
         initializer_types=counts,
         metadata={prop.key: prop.value for prop in model.metadata_props},
     )
+
+
+def model_identity(path: str | os.PathLike[str]) -> ModelIdentity:
+    """The identity of a model file being timed: an ONNX file's metadata (variant, spec hash)
+    and SHA-256, or for any other file (or an ONNX file that does not read) its SHA-256 alone.
+    Never raises for what the file holds: a benchmark that ran must not fail on naming it."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        try:
+            return inspect_onnx(path).identity
+        except DeployError:
+            pass
+    try:
+        return ModelIdentity(file_sha256=file_sha256(path))
+    except (OSError, DeployError):  # gone or unreadable since it was timed
+        return ModelIdentity()
+
+
+def _metadata_text(metadata: dict[str, str], key: str) -> str | None:
+    """A metadata value fit to name a model in a table (one short line), else None."""
+    value = metadata.get(key)
+    if not value or len(value) > _MAX_ID_CHARS or not value.isprintable():
+        return None
+    return value
 
 
 def _precision(qdq_nodes: int, counts: dict[str, int]) -> str:

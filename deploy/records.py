@@ -5,7 +5,7 @@ all read these, so they live below all of them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from deploy.config_fields import (
@@ -78,6 +78,65 @@ class BenchConfig:
         object.__setattr__(self, "shapes", shapes)
 
 
+IDENTITY_KEY = "model_identity"  # where a record keeps its ModelIdentity, in `details`
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelIdentity:
+    """Which model a record measured, so two files both called model.onnx never merge.
+
+    `compressor export` writes the variant and the hash of the model's spec into the ONNX
+    metadata (keys "variant" and "spec_sha256"): those name the model, whatever the file is
+    called, and stay the same for its FP32, INT8 and FP16 files (the precision is a column of
+    its own). A file without them (a foreign ONNX, an engine whose ONNX is gone, a .pt2) is
+    named by the SHA-256 of its bytes instead. `file_sha256` is recorded either way, so a
+    report can tell "measured again" from "another file of the same spec".
+    """
+
+    variant: str | None = None  # metadata "variant" ("dense", "ticket", "shrunk")
+    spec_sha256: str | None = None  # metadata "spec_sha256"
+    file_sha256: str | None = None  # the bytes that were timed (or the engine's source ONNX)
+
+    def __post_init__(self) -> None:
+        for name in ("variant", "spec_sha256", "file_sha256"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.isprintable()):
+                raise DeployInputError(
+                    f"model identity '{name}' must be one line of text or null, got {value!r}"
+                )
+
+    @property
+    def key(self) -> str | None:
+        """What makes two records the same model: variant and spec hash, else the file's
+        hash; None when neither is known (records written before identities)."""
+        if self.spec_sha256:
+            return f"{self.variant or ''}@spec:{self.spec_sha256}"
+        if self.file_sha256:
+            return f"sha256:{self.file_sha256}"
+        return None
+
+    @property
+    def short(self) -> str:
+        """A few characters that tell identities apart in a table: "spec 1a2b3c4d"."""
+        if self.spec_sha256:
+            return f"spec {self.spec_sha256[:8]}"
+        if self.file_sha256:
+            return f"sha256 {self.file_sha256[:8]}"
+        return "no model id"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelIdentity:
+        if not isinstance(data, Mapping) or set(data) - {f.name for f in fields(cls)}:
+            raise DeployInputError(
+                f"record field 'details.{IDENTITY_KEY}' must be an object with variant, "
+                f"spec_sha256 and file_sha256, got {str(data)[:80]}"
+            )
+        return cls(**dict(data))
+
+
 @dataclass(frozen=True, kw_only=True)
 class LatencyRecord:
     """One measurement: a model on a backend, device, precision and batch size."""
@@ -119,6 +178,18 @@ class LatencyRecord:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def identity(self) -> ModelIdentity | None:
+        """The model this record measured (`details.model_identity`); None in records
+        written before identities were recorded, which only their `model` name tells apart."""
+        data = self.details.get(IDENTITY_KEY)
+        return None if data is None else ModelIdentity.from_dict(data)
+
+    def with_identity(self, identity: ModelIdentity) -> LatencyRecord:
+        """This record, saying which model it measured. Kept in `details` (free-form) rather
+        than a field of its own, so older `deploy` versions still read the file."""
+        return replace(self, details={**self.details, IDENTITY_KEY: identity.to_dict()})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> LatencyRecord:
@@ -182,6 +253,9 @@ class LatencyRecord:
             raise DeployInputError(
                 f"record field 'details' must be an object, got {data['details']!r}"
             )
+        identity = data.get("details", {}).get(IDENTITY_KEY)
+        if identity is not None:  # checked here, so a report never meets a malformed one
+            ModelIdentity.from_dict(identity)
         values = dict(data)
         values["details"] = dict(values.get("details", {}))
         if medians is not None:

@@ -5,10 +5,14 @@
 Rows are models; columns are device x backend x precision x batch, where the device is a short
 label from the file's fingerprint (GPU name, Jetson model and power mode, or CPU model and
 threads). Columns from different fingerprint ids are never merged: two fingerprints that would
-get the same label get their ids appended. The same (fingerprint, device, backend, precision,
-batch, model) measured in two files is one measurement repeated, so the newer file (its
-`created` time, then its path) wins and a note names the file set aside: re-running a
-benchmark to fix it is the common case, and a second column would double the table.
+get the same label get their ids appended. A row is one model as its records identify it
+(variant and spec hash from the ONNX metadata, else the file's SHA-256; see
+`deploy.records.ModelIdentity`), never its name alone: two models both benchmarked as
+model.onnx are two rows. The same (fingerprint, device, backend, precision, batch, model)
+measured in two files is one measurement repeated, so the newer file (its `created` time,
+then its path) wins and a note names both files and the one kept (`deploy report` prints it
+too): re-running a benchmark to fix it is the common case, and a second column would double
+the table.
 
 Cells show the median latency per batch (ms), the speed-up over the baseline model in the same
 column (baseline p50 / model p50), top-1 accuracy and energy per inference where measured.
@@ -51,6 +55,7 @@ from deploy.results.table import (
     MergedTable,
     describe_fingerprint,
     device_label,
+    identity_lines,
     merge_results,
 )
 
@@ -333,6 +338,8 @@ def render_markdown(
             f"- **{device.label}**: fingerprint `{device.fingerprint_id}`; {device.description}; "
             f"files: {files}"
         )
+    if table.identities:
+        lines += ["", "## Models", "", *(f"- {_markdown_cell(x)}" for x in identity_lines(table))]
     if table.warnings:
         lines += ["", "## Measurement warnings", ""]
         lines += [f"- `{path}`: {line}" for path, line in table.warnings]
@@ -375,6 +382,7 @@ def render_html(
         for name, data in plots.items()
     )
     note_items = "".join(f"<li>{esc(note)}</li>" for note in notes)
+    models = "".join(f"<li>{esc(line)}</li>" for line in identity_lines(table))
     warning_items = "".join(
         f"<li><code>{esc(str(path))}</code>: {esc(line)}</li>" for path, line in table.warnings
     )
@@ -388,6 +396,7 @@ def render_html(
         f"<h1>Benchmark report</h1><p>{esc(_intro(table))}</p>"
         f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}"
         f"</tbody></table><h2>Devices</h2><ul>{devices}</ul>"
+        + (f"<h2>Models</h2><ul>{models}</ul>" if models else "")
         + (f"<h2>Measurement warnings</h2><ul>{warning_items}</ul>" if warning_items else "")
         + _profile_html(profiles)
         + (f"<h2>Plots</h2>{images}" if images else "")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployInputError
 from deploy.machine.fingerprint import fingerprint_id
-from deploy.records import LatencyRecord
+from deploy.records import LatencyRecord, ModelIdentity
 from deploy.results.files import ResultFile
 
 ColumnKey = tuple[
@@ -69,6 +69,8 @@ class MergedTable:
     notes: tuple[str, ...] = ()
     # (file, warning) for every file that contributed a cell, in file order.
     warnings: tuple[tuple[Path, str], ...] = ()
+    # The model each row measured, where its records say (see deploy.records.ModelIdentity).
+    identities: Mapping[str, ModelIdentity] = field(default_factory=dict)
 
     def cell(self, model: str, column: Column) -> Cell | None:
         return self.cells.get((model, column.key))
@@ -85,6 +87,7 @@ def merge_results(
 ) -> MergedTable:
     """Merge (path, result file) pairs into one table; pure, no file access."""
     chosen, fingerprints, notes, model_order = _choose_records(files, batch)
+    labels_by_model = model_rows(files)
     sources: dict[tuple[str, str], set[Path]] = {}
     for (_, key), (_, path, _) in chosen.items():
         sources.setdefault(key[:2], set()).add(path)
@@ -93,7 +96,14 @@ def merge_results(
         {Column(*key, label=labels[key[:2]]) for _, key in chosen},
         key=lambda c: (c.label, c.backend, c.precision, c.batch),
     )
-    if baseline is not None and baseline not in model_order:
+    split = [m for m in model_order if m.startswith(f"{baseline} [")]
+    if baseline is not None and baseline not in model_order and split:
+        notes.append(
+            f"baseline model {baseline!r} names {len(split)} different models "
+            f"({', '.join(split)}), so there are no speed-ups; pass one of them as the baseline"
+        )
+        baseline = None
+    elif baseline is not None and baseline not in model_order:
         notes.append(
             f"baseline model {baseline!r} is in none of the files, so there are no speed-ups; "
             f"pass one of {', '.join(model_order)}"
@@ -122,8 +132,13 @@ def merge_results(
         if Path(raw_path) in used
         for line in result.warnings
     )
+    identities: dict[str, ModelIdentity] = {}
+    for _, _, record in chosen.values():
+        if record.identity is not None:
+            identities.setdefault(row_label(record, labels_by_model), record.identity)
     return MergedTable(
         models=tuple(models),
+        identities=identities,
         columns=tuple(columns),
         cells=cells,
         baseline=baseline,
@@ -133,17 +148,69 @@ def merge_results(
     )
 
 
+def identity_lines(table: MergedTable) -> list[str]:
+    """One line per row whose records say which model they measured, for the report."""
+    lines = []
+    for model in table.models:
+        identity = table.identities.get(model)
+        if identity is None:
+            continue
+        parts = [f"variant {identity.variant}"] if identity.variant else []
+        parts += [f"spec sha256 {identity.spec_sha256[:16]}"] if identity.spec_sha256 else []
+        parts += [f"file sha256 {identity.file_sha256[:16]}"] if identity.file_sha256 else []
+        source = "ONNX metadata" if identity.spec_sha256 else "no metadata of ours: file hash"
+        lines.append(f"{model}: {', '.join(parts)} ({source})")
+    return lines
+
+
+def row_label(record: LatencyRecord, labels: Mapping[tuple[str, str | None], str]) -> str:
+    """The report row a record lands in (see `model_rows`)."""
+    return labels[_row_key(record)]
+
+
+def model_rows(files: Sequence[tuple[Path | str, ResultFile]]) -> dict[tuple[str, str | None], str]:
+    """A row label per (model name, identity key): the name alone when every record of that
+    name measured one model, else the name and what tells the models apart ("model [spec
+    1a2b3c4d]", "model [sha256 9f8e7d6c]"), so two different models both benchmarked as
+    model.onnx stay two rows. Records without an identity (files written before identities
+    were recorded) are told apart by their name only."""
+    keys: dict[str, dict[str | None, LatencyRecord]] = {}
+    for _, result in files:
+        for record in result.records:
+            keys.setdefault(record.model, {}).setdefault(_row_key(record)[1], record)
+    labels: dict[tuple[str, str | None], str] = {}
+    for name, by_key in keys.items():
+        for key, record in by_key.items():
+            identity = record.identity
+            short = identity.short if identity is not None else "no model id"
+            labels[(name, key)] = name if len(by_key) == 1 else f"{name} [{short}]"
+    taken: dict[str, int] = {}
+    for label in labels.values():
+        taken[label] = taken.get(label, 0) + 1
+    for (name, key), label in labels.items():  # hashes alike in 8 characters: the whole key
+        if taken[label] > 1:
+            labels[(name, key)] = f"{name} [{key}]"
+    return labels
+
+
+def _row_key(record: LatencyRecord) -> tuple[str, str | None]:
+    identity = record.identity
+    return record.model, identity.key if identity is not None else None
+
+
 def _choose_records(
     files: Sequence[tuple[Path | str, ResultFile]], batch: int | None
 ) -> tuple[_Chosen, dict[str, dict[str, Any]], list[str], list[str]]:
-    """One record per (model, column): a measurement repeated in two files is the newer
-    file's, with a note naming the other. Returns the records, the fingerprints by id, the
-    notes and the models in the order the files list them."""
+    """One record per (model row, column): a measurement repeated in two files is the newer
+    file's, with a note naming both files, the one kept and whether the model files were the
+    same bytes. Returns the records, the fingerprints by id, the notes and the model rows in
+    the order the files list them."""
     chosen: _Chosen = {}
     fingerprints: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     model_order: list[str] = []
     batches: set[int] = set()
+    labels = model_rows(files)
     for raw_path, result in files:
         path = Path(raw_path)
         fid = str(result.fingerprint.get("fingerprint_id") or fingerprint_id(result.fingerprint))
@@ -152,23 +219,24 @@ def _choose_records(
             batches.add(record.batch)
             if batch is not None and record.batch != batch:
                 continue
-            key = (
-                record.model,
-                (fid, record.device, record.backend, record.precision, record.batch),
-            )
+            label = row_label(record, labels)
+            key = (label, (fid, record.device, record.backend, record.precision, record.batch))
             age = (result.created, str(path))
             if key in chosen:
-                kept, dropped = sorted([(age, path), (chosen[key][0], chosen[key][1])])[::-1]
+                previous = chosen[key]
+                newer_is_this = age > previous[0]
+                kept, dropped = (path, previous[1]) if newer_is_this else (previous[1], path)
                 notes.append(
-                    f"{record.model} on {record.backend} {record.precision} batch {record.batch} "
-                    f"(fingerprint {fid}) is in {kept[1]} and {dropped[1]}: kept the newer, "
-                    f"{kept[1]}"
+                    f"{label} on {record.backend} {record.precision} batch {record.batch} "
+                    f"(fingerprint {fid}) was measured twice, in {kept} and {dropped}"
+                    f"{_same_bytes(record, previous[2])}: kept the newer, {kept}; "
+                    f"{dropped} is not in the table"
                 )
-                if kept[1] != path:
+                if not newer_is_this:
                     continue
             chosen[key] = (age, path, record)
-            if record.model not in model_order:
-                model_order.append(record.model)
+            if label not in model_order:
+                model_order.append(label)
     if not chosen:
         raise DeployInputError(
             f"no records for batch {batch}; the files hold batches {sorted(batches)}"
@@ -176,6 +244,16 @@ def _choose_records(
             else "the result files hold no records"
         )
     return chosen, fingerprints, notes, model_order
+
+
+def _same_bytes(a: LatencyRecord, b: LatencyRecord) -> str:
+    """Whether two measurements of one model timed the same file, as far as they say."""
+    hashes = [r.identity.file_sha256 if r.identity else None for r in (a, b)]
+    if None in hashes:
+        return ""
+    if hashes[0] == hashes[1]:
+        return f" (the same file, sha256 {hashes[0][:8]})"
+    return f" (two files of the same variant and spec, sha256 {hashes[1][:8]} and {hashes[0][:8]})"
 
 
 def _device_labels(
