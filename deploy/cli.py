@@ -4,12 +4,16 @@
                  [--batch 1,8,32] [--data eval.npz] [--power auto] [--output PATH] ...
     deploy build MODEL.onnx [--precision P] [--batch 1,8,32] [--output ENGINE]
     deploy report RESULTS... [--out DIR] [--baseline dense]
-    deploy compare BASELINE.json NEW.json [--allow-cross-device]
-    deploy info
+    deploy compare BASELINE.json NEW.json [--allow-cross-device] [--json]
+    deploy info [--json]
+    deploy --version
 
 Every error `deploy` raises on purpose becomes one line on stderr, "deploy: error: ...", with
 exit code 2 for usage and configuration mistakes and 1 for everything else (missing or
 corrupt files), so scripts on a device can tell them apart and users see no traceback.
+With --json, stdout holds one JSON object and nothing else; warnings stay on stderr.
+The parser is deploy.cli_parser; report, compare and info live in deploy.cli_results, the
+engine build in deploy.cli_build.
 """
 
 from __future__ import annotations
@@ -21,62 +25,60 @@ from dataclasses import replace
 from pathlib import Path
 
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
+from deploy.cli_build import build_command, build_from_args
 from deploy.cli_options import (
     float_option,
-    int_option,
     optional_int,
-    parse_batch_sizes,
     parse_shapes,
+    power_option,
     precision_option,
     stability_limits,
     threads_option,
     timing_config,
 )
-from deploy.cli_parser import CLI_BACKENDS, build_parser
+from deploy.cli_parser import CLI_BACKENDS, UsageError, build_parser
+from deploy.cli_results import compare_command, info_command, report_command
 from deploy.errors import DeployConfigError, DeployError, DeployInputError, MeasurementError
 from deploy.evaluate import load_labelled, top1_accuracy
-from deploy.files import file_sha256, output_lock
+from deploy.files import output_lock
 from deploy.machine.cpus import default_threads, format_cpu_list, parse_cpu_list, pin_process
-from deploy.machine.fingerprint import (
-    clock_warnings,
-    device_fingerprint,
-    require_locked_clocks,
-    summary_line,
-)
+from deploy.machine.fingerprint import clock_warnings, require_locked_clocks, summary_line
 from deploy.machine.power import open_power_sampler
 from deploy.model_files import refuse_pickle
-from deploy.onnx_info import inspect_onnx
-from deploy.paths import check_output_path, check_replaceable_output, same_file
+from deploy.onnx_info import inspect_onnx, model_identity
+from deploy.paths import check_replaceable_output
 from deploy.profiling.bench_profile import check_profile_request, profile_bench
-from deploy.results.compare import compare_results, render_comparison
+from deploy.records import ModelIdentity
 from deploy.results.files import default_results_path, format_table, read_results
-from deploy.results.report import build_report, load_result_files
 from deploy.runners import Runner, make_runner
 from deploy.session import BenchSession
 from deploy.signals import exit_code, signal_name, stop_on_termination
-from deploy.tensorrt.engine import BuildOptions, build_engine, load_engine_info
+from deploy.tensorrt.engine import load_engine_info
 from deploy.tensorrt.runner import TensorRTRunner
-from deploy.tensorrt.sidecar import sidecar_path
 from deploy.tensorrt.trtexec import run_trtexec
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `deploy` console script; returns the process exit code."""
+def main(argv: Sequence[str] | None = None, prog: str = "deploy") -> int:
+    """Entry point of the `deploy` console script; returns the process exit code.
+
+    `prog` names the program in usage, errors and --version: `compressor bench` runs
+    through here as prog "compressor".
+    """
 
     stop_on_termination()
-    parser = build_parser()
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
         return _COMMANDS[args.command](args)
     except DeployConfigError as exc:
-        _report(exc)
+        _report(exc, prog)
         return 2
     except DeployError as exc:
-        _report(exc)
+        _report(exc, prog)
         return 1
     except KeyboardInterrupt as exc:
         print(
-            f"deploy: interrupted ({signal_name(exc)}); nothing half-written was kept",
+            f"{prog}: interrupted ({signal_name(exc)}); nothing half-written was kept",
             file=sys.stderr,
         )
         return exit_code(exc)
@@ -91,6 +93,7 @@ def _bench(args: argparse.Namespace) -> int:
             f"--backend '{backend}' is unknown; choose from {', '.join(CLI_BACKENDS)}"
         )
     precision = precision_option(args.precision)
+    power_source = power_option(args.power)
     threads = threads_option(args.threads)
     limits = stability_limits(args)
     config = _bench_config(args)
@@ -102,8 +105,8 @@ def _bench(args: argparse.Namespace) -> int:
             "use --backend tensorrt for accuracy",
             file=sys.stderr,
         )
-    name = args.name or args.model.stem
-    if not name.isprintable():  # a newline would break every table the name lands in
+    name = args.name
+    if name is not None and not name.isprintable():  # a newline would break every table
         raise DeployConfigError(f"--name must be one line of printable text, got {name!r}")
     output = args.output or default_results_path()
     check_replaceable_output(
@@ -119,12 +122,16 @@ def _bench(args: argparse.Namespace) -> int:
         _clock_check(session.fingerprint, args.require_locked_clocks)
         monitor = session.monitor
         if backend == "trtexec":
+            identity = _bench_identity(args.model)
+            name = name or identity.variant or args.model.stem
             monitor.sample("start")
             records = _bench_trtexec(args, config, precision, name)
             monitor.sample("end")
         else:
             runner = _cli_runner(args, config, precision, threads)
-            power = open_power_sampler(args.power)
+            identity = _bench_identity(args.model)  # after the runner checked the file
+            name = name or identity.variant or args.model.stem
+            power = open_power_sampler(power_source)
             with runner:
                 records = benchmark(runner, config, name, power=power, monitor=monitor)
                 if data is not None:
@@ -133,6 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
                         replace(r, accuracy=accuracy.top1, accuracy_samples=accuracy.samples)
                         for r in records
                     ]
+        records = [record.with_identity(identity) for record in records]
         written = session.finish(records, output)
         path, warnings = written.path, written.warnings
         print(summary_line(session.fingerprint))
@@ -157,6 +165,24 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
         shapes=parse_shapes(args.shapes) if args.shapes else {},
         power_seconds=float_option("--power-seconds", args.power_seconds, positive=True),
     )
+
+
+def _bench_identity(model: Path) -> ModelIdentity:
+    """The model a benchmark timed: an ONNX file's metadata and hash; for an engine built
+    by deploy, the ONNX file it was built from (its sidecar names it and its hash) while
+    that file is still there unchanged, else that file's hash; any other file's own hash."""
+    if model.suffix.lower() in (".engine", ".plan", ".trt"):
+        try:
+            source = load_engine_info(model).sidecar.get("source_onnx", {})
+        except DeployError:  # no sidecar (trtexec's own engine): the engine's bytes
+            return model_identity(model)
+        onnx_path, sha = Path(str(source.get("path", ""))), source.get("sha256")
+        if onnx_path.suffix == ".onnx" and onnx_path.is_file():
+            identity = model_identity(onnx_path)
+            if identity.file_sha256 == sha:
+                return identity
+        return ModelIdentity(file_sha256=sha if isinstance(sha, str) else None)
+    return model_identity(model)
 
 
 def _check_expected_top1(
@@ -263,7 +289,7 @@ def _tensorrt_runner(
 
     engine = args.model
     if args.model.suffix == ".onnx":
-        engine = _build_from_args(args, config, precision, output=None).engine_path
+        engine = build_from_args(args, config, precision, output=None).engine_path
     elif precision is not None:
         built = load_engine_info(engine).precision
         if built != precision:
@@ -295,118 +321,6 @@ def _bench_trtexec(
     )
 
 
-def _build(args: argparse.Namespace) -> int:
-    config = BenchConfig(
-        batch_sizes=parse_batch_sizes(args.batch),
-        shapes=parse_shapes(args.shapes) if args.shapes else {},
-    )
-    info = _build_from_args(args, config, precision_option(args.precision), args.output)
-    print(f"engine written to {info.engine_path} (sidecar {info.sidecar_path})")
-    return 0
-
-
-def _build_from_args(
-    args: argparse.Namespace, config: BenchConfig, precision: str | None, output: Path | None
-):  # noqa: ANN202 - deploy.tensorrt.engine.EngineInfo, imported lazily
-    """Build (or reuse) an engine whose profile spans the requested batch sizes.
-
-    An engine already at the output path is reused when its sidecar says it was built from
-    this very ONNX file (same SHA-256) with the same options; another or a damaged engine of
-    ours is rebuilt; a file without a sidecar (a result file, a model) is never replaced.
-    """
-
-    info = inspect_onnx(args.model)
-    precision = precision or info.precision  # plan_build checks the pair per TensorRT version
-    smallest, largest = min(config.batch_sizes), max(config.batch_sizes)
-    profile = None
-    if config.shapes:
-        profile = {
-            name: (
-                (smallest, *shape[1:]),
-                (largest, *shape[1:]),
-                (largest, *shape[1:]),
-            )
-            for name, shape in config.shapes.items()
-        }
-    options = BuildOptions(
-        precision=precision,
-        workspace_mib=optional_int("--workspace-mib", args.workspace_mib),
-        min_batch=smallest,
-        max_batch=largest,
-        profile=profile,
-        timing_cache=args.timing_cache,
-        dla_core=optional_int("--dla-core", args.dla_core, minimum=0),
-    )
-    if output is None:
-        dla = "" if options.dla_core is None else f".dla{options.dla_core}"
-        folder = args.engine_dir if args.engine_dir is not None else args.model.parent
-        output = folder / f"{args.model.stem}.{precision}.b{largest}{dla}.engine"
-    check_output_path(output, "--output")  # a link, FIFO or unwritable folder: before building
-    if same_file(output, args.model):
-        raise DeployInputError(f"--output {output} is the ONNX file itself; choose another path")
-    if output.is_file() and not sidecar_path(output).is_file():
-        raise DeployInputError(
-            f"--output {output} exists and is not an engine built by deploy (no sidecar "
-            f"{sidecar_path(output).name} beside it); it is never replaced: choose another path"
-        )
-    if output.is_file():
-        try:
-            existing = load_engine_info(output)
-        except DeployError:  # ours but damaged or stale: rebuilt
-            existing = None
-        if (
-            existing is not None
-            and existing.sidecar.get("source_onnx", {}).get("sha256") == file_sha256(args.model)
-            and existing.sidecar.get("build_options") == options.to_dict()
-        ):
-            print(f"reusing {output} (built from this ONNX file with these options)")
-            return existing
-    return build_engine(args.model, output, options, log=print)
-
-
-def _report_command(args: argparse.Namespace) -> int:
-
-    batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
-    if args.baseline is not None:  # named by the user: a typo must not pass as "no baseline"
-        files, _ = load_result_files(args.results)
-        models = sorted({record.model for _, result in files for record in result.records})
-        if args.baseline not in models:
-            raise DeployConfigError(
-                f"--baseline {args.baseline!r} is in none of the result files; their models "
-                f"are {models}"
-            )
-    files = build_report(args.results, args.out, baseline=args.baseline or "dense", batch=batch)
-    for path in files.paths():
-        print(f"wrote {path}")
-    return 0
-
-
-def _compare_command(args: argparse.Namespace) -> int:
-
-    batch = None if args.batch is None else int_option("--batch", args.batch, minimum=1)
-    baseline, new = read_results(args.baseline), read_results(args.new)
-    names = (str(args.baseline), str(args.new))
-    comparison = compare_results(
-        baseline, new, allow_cross_device=args.allow_cross_device, names=names, batch=batch
-    )
-    for name, result in zip(names, (baseline, new), strict=True):
-        for line in result.warnings:
-            print(f"deploy: warning: {name}: {line}", file=sys.stderr)
-    print(render_comparison(comparison, names))
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    fingerprint = device_fingerprint()
-    print(summary_line(fingerprint))
-    for key, value in fingerprint.items():
-        if value is not None and key != "libraries":
-            print(f"  {key}: {value}")
-    for line in clock_warnings(fingerprint):
-        print(f"warning: {line}")
-    return 0
-
-
 def _profile_blocks(args: argparse.Namespace) -> int:
     from deploy.profiling.command import profile_blocks_command
 
@@ -421,17 +335,21 @@ def _clock_check(fingerprint: dict, required: bool) -> None:
         print(f"deploy: warning: {line}", file=sys.stderr)
 
 
-def _report(exc: BaseException) -> None:
+def _report(exc: BaseException, prog: str) -> None:
+    """One line, "deploy: error: ...", the program named once: a usage error's message
+    names the command's own --help instead (see deploy.cli_parser.Parser)."""
     message = " ".join(str(exc).split()) or type(exc).__name__
-    print(f"deploy: error: {message}", file=sys.stderr)
+    if not isinstance(exc, UsageError):
+        message = message.removeprefix(f"{prog}: ")  # a library message never names it again
+    print(f"{prog}: error: {message}", file=sys.stderr)
 
 
 _COMMANDS = {
     "bench": _bench,
-    "build": _build,
-    "report": _report_command,
-    "compare": _compare_command,
-    "info": _info,
+    "build": build_command,
+    "report": report_command,
+    "compare": compare_command,
+    "info": info_command,
     "profile-blocks": _profile_blocks,
 }
 

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from deploy.errors import DeployConfigError
+from deploy.machine.power import SOURCES as POWER_SOURCES
 from deploy.machine.stability import StabilityLimits
 from deploy.onnx_info import PRECISIONS
 from deploy.records import BenchConfig
@@ -18,6 +19,14 @@ def precision_option(text: str | None) -> str | None:
     if text not in PRECISIONS:
         raise DeployConfigError(f"--precision: choose from {', '.join(PRECISIONS)}, got {text!r}")
     return text
+
+
+def power_option(text: str) -> str:
+    """--power, checked before anything is timed (the sampler opens after the warm-up)."""
+    choice = text.strip().lower()
+    if choice not in POWER_SOURCES:
+        raise DeployConfigError(f"--power: choose from {', '.join(POWER_SOURCES)}, got {text!r}")
+    return choice
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

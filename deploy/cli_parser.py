@@ -1,19 +1,27 @@
 """The `deploy` command line's parser: its commands and flags, with no behaviour of its own.
 
 `deploy.cli.main` parses with it and runs the command; the flags' values are checked there
-(deploy.cli_options), so every mistake is reported the same one-line way.
+(deploy.cli_options), so every mistake is reported the same one-line way. `build_parser`
+is also what a CLI reference is generated from, and `add_bench_arguments` gives
+`compressor bench` the very same flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import re
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployConfigError
+from deploy.machine.power import SOURCES as POWER_SOURCES
+from deploy.onnx_info import PRECISIONS
 
 CLI_BACKENDS = ("onnxruntime", "tensorrt", "trtexec", "torch")
+PROFILE_BACKENDS = ("onnxruntime", "tensorrt", "trtexec")  # deploy.profiling.profile_blocks
 PROFILE_ITERATIONS = 300  # profile-blocks' default --iterations
+DISTRIBUTION = "layer-lottery-deploy"  # the name pip knows both commands by
 
 
 class UsageError(DeployConfigError):
@@ -22,45 +30,98 @@ class UsageError(DeployConfigError):
 
 class Parser(argparse.ArgumentParser):
     """ArgumentParser that raises instead of printing usage and exiting, so `main` reports
-    every mistake the same one-line way."""
+    every mistake the same one-line way ("deploy: error: ..."): the message names the
+    command's own --help, not the program a second time."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="deploy", description="Build, benchmark and compare models on devices.")
+def choices(values: tuple[str, ...]) -> str:
+    """A metavar that lists a flag's values in --help ("{a,b,c}"). The values are checked by
+    the command (deploy.cli_options), not by argparse, so a wrong one gets the project's own
+    one-line message rather than argparse's."""
+    return "{" + ",".join(values) + "}"
+
+
+def package_version() -> str:
+    """This distribution's version: from the installed metadata, else (a source tree run
+    with PYTHONPATH, not installed) from the pyproject.toml beside the packages."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "unknown (not installed)"
+    project = re.search(r"^\[project\]$(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+    found = (
+        re.search(r'^version\s*=\s*"([^"]+)"', project.group(1), re.MULTILINE) if project else None
+    )
+    return f"{found.group(1)} (source tree, not installed)" if found else "unknown (not installed)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """--version, printed as "deploy 0.1.0" (the program's name, then the version)."""
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {package_version()}",
+        help="print the version and exit",
+    )  # fmt: skip
+
+
+def build_parser(prog: str = "deploy") -> argparse.ArgumentParser:
+    """Every `deploy` command and flag (`prog="compressor"` for `compressor bench`)."""
+    parser = Parser(prog=prog, description="Build, benchmark and compare models on devices.")
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_bench(commands)
     _add_build(commands)
     _add_report(commands)
     _add_compare(commands)
     _add_profile_blocks(commands)
-    commands.add_parser(
+    info = commands.add_parser(
         "info",
         help="describe this device (the fingerprint results carry) and clock warnings",
+        description="Print this device's fingerprint, the facts every result file carries "
+        "(CPU, GPU, driver, libraries, Jetson power mode, clocks), and warn when clocks are "
+        "not locked.",
     )
+    info.add_argument("--json", action="store_true", help=_JSON_HELP)
     return parser
 
 
+_JSON_HELP = "print the result as one JSON object on stdout instead of text"
+BENCH_HELP = "time a model on one backend and write a result file"
+BENCH_DESCRIPTION = (
+    "Time a model at one or more batch sizes and write a result file. onnxruntime "
+    "runs ONNX files; tensorrt runs engines (or builds one from an ONNX file first); "
+    "trtexec times an ONNX file or engine with NVIDIA's trtexec; torch runs "
+    "torch.export (.pt2) files."
+)
+
+
 def _add_bench(commands: Any) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="time a model on one backend and write a result file",
-        description=(
-            "Time a model at one or more batch sizes and write a result file. onnxruntime "
-            "runs ONNX files; tensorrt runs engines (or builds one from an ONNX file first); "
-            "trtexec times an ONNX file or engine with NVIDIA's trtexec; torch runs "
-            "torch.export (.pt2) files."
-        ),
-    )
+    bench = commands.add_parser("bench", help=BENCH_HELP, description=BENCH_DESCRIPTION)
+    add_bench_arguments(bench)
+
+
+def add_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    """The flags of `deploy bench`, which `compressor bench` shares."""
     bench.add_argument("model", type=Path, help="the model file to time")
-    bench.add_argument("--backend", default="onnxruntime", help=", ".join(CLI_BACKENDS))
+    bench.add_argument(
+        "--backend",
+        default="onnxruntime",
+        metavar=choices(CLI_BACKENDS),
+        help="what runs the model (default onnxruntime)",
+    )
     bench.add_argument(
         "--precision",
         default=None,
-        help="fp32, fp16, bf16 or int8; onnxruntime and torch run what the file holds "
-        "(checked), tensorrt/trtexec build for it (default: the file's precision)",
+        metavar=choices(PRECISIONS),
+        help="onnxruntime and torch run what the file holds (checked), tensorrt/trtexec "
+        "build for it (default: the file's precision)",
     )
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     _timing_group(bench)
@@ -70,7 +131,12 @@ def _add_bench(commands: Any) -> None:
     _backend_group(bench)
     _tensorrt_build_group(bench)
     bench.add_argument("--output", type=Path, default=None, help="result file path")
-    bench.add_argument("--name", default=None, help="model name in results (default: file stem)")
+    bench.add_argument(
+        "--name",
+        default=None,
+        help="model name in results (default: the variant in the ONNX metadata, else the "
+        "file stem); results tell models apart by their metadata or file hash either way",
+    )
     bench.add_argument(
         "--profile",
         action="store_true",
@@ -101,13 +167,17 @@ def _add_profile_blocks(commands: Any) -> None:
         "run, <stem>.blocks.json for any other name, as in a bundle)",
     )
     profile.add_argument(
-        "--backend", default="onnxruntime", help="onnxruntime, tensorrt or trtexec"
+        "--backend",
+        default="onnxruntime",
+        metavar=choices(PROFILE_BACKENDS),
+        help="what times the blocks (default onnxruntime)",
     )
     profile.add_argument(
         "--precision",
         default=None,
-        help="fp32, fp16, bf16 or int8: tensorrt/trtexec build for it; onnxruntime runs the "
-        "file's own (default: the file's precision)",
+        metavar=choices(PRECISIONS),
+        help="tensorrt/trtexec build for it; onnxruntime runs the file's own (default: the "
+        "file's precision)",
     )
     profile.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     _timing_group(profile)
@@ -203,8 +273,9 @@ def _power_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--power",
         default="auto",
+        metavar=choices(POWER_SOURCES),
         help="power sampling for energy per inference: auto (NVML or tegrastats when "
-        "present), nvml, tegrastats, none (default auto)",
+        "present; default), nvml, tegrastats, none",
     )
     group.add_argument(
         "--power-seconds", default="2", help="seconds each model runs alone while power is sampled"
@@ -213,7 +284,12 @@ def _power_group(parser: argparse.ArgumentParser) -> None:
 
 def _backend_group(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backends")
-    group.add_argument("--device", default="auto", help="torch backend: cpu, cuda or auto")
+    group.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N}",
+        help="torch backend: where the model runs (default auto: CUDA when available)",
+    )
     group.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -244,7 +320,12 @@ def _add_build(commands: Any) -> None:
         description="Build a TensorRT engine (with its sidecar JSON) from an ONNX file.",
     )
     build.add_argument("model", type=Path, help="the ONNX file (FP16 / QDQ ONNX for fp16/int8)")
-    build.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8")
+    build.add_argument(
+        "--precision",
+        default=None,
+        metavar=choices(PRECISIONS),
+        help="what the engine computes in (default: the file's precision)",
+    )
     build.add_argument(
         "--batch", default="1", help="batch sizes the engine must run; the profile spans them"
     )
@@ -297,3 +378,4 @@ def _add_compare(commands: Any) -> None:
         help="compute speed-ups between different fingerprints (labelled as cross-device)",
     )
     compare.add_argument("--batch", default=None, help="only this batch size")
+    compare.add_argument("--json", action="store_true", help=_JSON_HELP)
