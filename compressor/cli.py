@@ -4,7 +4,9 @@ Every stage reads and writes files (stored models, ONNX, JSON), so any one of th
 re-run alone. User mistakes end in one line on stderr and a non-zero exit code:
 2 for a bad recipe or argument, 1 for anything else the project reports; never a traceback.
 `run` exits 3 when it finished and wrote every file but the accuracy check marked a variant
-not comparable (more than report.max_accuracy_drop points below dense, or at chance).
+not comparable (more than report.max_accuracy_drop points below dense, or at chance);
+`lint` exits 1 when it found an error. `compressor bench` is `deploy bench` (deploy.cli) under
+this name. The parser is compressor.cli_parser (`build_parser`, also re-exported here).
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
+from compressor.cli_parser import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_NOT_COMPARABLE,
+    build_parser,
+    printable,
+)
 from compressor.errors import CompressorError, ConfigError
 
-EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_COMPARABLE = 1, 2, 3
+__all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_NOT_COMPARABLE", "build_parser", "main"]
 
 
 def _recipe(args: argparse.Namespace):  # noqa: ANN202
@@ -172,8 +180,14 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
     profiles = _profiles(args.profile) if args.profile else None
     report = check_readiness(args.onnx, trt_version=args.trt_version, profiles=profiles)
-    print(report.format())
-    return 1 if report.errors else 0
+    if args.json:  # the same findings, for scripts: stdout holds this object alone
+        print(json.dumps({"schema": LINT_SCHEMA, **report.to_dict()}, indent=2, sort_keys=True))
+    else:
+        print(report.format())
+    return EXIT_ERROR if report.errors else 0
+
+
+LINT_SCHEMA = "compressor.lint/1"  # `compressor lint --json`: ReadinessReport.to_dict()
 
 
 def _profiles(text: str) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -194,206 +208,13 @@ def _profiles(text: str) -> dict[str, tuple[tuple[int, ...], ...]]:
     return profiles
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its error on one line: a mistyped argument may hold a newline or \\r."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_CONFIG, f"{self.prog}: error: {_printable(message)}\n")
-
-
-def _output(text: str) -> str:
-    """An empty --out would mean the current directory, whose files a stage may overwrite."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must name a file or folder, got an empty path")
-    return text
-
-
-def _printable(text: str) -> str:
-    """Control characters shown escaped (as repr does), everything else as typed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="compressor",
-        description="Layer pruning at initialization -> training -> channel shrinking -> "
-        "ONNX -> measured latency. With no recipe, the embedded default (ResNet-56 on the "
-        "bundled 8x8 digits, offline).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_command(
-        sub,
-        "run",
-        "run the whole pipeline: dense, ticket, shrunk ticket, report",
-        cmd_run,
-        out="runs/default",
-    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
-    _add_lottery(sub)
-    _add_stage_commands(sub)
-    _add_bundle(sub)
-    _add_lint(sub)
-    # Parsed by `deploy` (see main); listed here so --help shows it.
-    sub.add_parser("bench", help="benchmark an ONNX file (same as `deploy bench`)", add_help=False)
-    return parser
-
-
-_RESUME_HELP = "continue from what an interrupted run left in --out"
-
-
-def _add_command(  # noqa: ANN202
-    sub: Any, name: str, help_text: str, func: Any, *, model: bool = False, out: str | None = None
-):
-    """A command that takes an optional recipe (and a stored model, and --out)."""
-    p = sub.add_parser(name, help=help_text, description=help_text)
-    if model:
-        p.add_argument("model", help="stored model directory (spec.json + weights.safetensors)")
-    p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: embedded)")
-    if out is not None:
-        p.add_argument("--out", default=out, type=_output, help=f"output location (default: {out})")
-    p.set_defaults(func=func)
-    return p
-
-
-def _add_stage_commands(sub: Any) -> None:
-    """The stages one at a time, as `run` runs them."""
-    _add_command(
-        sub, "blocks", "list the model's residual blocks and which can be removed", cmd_blocks
-    )
-    _add_command(
-        sub,
-        "prune",
-        "layer pruning at init: store the ticket (theta_0 weights)",
-        cmd_prune,
-        out="runs/prune",
-    )
-    _add_command(
-        sub, "train", "train a stored model", cmd_train, model=True, out="runs/train"
-    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
-    _add_command(
-        sub,
-        "shrink",
-        "shrink channels of a trained model and fine-tune",
-        cmd_shrink,
-        model=True,
-        out="runs/shrink",
-    ).add_argument("--resume", action="store_true", help=_RESUME_HELP)
-    _add_command(
-        sub,
-        "export",
-        "export a stored model to ONNX with parity check",
-        cmd_export,
-        model=True,
-        out="model.onnx",
-    )
-
-
-def _add_lottery(sub: Any) -> None:
-    lottery = _add_command(
-        sub,
-        "lottery",
-        "the layer-lottery experiment: criteria x blocks removed x seeds, baselines, "
-        "robustness, LMC and CKA, in one resumable grid (default: ResNet-32 on the digits)",
-        cmd_lottery,
-        out="runs/lottery",
-    )
-    lottery.add_argument("--resume", action="store_true", help="continue or grow the grid in --out")
-    lottery.add_argument(
-        "--cifar10",
-        metavar="DIR",
-        default=None,
-        help="the CIFAR-10 python batches folder: the paper-scale recipe (without a recipe) "
-        "or the recipe's data replaced by it",
-    )
-    lottery.add_argument(
-        "--plan", action="store_true", help="print the cells and epochs to train, then stop"
-    )
-    lottery.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="write the summary of the finished grid in --out again, training nothing "
-        "(without RECIPE: the grid's own recipe.json)",
-    )
-    scale = lottery.add_argument_group(
-        "scale-out",
-        "cells as Ray tasks across GPUs or nodes (pip install 'layer-lottery-deploy[ray]'); "
-        "--out must be on a file system every node shares",
-    )
-    scale.add_argument(
-        "--executor",
-        choices=("local", "ray"),
-        default="local",
-        help="local: the cells one after another in this process (default); ray: each cell "
-        "a Ray task, one GPU each on GPU machines",
-    )
-    scale.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        default=None,
-        help="most cells trained at once (default: one per GPU, or the cores / --threads)",
-    )
-    scale.add_argument(
-        "--address",
-        metavar="ADDR",
-        default=None,
-        help="join the Ray cluster at ADDR (e.g. 10.0.0.1:6379, or 'auto') instead of "
-        "starting one on this machine",
-    )
-    scale.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        default=None,
-        help="CPU threads per cell on CPU workers (default: train.threads, else cores / workers)",
-    )
-    scale.add_argument(
-        "--retries",
-        type=int,
-        metavar="N",
-        default=None,
-        help="times a cell whose worker died is started again, from its checkpoint (default 2)",
-    )
-
-
-def _add_bundle(sub: Any) -> None:
-    bundle = sub.add_parser(
-        "bundle",
-        help="write a folder to copy to a Jetson or GPU server: ONNX, INT8 and FP16 ONNX, "
-        "an evaluation file, a manifest, deploy and a script",
-    )
-    bundle.add_argument("run_dir", help="a finished `compressor run` output directory")
-    bundle.add_argument(
-        "--out", default="bundle", type=_output, help="folder to write (default: bundle)"
-    )
-    bundle.add_argument(
-        "--eval-samples", type=int, default=360, help="test images in eval.npz (default 360)"
-    )
-    bundle.set_defaults(func=cmd_bundle)
-
-
-def _add_lint(sub: Any) -> None:
-    lint = sub.add_parser(
-        "lint",
-        help="check an ONNX file for what TensorRT's parser would refuse (no TensorRT needed)",
-    )
-    lint.add_argument("onnx", help="the ONNX file")
-    lint.add_argument("--trt-version", default="10", help="TensorRT version: 8.6, 10, 10.x, 11")
-    lint.add_argument(
-        "--profile",
-        default=None,
-        help="shapes of dynamic inputs: name:MIN,OPT,MAX e.g. input:1x1x16x16,8x1x16x16,"
-        "32x1x16x16 (several inputs separated by ';')",
-    )
-    lint.set_defaults(func=cmd_lint)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `compressor` console script; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
+    if argv[:1] == ["bench"]:  # deploy's own command, under this program's name
         from deploy.cli import main as deploy_main
 
-        return deploy_main(argv)
+        return deploy_main(argv, prog="compressor")
     from deploy.signals import stop_on_termination
 
     stop_on_termination()
@@ -403,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.errors import ExportConfigError, ExportError
 
     try:
-        return args.func(args)
+        return _COMMANDS[args.command](args)
     except (ConfigError, DeployConfigError, ExportConfigError) as exc:
         print(f"compressor: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_CONFIG
@@ -420,8 +241,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """Line breaks inside a message become spaces; a stray \\r in a path is shown, not obeyed."""
-    return _printable(" ".join(re.split(r"[ \t\n]+", str(exc).strip())))
+    """Line breaks inside a message become spaces; a stray \r in a path is shown, not obeyed;
+    a message that starts with the program's name does not get it twice."""
+    text = printable(" ".join(re.split(r"[ \t\n]+", str(exc).strip())))
+    return text.removeprefix("compressor: ")
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "lottery": cmd_lottery,
+    "blocks": cmd_blocks,
+    "prune": cmd_prune,
+    "train": cmd_train,
+    "shrink": cmd_shrink,
+    "export": cmd_export,
+    "bundle": cmd_bundle,
+    "lint": cmd_lint,
+}
 
 
 if __name__ == "__main__":
