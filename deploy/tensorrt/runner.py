@@ -1,10 +1,12 @@
 """TensorRT runner: runs a serialized engine through the same interface as the other backends.
 
-GPU buffers, the stream, CUDA events and CUDA graphs come from torch (one small path, present
-in NVIDIA's PyTorch containers and JetPack's l4t-pytorch); a device without torch times its
-engines with trtexec (`deploy.tensorrt.trtexec`) instead. The engine's sidecar is checked before
-TensorRT deserializes it, because an engine built by another TensorRT version or for another
-GPU must be a clear error, not a crash.
+GPU buffers, the stream, CUDA events and CUDA graphs come from torch where it is installed with
+CUDA (NVIDIA's PyTorch containers, JetPack's l4t-pytorch), else from NVIDIA's cuda-python
+(`deploy.tensorrt.cuda_buffers`), so a Jetson or server with only the deploy install runs
+engines too. TensorRT itself is driven through its documented Python API: set_tensor_address
+with device pointers, execute_async_v3 with the stream as an integer. The engine's sidecar is
+checked before TensorRT deserializes it, because an engine built by another TensorRT version or
+for another GPU must be a clear error, not a crash.
 
 Each `infer` copies inputs host->device, enqueues the engine (or replays its CUDA graph),
 copies outputs back and waits, as onnxruntime and torch do, so host latencies compare. CUDA
@@ -23,7 +25,15 @@ import numpy as np
 from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
-from deploy.tensorrt.engine import TRT_DTYPES, trt_logger
+from deploy.tensorrt.cuda_buffers import (
+    CudaBuffers,
+    CudaBuffersChoice,
+    DeviceBuffer,
+    check_choice,
+    open_cuda_buffers,
+)
+from deploy.tensorrt.dtypes import dtype_name, feed_dtype
+from deploy.tensorrt.engine import trt_logger
 from deploy.tensorrt.sidecar import (
     REBUILD_HINT,
     check_engine_compatible,
@@ -39,7 +49,9 @@ class TensorRTRunner(Runner):
 
     `cuda_graph=True` captures the enqueue in a CUDA graph after a first plain run and replays
     it; a new input shape re-captures. `check_compatibility=False` skips the sidecar check
-    (for engines built elsewhere that you know match this device).
+    (for engines built elsewhere that you know match this device). `cuda_buffers` picks where
+    GPU memory, stream, events and graphs come from: "auto" (torch with CUDA when installed,
+    else cuda-python), "torch" or "cuda-python".
     """
 
     backend = "tensorrt"
@@ -51,15 +63,18 @@ class TensorRTRunner(Runner):
         device: str = "cuda",
         cuda_graph: bool = False,
         check_compatibility: bool = True,
+        cuda_buffers: CudaBuffersChoice = "auto",
     ) -> None:
         # The file is checked first (exists, no pickle, sidecar whose SHA-256 matches), so a
         # wrong file is named as such even where TensorRT is missing.
         verify_engine_file(engine_path, require_sidecar=check_compatibility)
-        self._trt = lazy_import("tensorrt", "the TensorRT runner")
         if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise DeployConfigError(
                 f"TensorRT runner: device must be 'cuda' or 'cuda:N', got {device!r}"
             )
+        check_choice(cuda_buffers)  # settings before packages: a typo is named everywhere
+        self._trt = lazy_import("tensorrt", "the TensorRT runner")
+        self.cuda_buffers = cuda_buffers
         self.engine_path = Path(engine_path)
         self.device = device
         self.cuda_graph = bool(cuda_graph)
@@ -73,26 +88,28 @@ class TensorRTRunner(Runner):
     def _reset(self) -> None:
         self._engine: Any = None
         self._context: Any = None
-        self._stream: Any = None
-        self._graph: Any = None
+        self._cuda: CudaBuffers | None = None
+        self._captured = False  # a CUDA graph of the bound shapes is ready to replay
         self._runs_since_bind = 0
         self._specs: list[TensorSpec] = []
         self._input_names: list[str] = []
         self._output_names: list[str] = []
         self._profile_ranges: dict[str, tuple[tuple[int, ...], ...]] = {}
         self._bound_shapes: dict[str, tuple[int, ...]] = {}
-        self._buffers: dict[str, Any] = {}
+        self._buffers: dict[str, DeviceBuffer] = {}
 
     def _activate(self) -> None:
-        trt = self._trt
-        torch = lazy_import("torch", "the TensorRT runner (its GPU buffers are torch tensors)")
-        if not torch.cuda.is_available():
-            raise DeployConfigError(
-                f"TensorRT runner: torch {torch.__version__} sees no CUDA GPU; run on a device "
-                "with one (torch built with CUDA)"
-            )
-        self._torch = torch
         index = int(self.device[5:]) if ":" in self.device else 0
+        self._cuda = open_cuda_buffers(self.cuda_buffers, index)
+        self._details["cuda_buffers"] = f"{self._cuda.backend} {self._cuda.version}"
+        try:
+            self._load_engine(index)
+        except BaseException:
+            self._close_cuda(quietly=True)  # __exit__ never runs when __enter__ fails
+            raise
+
+    def _load_engine(self, index: int) -> None:
+        trt = self._trt
         if not self.engine_path.is_file():
             raise DeployInputError(f"TensorRT engine not found: {self.engine_path}")
         info = None
@@ -105,7 +122,6 @@ class TensorRTRunner(Runner):
                 check_engine_compatible(
                     info.sidecar, trt.__version__, gpu.name, gpu.compute_capability
                 )
-        torch.cuda.set_device(index)
         runtime = trt.Runtime(trt_logger(trt))
         dla_core = (info.sidecar.get("build_options") or {}).get("dla_core") if info else None
         if dla_core is not None:  # the runtime's DLA core defaults to -1 (none)
@@ -122,29 +138,32 @@ class TensorRTRunner(Runner):
                 f"TensorRT could not create an execution context for "
                 f"{self.engine_path.name} (out of GPU memory?)"
             )
-        self._stream = torch.cuda.Stream(device=self.device)
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self._input_names if is_input else self._output_names).append(name)
         for name in self._input_names:
             shape = tuple(int(d) for d in self._engine.get_tensor_shape(name))
-            dtype = _dtype_name(self._engine.get_tensor_dtype(name))
-            # bfloat16 has no numpy type: feed float32, the copy to the GPU converts it.
-            spec_dtype = "float32" if dtype == "bfloat16" else dtype
-            self._specs.append(
-                TensorSpec(name, tuple(None if d < 0 else d for d in shape), spec_dtype)
-            )
+            dtype = feed_dtype(dtype_name(self._engine.get_tensor_dtype(name)))
+            self._specs.append(TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype))
             if -1 in shape:
                 ranges = self._engine.get_tensor_profile_shape(name, 0)
                 self._profile_ranges[name] = tuple(tuple(int(d) for d in s) for s in ranges)
 
     def _deactivate(self) -> None:
-        if self._stream is not None:
-            self._stream.synchronize()
+        self._close_cuda(quietly=False)
+
+    def _close_cuda(self, *, quietly: bool) -> None:
+        """Drop TensorRT's objects, then free buffers, graph, events and stream."""
+        cuda = self._cuda
         self._reset()
+        if cuda is None:
+            return
+        try:
+            cuda.close()
+        except DeployError:
+            if not quietly:  # a failed start's own error says more than the cleanup's
+                raise
 
     @property
     def input_specs(self) -> list[TensorSpec]:
@@ -153,35 +172,34 @@ class TensorRTRunner(Runner):
         return list(self._specs)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self._torch
+        cuda = self._active_cuda()
         shapes = {name: tuple(int(d) for d in feed[name].shape) for name in self._input_names}
         if shapes != self._bound_shapes:
             self._bind(shapes)
-        with torch.cuda.stream(self._stream):
-            for name in self._input_names:
-                source = torch.from_numpy(np.ascontiguousarray(feed[name]))
-                self._buffers[name].copy_(source)
-            if self.cuda_graph and self._graph is None and self._runs_since_bind > 0:
-                self._capture()
-            self._start.record(self._stream)
-            if self._graph is not None:
-                self._graph.replay()
-            elif not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise DeployError(
-                    f"TensorRT failed to run {self.engine_path.name} "
-                    f"(execute_async_v3 returned False)"
-                )
-            self._end.record(self._stream)
-            outputs = {name: self._to_host(self._buffers[name]) for name in self._output_names}
-        self._stream.synchronize()
+        for name in self._input_names:
+            cuda.upload(self._buffers[name], feed[name])
+        if self.cuda_graph and self._runs_since_bind > 0 and not self._captured:
+            self._capture()
+        cuda.mark_start()
+        if not cuda.replay() and not self._context.execute_async_v3(cuda.stream_handle):
+            raise DeployError(
+                f"TensorRT failed to run {self.engine_path.name} (execute_async_v3 returned False)"
+            )
+        cuda.mark_end()
+        outputs = cuda.download({name: self._buffers[name] for name in self._output_names})
         self._runs_since_bind += 1
-        self.last_gpu_ms = float(self._start.elapsed_time(self._end))
+        self.last_gpu_ms = cuda.elapsed_ms()
         self.gpu_times_ms.append(self.last_gpu_ms)
         return outputs
 
+    def _active_cuda(self) -> CudaBuffers:
+        if self._cuda is None:
+            raise RuntimeError("use the runner as a context manager: `with runner: ...`")
+        return self._cuda
+
     def _bind(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Set input shapes, allocate I/O buffers of those shapes and give TensorRT addresses."""
-        torch, context = self._torch, self._context
+        cuda, context = self._active_cuda(), self._context
         for name, shape in shapes.items():
             if name in self._profile_ranges:
                 _check_in_profile(name, shape, self._profile_ranges[name])
@@ -190,7 +208,10 @@ class TensorRTRunner(Runner):
                         f"TensorRT rejected shape {list(shape)} for input '{name}' of "
                         f"{self.engine_path.name}"
                     )
-        self._graph = None  # captured addresses and shapes are stale now
+        cuda.synchronize()  # the old buffers may still be in use
+        cuda.drop_graph()  # captured addresses and shapes are stale now
+        self._captured = False
+        cuda.release(self._buffers)
         self._buffers = {}
         for name in self._input_names + self._output_names:
             shape = tuple(int(d) for d in context.get_tensor_shape(name))
@@ -199,9 +220,9 @@ class TensorRTRunner(Runner):
                     f"output '{name}' of {self.engine_path.name} has a data-dependent shape "
                     f"{list(shape)}, which the TensorRT runner does not support"
                 )
-            dtype = getattr(torch, _dtype_name(self._engine.get_tensor_dtype(name)))
-            self._buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
-            context.set_tensor_address(name, self._buffers[name].data_ptr())
+            dtype = dtype_name(self._engine.get_tensor_dtype(name))
+            self._buffers[name] = cuda.allocate(shape, dtype)
+            context.set_tensor_address(name, self._buffers[name].ptr)
         self._bound_shapes = dict(shapes)
         self._runs_since_bind = 0
 
@@ -211,20 +232,13 @@ class TensorRTRunner(Runner):
         Some engines cannot be captured (loops, data-dependent shapes, some plugins); then the
         runner falls back to plain enqueues, as trtexec does, and its records say so.
         """
-        torch = self._torch
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self._stream):
-                captured = self._context.execute_async_v3(self._stream.cuda_stream)
-        except RuntimeError as exc:  # torch reports a failed capture as a RuntimeError
-            captured, reason = False, str(exc).splitlines()[0] if str(exc) else repr(exc)
-        else:
-            reason = "execute_async_v3 returned False during capture"
-        if not captured:
+        cuda = self._active_cuda()
+        reason = cuda.capture(lambda: self._context.execute_async_v3(cuda.stream_handle))
+        if reason is not None:
             self.cuda_graph = False
             self._details["cuda_graph_fallback"] = reason
             return
-        self._graph = graph
+        self._captured = True
 
     def record_details(self) -> dict[str, Any]:
         return {
@@ -233,14 +247,9 @@ class TensorRTRunner(Runner):
             "tensorrt_version": getattr(self._trt, "__version__", None),
         }
 
-    def _to_host(self, tensor: Any) -> np.ndarray:
-        if tensor.dtype == self._torch.bfloat16:
-            tensor = tensor.float()
-        return tensor.cpu().numpy()
-
     def synchronize(self) -> None:
-        if self._stream is not None:
-            self._stream.synchronize()
+        if self._cuda is not None:
+            self._cuda.synchronize()
 
     def take_gpu_times_ms(self) -> list[float]:
         times, self.gpu_times_ms = self.gpu_times_ms, []
@@ -261,11 +270,3 @@ def _check_in_profile(
             f"input '{name}' shape {list(shape)} is outside the engine's profile "
             f"(min {list(low)}, max {list(high)}); rebuild with a profile that covers it"
         )
-
-
-def _dtype_name(dtype: Any) -> str:
-    """trt.DataType -> numpy/torch dtype name ("float32", "float16", "bfloat16", ...)."""
-    member = getattr(dtype, "name", str(dtype).rsplit(".", 1)[-1])
-    if member not in TRT_DTYPES:
-        raise DeployInputError(f"the TensorRT runner does not handle tensors of type {member}")
-    return TRT_DTYPES[member]

@@ -76,3 +76,31 @@ def test_deploy_benchmarks_without_torch_and_says_what_torch_runner_needs(
     assert "MISSING: the torch runner needs the 'torch' package" in result.stdout
     assert "results written to r.json" in result.stdout
     assert (tmp_path / "r.json").is_file()
+
+
+# `compressor` where the pipeline extra is missing: the console script's entry point.
+COMPRESSOR_WITHOUT_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from compressor.entry import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_compressor_without_torch_names_the_pipeline_extra_in_one_line(tmp_path: Path) -> None:
+    recipe = REPO_ROOT / "recipes" / "quick.yaml"
+    result = _python(COMPRESSOR_WITHOUT_TORCH, "run", str(recipe), "--out", "run", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("compressor: error: the pipeline needs the 'torch' package")
+    assert "pip install 'layer-lottery-deploy[pipeline]'" in result.stderr
+    assert "bash install.sh" in result.stderr
+    # Commands that need no torch still work there.
+    assert _python(COMPRESSOR_WITHOUT_TORCH, "--help", cwd=tmp_path).returncode == 0

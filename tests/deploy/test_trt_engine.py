@@ -247,6 +247,18 @@ def test_the_tensorrt_runner_without_tensorrt_says_what_to_install(
         TensorRTRunner(tmp_path / "absent.engine")
 
 
+def test_runner_settings_are_checked_before_tensorrt_is_imported(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from deploy.tensorrt.runner import TensorRTRunner
+
+    engine = saved_engine(models, tmp_path)
+    with pytest.raises(DeployConfigError, match="cuda_buffers must be one of auto, torch, cuda"):
+        TensorRTRunner(engine, cuda_buffers="cupy")  # type: ignore[arg-type]
+    with pytest.raises(DeployConfigError, match="device must be 'cuda' or 'cuda:N', got 'gpu'"):
+        TensorRTRunner(engine, device="gpu")
+
+
 def test_trtexec_is_not_a_runner() -> None:
     with pytest.raises(DeployConfigError, match="backend 'trtexec' is not a runner.*run_trtexec"):
         make_runner("trtexec", "model.onnx")
@@ -366,16 +378,30 @@ def _sha256(path: Path) -> str:
 # --- on a device with TensorRT and a GPU -----------------------------------------------------
 
 
-def _device_missing() -> str:
-    """Why engines cannot be built and run here ('' when they can)."""
-    missing = [] if HAS_TENSORRT else ["TensorRT is not installed"]
-    if importlib.util.find_spec("torch") is None:
-        missing.append("torch (the runner's GPU buffers) is not installed")
-    else:
+def _buffers_missing(source: str) -> str:
+    """Why the runner cannot take GPU buffers from `source` here ('' when it can)."""
+    if source == "torch":
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
         import torch
 
-        if not torch.cuda.is_available():
-            missing.append("torch sees no CUDA GPU")
+        return "" if torch.cuda.is_available() else "torch sees no CUDA GPU"
+    try:
+        from deploy.tensorrt.cuda_buffers import cuda_runtime
+
+        err, count = cuda_runtime().cudaGetDeviceCount()
+    except MissingDependencyError:
+        return "cuda-python is not installed"
+    return "" if int(err) == 0 and count > 0 else "cuda-python sees no GPU"
+
+
+def _device_missing(source: str = "any") -> str:
+    """Why engines cannot be built and run here ('' when they can)."""
+    missing = [] if HAS_TENSORRT else ["TensorRT is not installed"]
+    sources = ("torch", "cuda-python") if source == "any" else (source,)
+    reasons = [_buffers_missing(s) for s in sources]
+    if all(reasons):
+        missing.append(" and ".join(reasons))
     return "; ".join(missing)
 
 
@@ -384,13 +410,23 @@ needs_device = pytest.mark.skipif(bool(_device_missing()), reason=_device_missin
 
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-@needs_device
+@pytest.mark.parametrize(
+    "buffers",
+    [
+        pytest.param(source, marks=pytest.mark.skipif(bool(why), reason=why or "ok"))
+        for source, why in (
+            ("torch", _device_missing("torch")),
+            ("cuda-python", _device_missing("cuda-python")),
+        )
+    ],
+)
 @pytest.mark.parametrize(
     ("model", "precision", "atol"), [("fp32", "fp32", 1e-4), ("fp16", "fp16", 2e-2)]
 )
 def test_built_engine_matches_onnxruntime(
-    models: dict[str, Path], tmp_path: Path, model: str, precision: str, atol: float
+    models: dict[str, Path], tmp_path: Path, model: str, precision: str, atol: float, buffers: str
 ) -> None:
+    """Both sources of GPU buffers give onnxruntime's outputs, with and without CUDA graphs."""
     from deploy.tensorrt.runner import TensorRTRunner
 
     engine = tmp_path / f"{model}.engine"
@@ -400,10 +436,13 @@ def test_built_engine_matches_onnxruntime(
     with make_runner("onnxruntime", models["fp32"]) as reference:
         expected = reference.infer(feed)["logits"]
     for cuda_graph in (False, True):
-        with TensorRTRunner(engine, cuda_graph=cuda_graph) as runner:
+        with TensorRTRunner(engine, cuda_graph=cuda_graph, cuda_buffers=buffers) as runner:
             assert runner.precision == precision
             outputs = [runner.infer(feed)["logits"] for _ in range(3)]  # 3rd replays the graph
             assert len(runner.take_gpu_times_ms()) == 3 and runner.last_gpu_ms > 0
+            details = runner.record_details()
+            assert details["cuda_buffers"].startswith(buffers)
+            assert details["cuda_graph"] is cuda_graph, details.get("cuda_graph_fallback")
         for got in outputs:
             np.testing.assert_allclose(got.astype(np.float32), expected, atol=atol, rtol=atol)
 
