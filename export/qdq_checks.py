@@ -1,6 +1,7 @@
-"""The readiness checks of quantize/dequantize (Q/DQ) pairs: types, scales, zero points and
+"""The readiness checks of quantize/dequantize (Q/DQ) pairs: types, scales, zero points,
 which layers TensorRT can run in INT8 from them (`export.trt_ops` says what each release
-accepts)."""
+accepts), and pairs placed where TensorRT cannot fuse them (`export.qdq_placement` says where
+they go instead). A misplaced pair still builds: those findings are warnings."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from onnx import TensorProto
 
 from export.findings import Finding, finding
 from export.onnx_graph import OnnxGraph
+from export.qdq_placement import ACTIVATIONS, fusable_producer, main_branch
 from export.trt_ops import (
     DEFAULT_DOMAINS,
     INT8_CONSUMERS,
@@ -30,6 +32,11 @@ def check_qdq(g: OnnxGraph, target: Target, dla: bool) -> Iterator[Finding]:
             yield from _check_qdq_scale(g, i)
         if g.has_qdq and node.op_type == "DequantizeLinear" and not g.is_weight(node.input[0]):
             yield from _check_dq_consumers(g, i)
+            yield from _check_dq_output(g, i)
+        if g.has_qdq and node.op_type == "QuantizeLinear":
+            yield from _check_before_activation(g, i)
+        if g.has_qdq and node.op_type == "Add" and len(node.input) == 2:
+            yield from _check_residual_add(g, i)
         if g.has_qdq and node.op_type in WEIGHT_AXIS and len(node.input) > 1:
             yield from _check_layer_quantized(g, i)
 
@@ -136,6 +143,84 @@ def _check_dq_consumers(g: OnnxGraph, i: int) -> Iterator[Finding]:
         "Conv/Gemm/MatMul/pooling/Add only"
     )
     yield finding("warning", "qdq-unfusable", msg, g.labels[i], g.nodes[i].op_type)
+
+
+def _check_before_activation(g: OnnxGraph, i: int) -> Iterator[Finding]:
+    """A pair on a weighted layer's (or an Add's) output that an activation reads:
+    Conv -> Q -> DQ -> Relu, or Add -> Q -> DQ -> Relu after a residual Add."""
+    tensor = g.nodes[i].input[0]
+    layer = fusable_producer(g, tensor, i)
+    add = g.producer.get(tensor)
+    if layer is None and add is not None and g.nodes[add].op_type == "Add":
+        layer = add if _readers(g, tensor) == [i] else None
+    if layer is None:
+        return
+    conv = f"{g.nodes[layer].op_type} '{g.labels[layer]}'"
+    for dq in _readers(g, g.nodes[i].output[0], "DequantizeLinear"):
+        for j in _readers(g, g.nodes[dq].output[0]):
+            if g.nodes[j].op_type not in ACTIVATIONS:
+                continue
+            msg = (
+                f"quantizes the output of {conv} before its {g.nodes[j].op_type} "
+                f"'{g.labels[j]}' (DequantizeLinear '{g.labels[dq]}'): TensorRT fuses a "
+                "layer, its bias, a residual Add and the activation into one kernel quantized "
+                "at its inputs; "
+                "this pair makes that kernel write the pre-activation tensor in INT8 and a "
+                "separate kernel re-quantize it after the activation (a reformat), rounding "
+                "it twice; remove the pair (quantize only the inputs of Conv/Gemm/MatMul: "
+                "qdq_placement 'tensorrt', or onnxruntime's extra_options "
+                "OpTypesToExcludeOutputQuantization)"
+            )
+            yield finding("warning", "qdq-before-activation", msg, g.labels[i], "QuantizeLinear")
+
+
+def _check_residual_add(g: OnnxGraph, i: int) -> Iterator[Finding]:
+    """An Add whose two inputs are both dequantized, one of them a weighted layer's output."""
+    node, pairs = g.nodes[i], {}
+    for index, name in enumerate(node.input):
+        dq = g.producer.get(name)
+        if dq is None or g.nodes[dq].op_type != "DequantizeLinear":
+            return  # an input in float: the Add can fuse into the layer computing it
+        q = g.producer.get(g.nodes[dq].input[0])
+        if q is not None and g.nodes[q].op_type == "QuantizeLinear":
+            layer = fusable_producer(g, g.nodes[q].input[0], q)
+            if layer is not None:
+                pairs[index] = (q, layer)
+    if not pairs:
+        return
+    index = main_branch(g, node) if len(pairs) == 2 else next(iter(pairs))
+    q, layer = pairs[index]
+    conv = f"{g.nodes[layer].op_type} '{g.labels[layer]}'"
+    msg = (
+        f"both inputs are quantized, including the output of {conv} (QuantizeLinear "
+        f"'{g.labels[q]}'): TensorRT fuses a residual Add into the kernel of the layer "
+        "computing one input when only the other input (the shortcut) is quantized; with "
+        f"both quantized, {conv} writes an INT8 tensor and the Add runs as a kernel of its own "
+        "(an extra kernel and reformat); remove the pair on the input from that layer "
+        "(qdq_placement 'tensorrt')"
+    )
+    yield finding("warning", "qdq-residual-both-inputs", msg, g.labels[i], "Add")
+
+
+def _check_dq_output(g: OnnxGraph, i: int) -> Iterator[Finding]:
+    """A Q/DQ pair on a graph output: nothing after it to fuse into."""
+    node = g.nodes[i]
+    q = g.producer.get(node.input[0])
+    outputs = {value.name for value in g.proto.graph.output}
+    if node.output[0] not in outputs or q is None or g.nodes[q].op_type != "QuantizeLinear":
+        return
+    msg = (
+        f"dequantizes onto the graph output '{node.output[0]}': the output is rounded to "
+        "8 bits, and with no INT8 layer after it TensorRT runs the quantize and dequantize as "
+        "kernels of their own; leave the last layer's output in float (qdq_placement "
+        "'tensorrt')"
+    )
+    yield finding("warning", "qdq-output", msg, g.labels[i], "DequantizeLinear")
+
+
+def _readers(g: OnnxGraph, tensor: str, op_type: str | None = None) -> list[int]:
+    found = [j for j, _ in g.consumers.get(tensor, [])]
+    return [j for j in found if op_type is None or g.nodes[j].op_type == op_type]
 
 
 def _quantizes_int8_output(g: OnnxGraph, tensor: str, depth: int = 6) -> bool:

@@ -140,7 +140,7 @@ def residual_adds(g: OnnxGraph) -> dict[str, int]:
             continue  # a bias or a graph input: nothing to fuse
         weighted = [fusable_producer(g, name, i) is not None for name in node.input]
         if weighted == [True, True]:
-            found[node.name] = _longer_branch(g, node)
+            found[node.name] = main_branch(g, node)
         elif any(weighted):
             found[node.name] = weighted.index(True)
     return found
@@ -246,7 +246,7 @@ def _readers(g: OnnxGraph, tensor: str) -> list[int]:
     return [j for j, _ in g.consumers.get(tensor, [])]
 
 
-def _longer_branch(g: OnnxGraph, add: onnx.NodeProto) -> int:
+def main_branch(g: OnnxGraph, add: onnx.NodeProto) -> int:
     """Which input of an Add of two convolutions is the main branch: the one on the longer
     path back to the nearest node both come from (the shortcut is the shorter path)."""
     first, second = (_distances(g, name) for name in add.input[:2])
