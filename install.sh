@@ -9,9 +9,10 @@
 #   bash install.sh --ray                ... plus Ray: compressor lottery --executor ray
 #   bash install.sh --torchvision        ... plus torchvision and timm (torch 2.14.1 +
 #                                        torchvision 0.29.1 if the venv has no torch yet)
-#   bash install.sh --deploy-only        `deploy` alone, without torch (the [deploy] extra):
-#                                        a Jetson or GPU server that benchmarks ONNX files
-#                                        and engines; with --test, also pytest and ruff
+#   bash install.sh --deploy-only        `deploy` alone, without torch (the [deploy] extra),
+#                                        pinned like the rest (Python 3.11 wheels; on a
+#                                        Jetson's Python 3.10: pip install -e '.[deploy]');
+#                                        with --test, also pytest, ruff and cuda-bindings
 #   bash install.sh --venv DIR ...       another venv (made when missing)
 #
 # Why a script and not one pip line: constraints.txt pins every package we test with, except
