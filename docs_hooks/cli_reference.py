@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:  # this checkout's parsers, whichever venv builds 
 
 MARKER = "<!-- cli-reference -->"
 PARSERS = ("compressor.cli:build_parser", "deploy.cli_parser:build_parser")
-# Commands another command parses: `compressor bench ...` is handed to `deploy bench`.
+# Commands another command parses (`compressor bench ...` is handed to `deploy bench`): a
+# pointer to that command's section instead of a second copy of its tables.
 DELEGATES = {"compressor bench": "deploy bench"}
 USAGE_WIDTH = 100  # usage lines wrapped here, whatever the terminal that builds the site
 
@@ -62,9 +63,10 @@ def command_markdown(parser: argparse.ArgumentParser, level: int) -> list[str]:
     lines = [f"{'#' * level} `{prog}` {{#{anchor(prog)}}}", ""]
     if parser.description:
         lines += [cell(parser.description), ""]
-    if prog in DELEGATES:
+    if prog in DELEGATES:  # its arguments are listed once, under the command that parses them
         other = DELEGATES[prog]
-        lines += [f"Takes the arguments of [`{other}`](#{anchor(other)}), which parses it.", ""]
+        link = f"[`{other}`](#{anchor(other)})"
+        return [*lines, f"Takes the arguments of {link}, which parses it.", ""]
     if parser._actions:
         lines += ["```text", usage(parser), "```", ""]
     for group in parser._action_groups:
