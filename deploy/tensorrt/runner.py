@@ -22,16 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import DeployConfigError, DeployError, DeployInputError
+from deploy.errors import (
+    DeployConfigError,
+    DeployError,
+    DeployInputError,
+    MissingDependencyError,
+)
 from deploy.lazy import lazy_import
 from deploy.runners.base import Runner, TensorSpec
 from deploy.tensorrt.cuda_buffers import (
+    INSTALL_HINT,
     CudaBuffers,
     CudaBuffersChoice,
     DeviceBuffer,
     check_choice,
-    open_cuda_buffers,
 )
+from deploy.tensorrt.cuda_python import CudaPythonBuffers, cuda_runtime
+from deploy.tensorrt.cuda_torch import TorchBuffers, cuda_torch
 from deploy.tensorrt.dtypes import dtype_name, feed_dtype
 from deploy.tensorrt.engine import trt_logger
 from deploy.tensorrt.sidecar import (
@@ -270,3 +277,33 @@ def _check_in_profile(
             f"input '{name}' shape {list(shape)} is outside the engine's profile "
             f"(min {list(low)}, max {list(high)}); rebuild with a profile that covers it"
         )
+
+
+def open_cuda_buffers(choice: str, device_index: int) -> CudaBuffers:
+    """The buffers `choice` names on CUDA device `device_index`. "auto" takes torch where it
+    is installed and sees a GPU, else cuda-python; a missing package or GPU is one clear error.
+    """
+    check_choice(choice)
+    if choice == "torch":
+        return TorchBuffers(cuda_torch(), device_index)
+    if choice == "cuda-python":
+        return CudaPythonBuffers(cuda_runtime(), device_index)
+    try:
+        torch = lazy_import("torch", "the TensorRT runner")
+    except MissingDependencyError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return TorchBuffers(torch, device_index)
+    try:
+        runtime = cuda_runtime()
+    except MissingDependencyError as exc:
+        what = (
+            "torch sees no CUDA GPU (a CPU build?) and cuda-python is not installed"
+            if torch is not None
+            else "neither torch nor cuda-python is installed"
+        )
+        raise MissingDependencyError(
+            f"the TensorRT runner takes its GPU buffers from torch with CUDA or from "
+            f"cuda-python, and {what}; {INSTALL_HINT}"
+        ) from exc.__cause__
+    return CudaPythonBuffers(runtime, device_index)

@@ -19,14 +19,10 @@ import numpy as np
 import pytest
 
 from deploy.errors import DeployConfigError, DeployError, DeployInputError
-from deploy.tensorrt.cuda_buffers import (
-    CudaError,
-    CudaPythonBuffers,
-    cuda_error,
-    cuda_runtime,
-    open_cuda_buffers,
-)
+from deploy.tensorrt.cuda_buffers import CudaError
+from deploy.tensorrt.cuda_python import CudaPythonBuffers, cuda_error, cuda_runtime
 from deploy.tensorrt.dtypes import dtype_name, feed_dtype, from_device_layout, to_device_layout
+from deploy.tensorrt.runner import open_cuda_buffers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None and (
@@ -69,7 +65,7 @@ class Blocker:
         return None
 
 sys.meta_path.insert(0, Blocker())
-from deploy.tensorrt.cuda_buffers import open_cuda_buffers
+from deploy.tensorrt.runner import open_cuda_buffers
 try:
     buffers = open_cuda_buffers(sys.argv[2], 0)
 except Exception as exc:

@@ -387,7 +387,7 @@ def _buffers_missing(source: str) -> str:
 
         return "" if torch.cuda.is_available() else "torch sees no CUDA GPU"
     try:
-        from deploy.tensorrt.cuda_buffers import cuda_runtime
+        from deploy.tensorrt.cuda_python import cuda_runtime
 
         err, count = cuda_runtime().cudaGetDeviceCount()
     except MissingDependencyError:
