@@ -1,5 +1,6 @@
 import sys
 
-from compressor.cli import main
+# The console script's entry: one line, not a traceback, when the pipeline extra is missing.
+from compressor.entry import main
 
 sys.exit(main())
