@@ -27,6 +27,7 @@ from pathlib import Path
 from deploy.bench import BenchConfig, LatencyRecord, benchmark
 from deploy.cli_build import build_command, build_from_args
 from deploy.cli_options import (
+    cuda_buffers_option,
     float_option,
     optional_int,
     parse_shapes,
@@ -95,6 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
     precision = precision_option(args.precision)
     power_source = power_option(args.power)
     threads = threads_option(args.threads)
+    cuda_buffers_option(args.cuda_buffers)
     limits = stability_limits(args)
     config = _bench_config(args)
     expected = _expected_top1(args)
@@ -297,7 +299,7 @@ def _tensorrt_runner(
                 f"--precision {precision}: {engine.name} was built for {built}; rebuild it "
                 f"with `deploy build --precision {precision}` or leave --precision out"
             )
-    return TensorRTRunner(engine, cuda_graph=args.cuda_graph)
+    return TensorRTRunner(engine, cuda_graph=args.cuda_graph, cuda_buffers=args.cuda_buffers)
 
 
 def _bench_trtexec(

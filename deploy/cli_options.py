@@ -11,6 +11,7 @@ from deploy.machine.power import SOURCES as POWER_SOURCES
 from deploy.machine.stability import StabilityLimits
 from deploy.onnx_info import PRECISIONS
 from deploy.records import BenchConfig
+from deploy.tensorrt.cuda_buffers import CUDA_BUFFERS
 
 
 def precision_option(text: str | None) -> str | None:
@@ -18,6 +19,15 @@ def precision_option(text: str | None) -> str | None:
         return None
     if text not in PRECISIONS:
         raise DeployConfigError(f"--precision: choose from {', '.join(PRECISIONS)}, got {text!r}")
+    return text
+
+
+def cuda_buffers_option(text: str) -> str:
+    """--cuda-buffers, checked before an engine is built (which can take minutes)."""
+    if text not in CUDA_BUFFERS:
+        raise DeployConfigError(
+            f"--cuda-buffers: choose from {', '.join(CUDA_BUFFERS)}, got {text!r}"
+        )
     return text
 
 

@@ -297,6 +297,13 @@ def _backend_group(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay a CUDA graph")
     group.add_argument(
+        "--cuda-buffers",
+        default="auto",
+        metavar="{auto,torch,cuda-python}",
+        help="tensorrt: where the GPU buffers, stream and events come from (default auto: "
+        "torch when it sees a GPU, else cuda-python, so a device needs no torch)",
+    )
+    group.add_argument(
         "--engine-dir",
         type=Path,
         default=Path("engines"),

@@ -84,6 +84,7 @@ def test_every_command_has_a_help_line_and_a_description() -> None:
         ("build", "--precision {fp32,fp16,bf16,int8}"),
         ("profile-blocks", "--backend {onnxruntime,tensorrt,trtexec}"),
         ("profile-blocks", "--precision {fp32,fp16,bf16,int8}"),
+        ("bench", "--cuda-buffers {auto,torch,cuda-python}"),
     ],
 )
 def test_help_shows_the_choices(
@@ -99,6 +100,7 @@ def test_help_shows_the_choices(
         ("--backend", "tflite", "--backend 'tflite' is unknown; choose from onnxruntime, "),
         ("--precision", "fp8", "--precision: choose from fp32, fp16, bf16, int8, got 'fp8'"),
         ("--power", "watts", "--power: choose from auto, nvml, tegrastats, none, got 'watts'"),
+        ("--cuda-buffers", "cupy", "--cuda-buffers: choose from auto, torch, cuda-python, "),
     ],
 )
 def test_a_bad_choice_is_one_line_of_our_own(
