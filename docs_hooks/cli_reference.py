@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # this checkout's parsers, whichever venv builds 
     sys.path.insert(0, str(ROOT))
 
 MARKER = "<!-- cli-reference -->"
-PARSERS = ("compressor.cli:build_parser", "deploy.cli_parser:build_parser")
+PARSERS = ("compressor.cli_parser:build_parser", "deploy.cli_parser:build_parser")
 # Commands another command parses (`compressor bench ...` is handed to `deploy bench`): a
 # pointer to that command's section instead of a second copy of its tables.
 DELEGATES = {"compressor bench": "deploy bench"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.cli import build_parser as compressor_parser
+from compressor.cli_parser import build_parser as compressor_parser
 from deploy.cli_parser import build_parser as deploy_parser
 
 ROOT = Path(__file__).resolve().parents[1]
