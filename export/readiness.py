@@ -27,6 +27,8 @@ from export.metadata import refuse_pickle
 from export.onnx_graph import OnnxGraph, walk_nodes
 from export.qdq_checks import check_qdq
 from export.trt_ops import (
+    BF16_CONV_OPSET,
+    BF16_SINCE,
     DEFAULT_DOMAINS,
     DLA_UNSUPPORTED,
     MIN_OPSET,
@@ -101,10 +103,16 @@ def _check_operators(proto: onnx.ModelProto, target: Target) -> Iterator[Finding
         )
         yield finding("error", "opset-too-old", msg)
     elif opset is not None and opset > newest:
+        fix = f"export with opset {newest}"
+        if _bf16_tensors(proto) and opset >= BF16_CONV_OPSET > newest:
+            fix = (  # a lower opset would leave Conv and the pools without bfloat16
+                f"a BF16 graph needs opset {BF16_CONV_OPSET} for bfloat16 Conv and pools, so "
+                "on this release build BF16 from the FP32 file with the BF16 builder flag"
+            )
         msg = (
             f"default-domain opset {opset}: TensorRT {target.label} documents opsets "
-            f"{MIN_OPSET}-{newest} and may refuse newer op versions; export with opset "
-            f"{newest}, or declare the exact TensorRT release you deploy on"
+            f"{MIN_OPSET}-{newest} and may refuse newer op versions; {fix}, or declare the "
+            "exact TensorRT release you deploy on"
         )
         yield finding("warning", "opset-too-new", msg)
     functions = {(f.domain, f.name): f for f in proto.functions}
@@ -298,6 +306,52 @@ def _check_dla(g: OnnxGraph, target: Target) -> Iterator[Finding]:
         yield finding("info", "dla-precision", msg)
 
 
+def _bf16_tensors(proto: onnx.ModelProto) -> list[str]:
+    """Names of the BFLOAT16 initializers, inputs and outputs, and of Casts to BFLOAT16."""
+    bf16, graph = TensorProto.BFLOAT16, proto.graph
+    names = [t.name for t in graph.initializer if t.data_type == bf16]
+    names += [v.name for v in [*graph.input, *graph.output] if v.type.tensor_type.elem_type == bf16]
+    names += [n.output[0] for n in graph.node if n.op_type == "Cast" and any(
+        a.name == "to" and a.i == bf16 for a in n.attribute)]  # fmt: skip
+    return names
+
+
+def _check_bf16(g: OnnxGraph, target: Target, dla: bool) -> Iterator[Finding]:
+    """What a BF16 graph meets on `target`: no BF16 before TensorRT 9, none on DLA, and
+    weights left in float32 (ops without bfloat16 at the file's opset) that run in FP32."""
+    bf16 = _bf16_tensors(g.proto)
+    if not bf16:
+        return
+    if target.floor < BF16_SINCE:
+        msg = (
+            f"{len(bf16)} BFLOAT16 tensors or casts ({', '.join(bf16[:3])}); TensorRT "
+            f"{target.label} has no BF16 (9.0 added it); build from the FP32 or FP16 file"
+        )
+        yield finding("error", "bf16-unsupported", msg)
+    if dla:
+        msg = "DLA runs FP16 or INT8 only, not BF16; use the FP16 or INT8 file for DLA"
+        yield finding("warning", "dla-bf16", msg)
+    float32_ops: dict[str, set[int]] = {}  # op type -> the nodes that take float32 weights
+    for tensor in g.proto.graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        for node, _ in g.consumers.get(tensor.name, []):
+            op = g.nodes[node].op_type
+            if op != "Cast":  # a weight cast to bf16 is BF16 where it is used
+                float32_ops.setdefault(op, set()).add(node)
+    if float32_ops:
+        opset = next(o.version for o in g.proto.opset_import if o.domain in DEFAULT_DOMAINS)
+        why = (
+            f"; ONNX gives Conv and the pools bfloat16 from opset {BF16_CONV_OPSET} on, this "
+            f"file is opset {opset}: write the BF16 file at opset {BF16_CONV_OPSET}"
+            if opset < BF16_CONV_OPSET
+            else ""
+        )
+        counts = ", ".join(f"{len(nodes)} {op}" for op, nodes in sorted(float32_ops.items()))
+        msg = f"{counts} node(s) of this BF16 graph take float32 weights and run in FP32{why}"
+        yield finding("info", "bf16-float32-ops", msg)
+
+
 def _check_strong_typing(g: OnnxGraph, target: Target) -> Iterator[Finding]:
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
     types = {t.data_type for t in g.proto.graph.initializer}
@@ -306,8 +360,9 @@ def _check_strong_typing(g: OnnxGraph, target: Target) -> Iterator[Finding]:
     if target.major >= 11 and not g.has_qdq and types == {TensorProto.FLOAT}:
         msg = (
             f"TensorRT {target.label} networks are strongly typed: this FP32 graph builds an "
-            "FP32 engine (11 has no --fp16/--int8); convert the ONNX to FP16 (e.g. ModelOpt "
-            "AutoCast) or add Q/DQ nodes for INT8"
+            "FP32 engine (11 has no --fp16/--int8/--bf16); use an FP16 or BF16 graph "
+            "(`compressor export` writes model.fp16.onnx and model.bf16.onnx beside it; "
+            "export.fp16 / export.bf16 in Python) or Q/DQ nodes for INT8 (model.int8.onnx)"
         )
         yield finding("info", "strongly-typed-fp32", msg)
 
@@ -335,6 +390,7 @@ def check_readiness(
         *check_qdq(g, target, dla),
         *_check_dtypes(g, target),
         *(_check_dla(g, target) if dla else ()),
+        *_check_bf16(g, target, dla),
         *_check_strong_typing(g, target),
     ]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))  # stable: graph order kept

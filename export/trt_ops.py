@@ -111,6 +111,11 @@ DLA_UNSUPPORTED = _ops(
     ScatterElements NonZero NonMaxSuppression TopK ArgMax ArgMin Loop If Scan CumSum Einsum
     Range OneHot"""
 )
+# BF16: TensorRT 9.0 added the type (DataType::kBF16; deploy.tensorrt.version agrees), on GPUs
+# of compute capability 8.0+; DLA has none (FP16/INT8 only). ONNX gives Conv, ConvTranspose and
+# the pools bfloat16 only from opset 22 (onnx PR 6099), so a BF16 CNN graph is opset 22+.
+BF16_SINCE: Version = (9, 0)
+BF16_CONV_OPSET = 22
 DEFAULT_DOMAINS = ("", "ai.onnx")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 

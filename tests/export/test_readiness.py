@@ -351,6 +351,41 @@ def test_dla_flags_ops_it_cannot_run_and_releases_without_dla(tmp_path: Path) ->
     assert not {c for c in _codes(check_readiness(path, trt_version="10.3")) if "dla" in c}
 
 
+def _bf16_conv(path: Path) -> Path:
+    """float32 input -> Cast to BF16 -> Conv (BF16 weights) -> Cast to float32, at opset 22."""
+    bf16 = TensorProto.BFLOAT16
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x"], to=bf16, name="to_bf16"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("Cast", ["y"], ["output"], to=FLOAT, name="to_fp32"),
+    ]
+    weight = helper.make_tensor("w", bf16, [3, 2, 1, 1], np.linspace(-1, 1, 6).tolist())
+    io = [_value("input", [1, 2, 4, 4])], [_value("output", [1, 3, 4, 4])]
+    return _save(path, nodes, *io, [weight], opset=22)
+
+
+def test_bf16_graph_is_clean_on_11_and_refused_where_tensorrt_has_no_bf16(tmp_path: Path) -> None:
+    path = _bf16_conv(tmp_path / "conv.bf16.onnx")
+    assert check_readiness(path, trt_version="11").findings == ()
+    old = _only(check_readiness(path, trt_version="8.6"), "bf16-unsupported")
+    assert old.severity == "error" and "9.0 added it" in old.message
+    dla = check_readiness(path, trt_version="10.3", dla=True)
+    assert _only(dla, "dla-bf16").severity == "warning"
+    # opset 22 is newer than 10.3 documents; "export with opset 20" would lose bfloat16 Conv.
+    too_new = _only(check_readiness(path, trt_version="10.3"), "opset-too-new").message
+    assert "BF16 builder flag" in too_new and "export with opset 20" not in too_new
+
+
+def test_fp32_graph_on_11_points_at_the_fp16_and_bf16_files(tmp_path: Path) -> None:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    path = _save(tmp_path / "relu.onnx", [node], [_value("x", [1])], [_value("y", [1])])
+    note = _only(check_readiness(path, trt_version="11"), "strongly-typed-fp32").message
+    assert "model.fp16.onnx" in note and "model.bf16.onnx" in note
+    assert {
+        f.code for f in check_readiness(path, trt_version="11").findings if "bf16" in f.code
+    } == set()
+
+
 @pytest.mark.parametrize("version", ["7", "9.2", "10.99", "8", "banana", "", "12"])
 def test_unknown_trt_version_raises_export_config_error(tmp_path: Path, version: str) -> None:
     with pytest.raises(ExportConfigError, match="trt_version"):
