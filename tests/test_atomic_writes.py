@@ -54,7 +54,7 @@ ALLOWED = {
     ("compressor/workflows/bundle.py", "replace", "staging"): (
         "a finished staging dir renamed into place"
     ),
-    ("export/fp16.py", "replace", "work / 'fp16.onnx'"): "written by save_onnx (fsynced) beside",
+    ("export/low_precision.py", "replace", "written"): "written by save_onnx (fsynced) beside",
     ("compressor/workflows/bundle.py", "copytree", "source"): "copy_function=atomic_copy",
     ("compressor/models/store.py", "save", "state"): "safetensors.torch.save returns bytes",
     ("compressor/training/loop.py", "save", "state"): "safetensors.torch.save returns bytes",

@@ -1,9 +1,9 @@
 """ONNX -> TensorRT engine: a version-aware plan, then a small build with the Python API.
 
 `plan_build` decides everything that depends on the TensorRT version (network flags, builder
-flags, whether the ONNX must already be FP16 or carry Q/DQ nodes, the optimization profile)
-from the ONNX file and a version string, without importing TensorRT, so it is tested on any
-machine. `build_engine` only carries the plan out, then writes the engine and its sidecar
+flags, whether the ONNX must already be FP16 / BF16 or carry Q/DQ nodes, the optimization
+profile) from the ONNX file and a version string, without importing TensorRT, so it is tested
+on any machine. `build_engine` only carries the plan out, then writes the engine and its sidecar
 (`deploy.tensorrt.sidecar`: where the engine may run) atomically.
 """
 
@@ -46,7 +46,7 @@ TRT_DTYPES = {
 }
 _PASS_ONNX = {
     "fp16": "pass the FP16 ONNX (`compressor export` writes model.fp16.onnx)",
-    "bf16": "pass an ONNX whose weights are bfloat16",
+    "bf16": "pass the BF16 ONNX (`compressor export` writes model.bf16.onnx, at opset 22)",
     "int8": "pass the QDQ ONNX (`compressor export` writes model.int8.onnx)",
     "fp32": "pass the FP32 ONNX",
 }
@@ -56,8 +56,9 @@ def plan_build(info: OnnxInfo, options: BuildOptions, trt_version: str | TrtVers
     """Decide flags, profile and precision route for `info` on TensorRT `trt_version`.
 
     The ONNX graph must agree with the precision asked for: a strongly typed build (always on
-    TensorRT 11) runs the graph's own types, so FP16 needs an FP16 graph and INT8 needs Q/DQ
-    nodes; INT8 needs Q/DQ nodes on every version (explicit quantization only, no calibration).
+    TensorRT 11) runs the graph's own types, so FP16 needs an FP16 graph, BF16 a BF16 graph
+    (`export.bf16`) and INT8 Q/DQ nodes; INT8 needs Q/DQ nodes on every version (explicit
+    quantization only, no calibration).
     """
     caps = capabilities(trt_version)
     version, want, graph = caps.version, options.precision, info.precision
