@@ -139,10 +139,12 @@ class ExportSection:
     # Allowed max |onnxruntime - torch| on the logits: parity_atol + parity_rtol * max |logit|.
     parity_atol: float = 1e-4  # the absolute part
     parity_rtol: float = PARITY_RTOL  # relative to the largest |logit|: rounding grows with it
-    # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization) and an
-    # FP16 graph (what strongly typed TensorRT 11 needs for FP16), each checked on real data.
+    # Beside each model.onnx: an INT8 QDQ graph (TensorRT's explicit quantization), an FP16
+    # and a BF16 graph (what strongly typed TensorRT 11 needs for FP16 / BF16; the BF16 one at
+    # opset 22, where ONNX Conv takes bfloat16), each checked on real data.
     int8: bool = field(default=True, metadata=flag())
     fp16: bool = field(default=True, metadata=flag())
+    bf16: bool = field(default=True, metadata=flag())
     calibration_method: str = "minmax"  # minmax, entropy or percentile
     calibration_samples: int = 256  # training images the INT8 ranges are calibrated on
     # TensorRT version the readiness check of each ONNX file is made against.
@@ -187,7 +189,8 @@ class BenchSection:
         default=("onnxruntime", "torch"), metadata=names(expected="a list of names")
     )
     # With "tensorrt" in backends (a GPU machine with TensorRT): engines of these precisions
-    # are built from each variant's FP32 / FP16 / INT8 QDQ ONNX and timed side by side.
+    # are built from each variant's FP32 / FP16 / BF16 / INT8 QDQ ONNX and timed side by side
+    # (fp16, bf16 and int8 need the export flag of the same name on).
     trt_precisions: tuple[str, ...] = field(
         default=("fp32", "fp16", "int8"), metadata=names(expected="a list of names")
     )

@@ -1,7 +1,7 @@
 """`compressor bundle`: one folder to copy to a Jetson (or any GPU box) and measure there.
 
 The folder holds what a device needs and nothing that needs torch: each variant's FP32, INT8
-QDQ and FP16 ONNX files, a small labelled evaluation file, a manifest with the files' hashes
+QDQ, FP16 and BF16 ONNX files, a small labelled evaluation file, a manifest with the files' hashes
 and the accuracy each one reached here (so a device can tell a broken engine from a slow one),
 a copy of the torch-free `deploy` package, and a script that builds and times every file.
 It is written to a temporary folder and renamed at the end, so a failed bundle leaves nothing
@@ -29,7 +29,12 @@ from deploy.paths import check_output_path
 from deploy.profiling.blocks_file import default_blocks_path
 
 SCHEMA = "compressor.bundle/1"
-PRECISION_SUFFIX = {"fp32": ".onnx", "int8": ".int8.onnx", "fp16": ".fp16.onnx"}
+PRECISION_SUFFIX = {
+    "fp32": ".onnx",
+    "int8": ".int8.onnx",
+    "fp16": ".fp16.onnx",
+    "bf16": ".bf16.onnx",
+}
 
 
 def write_bundle(run_dir: str | Path, out_dir: str | Path, *, eval_samples: int = 360) -> Path:
@@ -130,10 +135,12 @@ def _read_report(run_dir: Path) -> dict[str, Any]:
 
 
 def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """FP32 always, INT8 and FP16 when the run made them; each file must still match its hash.
+    """FP32 always, INT8, FP16 and BF16 when the run made them; each file must still match
+    its hash.
 
-    Files are found by the run directory's layout (`<variant>/model[.int8|.fp16].onnx`), not
-    by the paths in report.json, which are relative to wherever `compressor run` was started.
+    Files are found by the run directory's layout (`<variant>/model[.int8|.fp16|.bf16].onnx`),
+    not by the paths in report.json, which are relative to wherever `compressor run` was
+    started. A BF16 file has no onnxruntime CPU accuracy (no BF16 kernels there): None.
     """
     entries = {
         "fp32": {
@@ -142,14 +149,17 @@ def _precision_files(variant: dict[str, Any], run_dir: Path) -> dict[str, dict[s
             "accuracy_ort": variant["accuracy"],
         }
     }
-    for precision in ("int8", "fp16"):
+    for precision in ("int8", "fp16", "bf16"):
         extra = variant.get(precision)
         if extra:
             entries[precision] = {
                 "sha": extra["sha256"],
                 "accuracy": extra["accuracy"],
-                # INT8 on onnxruntime's CPU kernels differs from TensorRT's arithmetic.
-                "accuracy_ort": extra.get("accuracy_onnxruntime_cpu", extra["accuracy"]),
+                # INT8 on onnxruntime's CPU kernels differs from TensorRT's arithmetic; BF16
+                # does not load there (its accuracy is the float32 emulation's).
+                "accuracy_ort": None
+                if precision == "bf16"
+                else extra.get("accuracy_onnxruntime_cpu", extra["accuracy"]),
             }
     for precision, entry in entries.items():
         path = run_dir / variant["name"] / f"model{PRECISION_SUFFIX[precision]}"
@@ -217,11 +227,18 @@ def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
         "FAILED=0",
     ]
     for model in models:
-        # onnxruntime's int8 CPU kernels compute differently from TensorRT (see README.md).
-        ort, trt = (float(model[k]) for k in ("expected_top1_onnxruntime_cpu", "expected_top1"))
-        expect = f'$([ "$BACKEND" = onnxruntime ] && echo {ort!r} || echo {trt!r})'
         file = _check_name(model["file"], "file")  # safe inside double quotes too
         variant = shlex.quote(model["variant"])
+        trt = float(model["expected_top1"])
+        if model["expected_top1_onnxruntime_cpu"] is None:  # BF16: no onnxruntime CPU kernels
+            expect = repr(trt)
+            lines.append(
+                'if [ "$BACKEND" = onnxruntime ]; then echo "run_on_device.sh: skipping '
+                f'{file}: onnxruntime has no BF16 CPU kernels (TensorRT runs it)"; else'
+            )
+        else:  # onnxruntime's int8 CPU kernels compute differently from TensorRT (README.md)
+            ort = float(model["expected_top1_onnxruntime_cpu"])
+            expect = f'$([ "$BACKEND" = onnxruntime ] && echo {ort!r} || echo {trt!r})'
         lines.append(
             f'python3 -m deploy bench {shlex.quote(file)} --backend "$BACKEND" '
             f'--precision {shlex.quote(model["precision"])} --batch "$BATCH" --data eval.npz '
@@ -229,6 +246,8 @@ def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
             f'--name {variant} --output "results/{file}.$BACKEND.json" '
             '"$@" || FAILED=1'
         )
+        if model["expected_top1_onnxruntime_cpu"] is None:
+            lines.append("fi")
     lines.append("python3 -m deploy report results --out report || FAILED=1")
     lines.append('exit "$FAILED"')
     return "\n".join(lines) + "\n"
@@ -237,7 +256,7 @@ def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
 def _readme(report: dict[str, Any], models: list[dict[str, Any]], samples: int) -> str:
     rows = "\n".join(
         f"| {m['variant']} | {m['precision']} | `{m['file']}` | {100 * m['expected_top1']:.2f}% "
-        f"| {100 * m['expected_top1_onnxruntime_cpu']:.2f}% |"
+        f"| {_percent_or_na(m['expected_top1_onnxruntime_cpu'])} |"
         for m in models
     )
     return f"""# Deployment bundle: {report["recipe"]["name"]}
@@ -251,7 +270,9 @@ Made by `compressor bundle` from a run of `{report["recipe"]["model"]["name"]}` 
 {rows}
 
 "Expected top-1" was measured here with onnxruntime on the CPU; for INT8 it is the Q/DQ
-graph computed as written (exact int8 products), which is what TensorRT's INT8 kernels do.
+graph computed as written (exact int8 products), which is what TensorRT's INT8 kernels do;
+for BF16, which onnxruntime's CPU provider cannot run, it is the file's float32 emulation
+(every BF16 tensor rounded to bfloat16, ops computed in float32).
 The last column is onnxruntime's own fused int8 CPU kernels, which lose accuracy on x86
 CPUs without VNNI. An engine whose top-1 on `eval.npz` is far from the expected column is
 broken, not slow: `run_on_device.sh` checks each file (`deploy bench --expect-top1`, within
@@ -286,9 +307,18 @@ Inside an NVIDIA container that ships TensorRT (`nvcr.io/nvidia/tensorrt:<yy.mm>
 `nvcr.io/nvidia/pytorch:<yy.mm>-py3`, run with `--gpus all`): `pip install onnx nvidia-ml-py`,
 then `./run_on_device.sh`. NVML gives power and energy.
 
-## INT8 and FP16 on TensorRT 10 and 11
+## INT8, FP16 and BF16 on TensorRT 10 and 11
 
 The `.int8.onnx` files carry Q/DQ nodes (explicit quantization, calibrated here); the
-`.fp16.onnx` files are FP16 graphs. TensorRT 11 builds only strongly typed networks, so these
-files are how it gets INT8 and FP16; TensorRT 10 accepts them too.
+`.fp16.onnx` files are FP16 graphs and the `.bf16.onnx` files BF16 graphs (inputs and outputs
+stay float32). TensorRT 11 builds only strongly typed networks, so these files are how it
+gets INT8, FP16 and BF16; TensorRT 10 accepts them too. BF16 needs an Ampere or newer GPU
+(compute capability 8.0+; Jetson Orin has it, Xavier does not) and is not run on DLA. The
+`.bf16.onnx` files are opset 22, the first whose Conv and pooling ops take bfloat16: TensorRT
+10.15+ and 11 document it; on an older 10.x, build BF16 from the FP32 file (`--precision
+bf16` sets the BF16 builder flag there). With `BACKEND=onnxruntime` the script skips them.
 """
+
+
+def _percent_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compressor.data.splits import DataSplits
-from compressor.errors import UnsupportedModelError
+from compressor.errors import ConfigError, UnsupportedModelError
 from compressor.models.blocks import BlockInfo, discover_blocks
 from compressor.models.spec import ModelSpec
 from compressor.prune.latency import blocks_file
@@ -29,9 +29,11 @@ from deploy.runners.torch_runner import TorchRunner
 from deploy.session import BenchSession
 from deploy.tensorrt.engine import BuildOptions, build_engine
 from deploy.tensorrt.runner import TensorRTRunner
+from export.bf16 import BF16, convert_bf16
 from export.config import ExportResult
+from export.emulation import onnxruntime_or_emulation
 from export.errors import BlockBoundaryError
-from export.fp16 import FP16Config, convert_fp16
+from export.fp16 import FP16, convert_fp16
 from export.onnx_export import export_onnx
 from export.quantize import QuantizeConfig, quantize_qdq
 from export.readiness import check_readiness
@@ -107,12 +109,15 @@ def export_precisions(
     max_batch: int,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """INT8 QDQ and FP16 siblings of an FP32 ONNX file, each with its test accuracy measured
-    by onnxruntime, and a TensorRT-readiness check of every file; returns the report entries.
+    """INT8 QDQ, FP16 and BF16 siblings of an FP32 ONNX file, each with its test accuracy
+    measured by onnxruntime (BF16: on its float32 emulation, `export.emulation`, as
+    onnxruntime's CPU provider has no BF16 kernels), and a TensorRT-readiness check of every
+    file; returns the report entries.
 
-    The files are what TensorRT 10/11 consume for INT8 and FP16 (see ../shared/TENSORRT.md);
-    their accuracy here is what a device's engine should reproduce. The readiness check
-    assumes a dynamic batch from 1 to `max_batch`, the largest the benchmark times.
+    The files are what TensorRT 10/11 consume for INT8, FP16 and BF16 (see
+    ../shared/TENSORRT.md); their accuracy here is what a device's engine should reproduce.
+    The readiness check assumes a dynamic batch from 1 to `max_batch`, the largest the
+    benchmark times.
     """
     test = LabelledData(images=data.test.images.numpy(), labels=data.test.labels.numpy())
     entries: dict[str, Any] = {}
@@ -120,9 +125,12 @@ def export_precisions(
     if section.int8:
         files["int8"] = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
         entries["int8"] = _int8_sibling(onnx_path, files["int8"], data, test, section, log)
-    if section.fp16:
-        files["fp16"] = onnx_path.with_name(f"{onnx_path.stem}.fp16.onnx")
-        entries["fp16"] = _fp16_sibling(onnx_path, files["fp16"], data, test, log)
+    for precision in ("fp16", "bf16"):
+        if getattr(section, precision):
+            files[precision] = onnx_path.with_name(f"{onnx_path.stem}.{precision}.onnx")
+            entries[precision] = _float_sibling(
+                precision, onnx_path, files[precision], data, test, log
+            )
     shape = tuple(data.test.images.shape[1:])
     profile = ((1, *shape), (max_batch, *shape), (max_batch, *shape))
     entries["readiness"] = {}
@@ -177,22 +185,40 @@ def _int8_sibling(
     }
 
 
-def _fp16_sibling(
-    onnx_path: Path, path: Path, data: DataSplits, test: LabelledData, log: Callable[[str], None]
+# The low-precision float writers, by precision: the converter and the type it writes.
+_FLOAT_WRITERS = {"fp16": (convert_fp16, FP16), "bf16": (convert_bf16, BF16)}
+
+
+def _float_sibling(
+    precision: str,
+    onnx_path: Path,
+    path: Path,
+    data: DataSplits,
+    test: LabelledData,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    result = convert_fp16(onnx_path, path, FP16Config(), parity_inputs=data.val.images.numpy())
-    with OnnxRuntimeRunner(path) as runner:
+    """The FP16 or BF16 file, parity-checked on the validation images, its test top-1 measured
+    on onnxruntime, or on its float32 emulation where onnxruntime has no kernels (BF16)."""
+    convert, fmt = _FLOAT_WRITERS[precision]
+    result = convert(onnx_path, path, parity_inputs=data.val.images.numpy())
+    with onnxruntime_or_emulation(path, fmt.onnx_type) as (runner, method):
         accuracy = top1_accuracy(runner, test, batch_size=64).top1
     log(
-        f"[export] {onnx_path.parent.name} fp16: {path} top-1 {accuracy:.4f}, "
-        f"max abs diff {result.max_abs_diff:.2e}"
+        f"[export] {onnx_path.parent.name} {precision}: {path} top-1 {accuracy:.4f} ({method}), "
+        f"max abs diff {result.max_abs_diff:.2e} (allowed {result.tolerance:.2e}), top-1 "
+        f"agreement {result.top1_agreement:.4f}"
     )
     return {
         "onnx": str(path),
         "sha256": file_sha256(path),
         "accuracy": accuracy,
+        "accuracy_method": method,  # "onnxruntime" or "float32-emulation"
         "max_abs_diff": result.max_abs_diff,
+        "parity_tolerance": result.tolerance,
+        "parity_method": result.parity_method,
         "top1_agreement": result.top1_agreement,
+        "opset": result.opset,
+        "float32_nodes": result.float32_nodes,
     }
 
 
@@ -235,16 +261,22 @@ def time_tensorrt(
     monitor: MachineMonitor | None = None,
 ) -> list[LatencyRecord]:
     """Build a TensorRT engine per variant and precision, then time each precision's engines
-    interleaved. FP16 and INT8 engines come from the `.fp16.onnx` / `.int8.onnx` files (what
-    strongly typed TensorRT 11 needs; TensorRT 10 takes them too), BF16 from the FP32 file.
+    interleaved. FP16, BF16 and INT8 engines come from the `.fp16.onnx` / `.bf16.onnx` /
+    `.int8.onnx` files (what strongly typed TensorRT 11 needs; TensorRT 10 takes them too).
     """
 
     records: list[LatencyRecord] = []
-    suffix = {"fp32": "", "bf16": "", "fp16": ".fp16", "int8": ".int8"}
+    suffix = {"fp32": "", "bf16": ".bf16", "fp16": ".fp16", "int8": ".int8"}
     for precision in precisions:
         runners = {}
         for name, fp32 in onnx_paths.items():
             source = fp32.with_name(f"{fp32.stem}{suffix[precision]}.onnx")
+            if not source.is_file():
+                raise ConfigError(
+                    f"bench.trt_precisions: {precision} builds from {source.name}, which was not "
+                    f"written for {name}; set export.{precision}: true, or drop {precision} "
+                    "from bench.trt_precisions"
+                )
             engine = fp32.with_name(f"{fp32.stem}.{precision}.engine")
             options = BuildOptions(precision=precision, max_batch=max(config.batch_sizes))
             build_engine(source, engine, options, log=log)

@@ -210,7 +210,7 @@ def _deliver(
     log: Log,
     started: float,
 ) -> PipelineResult:
-    """Export every variant (FP32, INT8, FP16), time them side by side, write the report."""
+    """Export every variant (FP32, INT8, FP16, BF16), time them side by side, write the report."""
     exports = {
         v.name: export_variant(
             v.model,
@@ -357,7 +357,7 @@ def _build_report(
                 "parity_max_abs_diff": export.parity_max_abs_diff,
                 "parity_top1_agreement": export.parity_top1_agreement,
                 "spec_sha256": variant.spec.sha256(),
-                **precisions[variant.name],  # int8, fp16 (when made) and readiness
+                **precisions[variant.name],  # int8, fp16, bf16 (when made) and readiness
                 "latency": latency,
             }
         )

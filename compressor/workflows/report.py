@@ -166,8 +166,8 @@ def _percent(value: float | None) -> str:
 
 
 def _precision_lines(variants: list[dict[str, Any]]) -> list[str]:
-    """INT8/FP16 files' accuracy and TensorRT-readiness, when the run made them."""
-    if not any(v.get("int8") or v.get("fp16") for v in variants):
+    """INT8/FP16/BF16 files' accuracy and TensorRT-readiness, when the run made them."""
+    if not any(v.get("int8") or v.get("fp16") or v.get("bf16") for v in variants):
         return []
 
     def acc(entry: dict[str, Any] | None, base: float) -> str:
@@ -177,15 +177,17 @@ def _precision_lines(variants: list[dict[str, Any]]) -> list[str]:
 
     lines = [
         "",
-        "## INT8 (QDQ) and FP16 ONNX files (test top-1 with onnxruntime CPU; Δ pts vs FP32)",
+        "## INT8 (QDQ), FP16 and BF16 ONNX files (test top-1 with onnxruntime CPU; Δ pts vs FP32)",
         "",
         "INT8 QDQ: the Q/DQ graph computed as written (exact int8 products, as TensorRT's INT8 "
         "kernels do); onnxruntime int8 kernels: onnxruntime's fused CPU kernels, which lose "
-        "accuracy on x86 CPUs without VNNI.",
+        "accuracy on x86 CPUs without VNNI. BF16: onnxruntime's CPU provider has no BF16 "
+        "kernels, so the file's float32 emulation ran (every BF16 tensor rounded to bfloat16, "
+        "ops in float32).",
         "",
-        "| variant | FP32 | INT8 QDQ | onnxruntime int8 kernels | FP16 "
+        "| variant | FP32 | INT8 QDQ | onnxruntime int8 kernels | FP16 | BF16 "
         "| TensorRT readiness (errors / warnings) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in variants:
         readiness = v.get("readiness", {})
@@ -200,9 +202,33 @@ def _precision_lines(variants: list[dict[str, Any]]) -> list[str]:
         )
         lines.append(
             f"| {v['name']} | {v['accuracy']:.4f} | {acc(v.get('int8'), v['accuracy'])} "
-            f"| {kernels} | {acc(v.get('fp16'), v['accuracy'])} | {checks or 'not checked'} |"
+            f"| {kernels} | {acc(v.get('fp16'), v['accuracy'])} "
+            f"| {acc(v.get('bf16'), v['accuracy'])} | {checks or 'not checked'} |"
         )
+    lines += _parity_lines(variants)
     return lines
+
+
+def _parity_lines(variants: list[dict[str, Any]]) -> list[str]:
+    """Each FP16/BF16 file's parity with its FP32 file on the validation images."""
+    rows = [
+        f"| {v['name']} | {precision.upper()} | {entry['max_abs_diff']:.3g} "
+        f"| {entry['parity_tolerance']:.3g} | {entry['top1_agreement']:.4f} "
+        f"| {entry['parity_method']} |"
+        for v in variants
+        for precision in ("fp16", "bf16")
+        if (entry := v.get(precision)) and entry.get("parity_tolerance") is not None
+    ]  # reports written before parity_tolerance was recorded have no row
+    if not rows:
+        return []
+    return [
+        "",
+        "Parity with the FP32 file on the validation images (max |low - FP32| of the logits):",
+        "",
+        "| variant | file | max abs diff | allowed | top-1 agreement | run as |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:

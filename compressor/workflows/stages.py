@@ -359,7 +359,7 @@ def export_stage(model_dir: str, recipe: Recipe, out: Path) -> dict[str, Any]:
     result = export_variant(
         stored.model, stored.spec, stored.info, data, recipe.export, out, log=_quiet
     )
-    # INT8 QDQ and FP16 siblings (out.int8.onnx, out.fp16.onnx) as the recipe asks.
+    # INT8 QDQ, FP16 and BF16 siblings (out.int8.onnx, out.fp16.onnx, out.bf16.onnx) as asked.
     largest = max(recipe.bench.batch_sizes)
     return {
         **result.to_dict(),

@@ -31,7 +31,7 @@ def write_recipe(tmp_path: Path, changes: dict, *, blocks: int, epochs: int = 2)
         **TINY,
         "prune": {"criterion": "snip", "blocks": blocks},
         "train": {**TINY["train"], "epochs": epochs},
-        "export": {"int8": False, "fp16": False},
+        "export": {"int8": False, "fp16": False, "bf16": False},
         "bench": {
             "backends": ["onnxruntime"],
             "batch_sizes": [1],
@@ -156,6 +156,10 @@ def test_stages_one_by_one(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert exported["parity_max_abs_diff"] <= 1e-4 and onnx_path.is_file()
     assert exported["int8"]["onnx"] == str(tmp_path / "s.int8.onnx")
     assert Path(exported["fp16"]["onnx"]).is_file()
+    assert (
+        exported["bf16"]["onnx"] == str(tmp_path / "s.bf16.onnx")
+        and exported["bf16"]["opset"] == 22
+    )
     assert main(["blocks", str(recipe)]) == 0
     assert "resnet8: 1 of 3 residual blocks are removable" in capsys.readouterr().out
     # Another input size than the model was trained on is refused, not silently exported;
@@ -222,21 +226,28 @@ def test_unreadable_onnx_is_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_int8_and_fp16_files_come_with_their_measured_accuracy(tiny_run: Path) -> None:
+def test_int8_fp16_and_bf16_files_come_with_their_measured_accuracy(tiny_run: Path) -> None:
     from deploy.onnx_info import inspect_onnx
 
     report = json.loads((tiny_run / "report.json").read_text())
     for v in report["variants"]:
-        int8, fp16 = v["int8"], v["fp16"]
+        int8, fp16, bf16 = v["int8"], v["fp16"], v["bf16"]
         assert inspect_onnx(int8["onnx"]).precision == "int8" and int8["qdq_nodes"] > 0
         assert inspect_onnx(fp16["onnx"]).precision == "fp16"
+        assert Path(bf16["onnx"]) == tiny_run / v["name"] / "model.bf16.onnx"
+        assert inspect_onnx(bf16["onnx"]).precision == "bf16" and bf16["opset"] == 22
         # onnxruntime's FP32 accuracy on the test split is the run's own test accuracy.
         assert int8["fp32_accuracy_onnxruntime"] == pytest.approx(v["accuracy"], abs=1e-9)
         assert abs(fp16["accuracy"] - v["accuracy"]) <= 0.01
         assert abs(int8["accuracy"] - v["accuracy"]) <= 0.05  # 2-epoch toy model
-        assert set(v["readiness"]) == {"fp32", "int8", "fp16"}
+        # onnxruntime's CPU provider has no BF16 kernels: the float32 emulation ran.
+        assert bf16["accuracy_method"] == bf16["parity_method"] == "float32-emulation"
+        assert bf16["max_abs_diff"] <= bf16["parity_tolerance"]
+        assert abs(bf16["accuracy"] - v["accuracy"]) <= 0.02  # 8 significant bits
+        assert set(v["readiness"]) == {"fp32", "int8", "fp16", "bf16"}
         assert all(r["counts"]["error"] == 0 for r in v["readiness"].values())
-    assert "INT8 QDQ" in (tiny_run / "report.md").read_text()
+    markdown = (tiny_run / "report.md").read_text()
+    assert "INT8 QDQ" in markdown and "| BF16 |" in markdown
 
 
 def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: Path) -> None:
@@ -248,8 +259,12 @@ def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: P
 
     bundle = write_bundle(tiny_run, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert {m["precision"] for m in manifest["models"]} == {"fp32", "int8", "fp16"}
-    assert len(manifest["models"]) == 9
+    assert {m["precision"] for m in manifest["models"]} == {"fp32", "int8", "fp16", "bf16"}
+    assert len(manifest["models"]) == 12
+    bf16 = [m for m in manifest["models"] if m["precision"] == "bf16"]
+    assert all(m["expected_top1_onnxruntime_cpu"] is None for m in bf16)
+    assert {m["file"] for m in bf16} <= set(manifest["files"])
+    assert "shrunk.bf16.onnx" in (bundle / "README.md").read_text()
     for name, sha in manifest["files"].items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == sha
     assert (bundle / "deploy" / "cli.py").is_file() and os.access(
@@ -294,7 +309,9 @@ def test_bundle_runs_on_a_device_without_the_project(tiny_run: Path, tmp_path: P
         cwd=bundle, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert script.returncode == 0, script.stderr[-2000:]
+    # BF16 files are skipped on onnxruntime (no BF16 CPU kernels), the other nine measured.
     assert len(list((bundle / "results").glob("*.onnxruntime.json"))) == 9
+    assert script.stdout.count("onnxruntime has no BF16 CPU kernels") == 3
     assert (bundle / "report" / "report.md").is_file()
 
 
@@ -376,3 +393,17 @@ def test_the_bundle_script_stops_on_a_file_that_does_not_match_its_manifest(
     assert script.returncode == 2, script.stderr[-2000:]
     assert "do not match manifest.json" in script.stderr and "dense.onnx" in script.stderr
     assert not (bundle / "results").exists()  # nothing was built or timed
+
+
+def test_a_tensorrt_precision_without_its_file_names_the_export_flag(tmp_path: Path) -> None:
+    """bf16 engines build from model.bf16.onnx; a run with export.bf16 off has none, and says
+    which setting to change before any TensorRT build starts."""
+    from compressor.errors import ConfigError
+    from compressor.workflows.deliver import time_tensorrt
+    from deploy.bench import BenchConfig
+
+    model = tmp_path / "dense" / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"never read")
+    with pytest.raises(ConfigError, match=r"bf16 builds from model.bf16.onnx.*export.bf16: true"):
+        time_tensorrt({"dense": model}, ("bf16",), BenchConfig(batch_sizes=(1,)), print)
