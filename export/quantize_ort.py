@@ -19,7 +19,7 @@ import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,9 +30,7 @@ from deploy.paths import disk_full_error, format_size
 from deploy.runners import TensorSpec
 from export.errors import ExportError, first_line
 from export.qdq_placement import PlacementPlan, plan_placement, remove_fused_input_qdq_
-
-if TYPE_CHECKING:  # quantize.py imports this module
-    from export.quantize import QuantizeConfig
+from export.quantize_config import QuantizeConfig
 
 _ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Symmetric signed INT8 (zero point 0) and float biases: what TensorRT's parser takes.

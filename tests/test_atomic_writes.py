@@ -54,6 +54,8 @@ ALLOWED = {
     ("compressor/workflows/bundle.py", "replace", "staging"): (
         "a finished staging dir renamed into place"
     ),
+    ("export/quantize_ort.py", "save", "quantized"): "an intermediate in work_directory",
+    ("export/quantize_ort.py", "save", "proto"): "an intermediate in work_directory",
     ("export/low_precision.py", "replace", "written"): "written by save_onnx (fsynced) beside",
     ("compressor/workflows/bundle.py", "copytree", "source"): "copy_function=atomic_copy",
     ("compressor/models/store.py", "save", "state"): "safetensors.torch.save returns bytes",
