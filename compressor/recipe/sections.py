@@ -147,6 +147,10 @@ class ExportSection:
     bf16: bool = field(default=True, metadata=flag())
     calibration_method: str = "minmax"  # minmax, entropy or percentile
     calibration_samples: int = 256  # training images the INT8 ranges are calibrated on
+    # Where the INT8 file's Q/DQ pairs go: "tensorrt" (as TensorRT fuses them) or "all".
+    qdq_placement: str = "tensorrt"
+    # The classifier in INT8? null: the placement's choice (tensorrt: float, all: INT8).
+    quantize_classifier: bool | None = None
     # TensorRT version the readiness check of each ONNX file is made against.
     trt_version: str = "10"
 
@@ -163,6 +167,9 @@ class ExportSection:
              lambda: QuantizeConfig(calibration_method=self.calibration_method)),
             ("calibration_samples",
              lambda: QuantizeConfig(calibration_samples=self.calibration_samples)),
+            ("qdq_placement", lambda: QuantizeConfig(qdq_placement=self.qdq_placement)),
+            ("quantize_classifier",
+             lambda: QuantizeConfig(quantize_classifier=self.quantize_classifier)),
             ("trt_version", lambda: parse_trt_version(str(self.trt_version))),
         )  # fmt: skip
         for key, check in checks:

@@ -20,8 +20,10 @@ from compressor.training.checks import check_model_fits
 from deploy.bench import BenchConfig, LatencyRecord, benchmark_side_by_side
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.files import file_sha256
+from deploy.lazy import lazy_import
 from deploy.machine.cpus import default_threads
 from deploy.machine.state import MachineMonitor
+from deploy.onnx_info import inspect_onnx, model_identity
 from deploy.profiling.blocks_file import default_blocks_path, write_blocks
 from deploy.results.files import format_table
 from deploy.runners import OnnxRuntimeRunner
@@ -29,6 +31,7 @@ from deploy.runners.torch_runner import TorchRunner
 from deploy.session import BenchSession
 from deploy.tensorrt.engine import BuildOptions, build_engine
 from deploy.tensorrt.runner import TensorRTRunner
+from deploy.tensorrt.version import parse_trt_version
 from export.bf16 import BF16, convert_bf16
 from export.config import ExportResult
 from export.emulation import onnxruntime_or_emulation
@@ -37,6 +40,7 @@ from export.fp16 import FP16, convert_fp16
 from export.onnx_export import export_onnx
 from export.quantize import QuantizeConfig, quantize_qdq
 from export.readiness import check_readiness
+from export.trt_ops import max_opset
 
 
 def export_variant(
@@ -159,6 +163,8 @@ def _int8_sibling(
         QuantizeConfig(
             calibration_method=section.calibration_method,
             calibration_samples=section.calibration_samples,
+            qdq_placement=section.qdq_placement,
+            quantize_classifier=section.quantize_classifier,
         ),
         eval_images=test.images,
         eval_labels=test.labels,
@@ -182,6 +188,9 @@ def _int8_sibling(
         "calibration_method": result.calibration_method,
         "calibration_samples": result.calibration_samples,
         "qdq_nodes": result.qdq_nodes,
+        "qdq_placement": result.qdq_placement,
+        "qdq_counts": result.qdq_counts.to_dict(),
+        "float_classifier": result.float_classifier,
     }
 
 
@@ -271,6 +280,8 @@ def time_tensorrt(
         runners = {}
         for name, fp32 in onnx_paths.items():
             source = fp32.with_name(f"{fp32.stem}{suffix[precision]}.onnx")
+            if precision == "bf16" and source.is_file() and not _parses_bf16_graph(source):
+                source = fp32  # an older 10.x: the FP32 graph with the BF16 builder flag
             if not source.is_file():
                 raise ConfigError(
                     f"bench.trt_precisions: {precision} builds from {source.name}, which was not "
@@ -283,6 +294,19 @@ def time_tensorrt(
             runners[name] = TensorRTRunner(engine)
         records += benchmark_side_by_side(runners, config, monitor=monitor)
     return records
+
+
+def _parses_bf16_graph(path: Path) -> bool:
+    """Whether the installed TensorRT documents the BF16 file's opset.
+
+    The BF16 graph is opset 22, the first whose Conv takes bfloat16. TensorRT 11 needs it
+    (strongly typed only); a 10.x release documenting an older opset may refuse to parse it,
+    and builds the FP32 graph with the BF16 builder flag instead, as before BF16 files existed.
+    """
+    trt = lazy_import("tensorrt", "building TensorRT engines")
+    version = parse_trt_version(trt.__version__)
+    opset = inspect_onnx(path).opset
+    return version.major >= 11 or opset <= max_opset((version.major, version.minor))
 
 
 def benchmark_variants(
@@ -317,6 +341,10 @@ def benchmark_variants(
     )
     if "tensorrt" in bench.backends:
         records += time_tensorrt(onnx_paths, bench.trt_precisions, config, log, session.monitor)
+    # Named by the ONNX metadata (variant, spec hash), as `deploy bench` names them, so
+    # `deploy report` keeps two runs' "shrunk" apart when their specs differ.
+    ids = {name: model_identity(path) for name, path in onnx_paths.items()}
+    records = [r.with_identity(ids[r.model]) if r.model in ids else r for r in records]
     written = session.finish(records, out_dir / "latency.json")
     log(format_table(records))
     log(

@@ -317,8 +317,9 @@ def test_onnxruntime_quantize_static_output(
     report = check_readiness(out, trt_version="10")
     assert {f.code for f in report.errors} == expected, report.format()
     assert report.ok == (not expected)
-    if not expected:
-        assert report.findings == (), report.format()
+    if not expected:  # onnxruntime's default placement builds, but TensorRT cannot fuse it
+        assert {f.code for f in report.findings} == {"qdq-before-activation", "qdq-output"}
+        assert {f.severity for f in report.findings} == {"warning"}, report.format()
 
 
 # --- Types, DLA, versions, inputs -----------------------------------------------------------
