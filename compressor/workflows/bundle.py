@@ -23,6 +23,7 @@ from compressor.atomic import atomic_write_text
 from compressor.data.splits import load_data
 from compressor.errors import InputError
 from compressor.recipe.sections import recipe_from_dict
+from compressor.workflows.report import model_label
 from deploy.evaluate import save_labelled
 from deploy.files import atomic_copy, file_sha256, work_directory
 from deploy.paths import check_output_path
@@ -261,7 +262,7 @@ def _readme(report: dict[str, Any], models: list[dict[str, Any]], samples: int) 
     )
     return f"""# Deployment bundle: {report["recipe"]["name"]}
 
-Made by `compressor bundle` from a run of `{report["recipe"]["model"]["name"]}` on
+Made by `compressor bundle` from a run of `{model_label(report["recipe"]["model"])}` on
 `{report["recipe"]["data"]["name"]}`. Copy this folder to the device (for example
 `scp -r bundle/ jetson:~/bundle`) and run the steps below there. Nothing here needs torch.
 

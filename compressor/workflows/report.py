@@ -62,6 +62,12 @@ def _accuracy_check_lines(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def model_label(model: dict[str, Any]) -> str:
+    """The recipe's model as a report names it: the zoo name, or for a factory its display
+    name when the recipe gives one, else the factory itself ("Model None" otherwise)."""
+    return str(model.get("name") or model.get("factory") or "unnamed model")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     variants = report["variants"]
     dense = variants[0]
@@ -69,7 +75,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {report['recipe']['name']}",
         "",
-        f"Model `{report['recipe']['model']['name']}` on `{report['recipe']['data']['name']}`; "
+        f"Model `{model_label(report['recipe']['model'])}` "
+        f"on `{report['recipe']['data']['name']}`; "
         f"layer criterion `{report['recipe']['prune']['criterion']}`; "
         f"measured on {env.get('cpu_model', 'unknown CPU')} "
         f"({env.get('threads') or 'default'} threads), fingerprint `{env.get('fingerprint_id')}`.",
@@ -274,7 +281,7 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("median latency per batch (ms, log scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
-    title = f"{report['recipe']['model']['name']} on {report['recipe']['data']['name']}"
+    title = f"{model_label(report['recipe']['model'])} on {report['recipe']['data']['name']}"
     failed = [v["name"] for v in report["variants"] if not _comparable(v)]
     if failed:
         title += f"\nnot comparable (accuracy check): {', '.join(failed)}"

@@ -92,6 +92,8 @@ def test_run_prunes_trains_shrinks_exports_and_benchmarks_a_user_model(
     assert spec["factory"].endswith("user_net.py:make_net")
     assert spec["kwargs"] == factory["kwargs"]
     assert "run" in capsys.readouterr().out
+    header = (out / "report.md").read_text().splitlines()[2]  # was "Model `None` on ..."
+    assert header.startswith(f"Model `{factory['factory']}` on `digits`"), header
 
 
 @pytest.mark.parametrize(
