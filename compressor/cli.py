@@ -42,8 +42,9 @@ def _recipe(args: argparse.Namespace):  # noqa: ANN202
     inputs = tuple(
         p for p in (args.recipe, getattr(args, "model", None), recipe.model.weights) if p
     )
-    if args.command == "export":  # the FP32 file and its INT8 and FP16 siblings
-        writes = [out, *(out.with_name(f"{out.stem}{s}.onnx") for s in (".int8", ".fp16"))]
+    if args.command == "export":  # the FP32 file and its INT8, FP16 and BF16 siblings
+        siblings = (".int8", ".fp16", ".bf16")
+        writes = [out, *(out.with_name(f"{out.stem}{s}.onnx") for s in siblings)]
         for path in writes:
             _check_onnx_output(path)
     elif args.command == "prune":  # a stored model

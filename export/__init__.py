@@ -24,6 +24,7 @@ _API = {
     "export.parity": ("Parity", "check_parity"),
     "export.metadata": ("read_metadata", "write_metadata"),
     "export.fp16": ("FP16Config", "FP16Result", "convert_fp16"),
+    "export.bf16": ("BF16Config", "BF16Result", "convert_bf16"),
     "export.quantize": ("QuantizeConfig", "QuantizeResult", "quantize_qdq"),
     "export.findings": ("Finding", "ReadinessReport"),
     "export.readiness": ("check_readiness",),
