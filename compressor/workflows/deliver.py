@@ -280,8 +280,9 @@ def time_tensorrt(
         runners = {}
         for name, fp32 in onnx_paths.items():
             source = fp32.with_name(f"{fp32.stem}{suffix[precision]}.onnx")
-            if precision == "bf16" and source.is_file() and not _parses_bf16_graph(source):
-                source = fp32  # an older 10.x: the FP32 graph with the BF16 builder flag
+            if precision == "bf16" and source.is_file():
+                trt = lazy_import("tensorrt", "building TensorRT engines")
+                source = bf16_source(fp32, source, trt.__version__)
             if not source.is_file():
                 raise ConfigError(
                     f"bench.trt_precisions: {precision} builds from {source.name}, which was not "
@@ -296,17 +297,16 @@ def time_tensorrt(
     return records
 
 
-def _parses_bf16_graph(path: Path) -> bool:
-    """Whether the installed TensorRT documents the BF16 file's opset.
+def bf16_source(fp32: Path, bf16: Path, trt_version: str) -> Path:
+    """The file a bf16 engine builds from on TensorRT `trt_version`.
 
     The BF16 graph is opset 22, the first whose Conv takes bfloat16. TensorRT 11 needs it
     (strongly typed only); a 10.x release documenting an older opset may refuse to parse it,
     and builds the FP32 graph with the BF16 builder flag instead, as before BF16 files existed.
     """
-    trt = lazy_import("tensorrt", "building TensorRT engines")
-    version = parse_trt_version(trt.__version__)
-    opset = inspect_onnx(path).opset
-    return version.major >= 11 or opset <= max_opset((version.major, version.minor))
+    version = parse_trt_version(trt_version)
+    documented = max_opset((version.major, version.minor))
+    return bf16 if version.major >= 11 or inspect_onnx(bf16).opset <= documented else fp32
 
 
 def benchmark_variants(

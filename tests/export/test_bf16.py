@@ -12,6 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.cli import main
+from compressor.workflows.deliver import bf16_source
 from deploy.errors import DeployConfigError, DeployInputError
 from deploy.evaluate import LabelledData, top1_accuracy
 from deploy.onnx_info import inspect_onnx
@@ -175,6 +176,22 @@ def test_tensorrt_11_lint_is_clean_and_the_planner_takes_the_bf16_file(
     assert plan.strongly_typed and plan.builder_flags == () and plan.precision == "bf16"
     with pytest.raises(DeployConfigError, match=r"is an fp32 graph; pass the BF16 ONNX .*bf16"):
         plan_build(inspect_onnx(exported.result.path), BuildOptions(precision="bf16"), "11.1")
+
+
+@pytest.mark.parametrize(
+    ("trt_version", "builds_from"),
+    [("11.1", "bf16"), ("10.15", "bf16"), ("10.3", "fp32"), ("10.0", "fp32")],
+)
+def test_bf16_engines_build_from_the_file_the_installed_tensorrt_parses(
+    bf16: BF16Result, exported: Exported, trt_version: str, builds_from: str
+) -> None:
+    """The opset-22 BF16 graph on releases documenting opset 22, else FP32 + the BF16 flag."""
+    fp32 = exported.result.path
+    chosen = bf16_source(fp32, bf16.path, trt_version)
+    assert chosen == {"bf16": bf16.path, "fp32": fp32}[builds_from]
+    plan = plan_build(inspect_onnx(chosen), BuildOptions(precision="bf16"), trt_version)
+    assert plan.precision == "bf16"
+    assert plan.strongly_typed == trt_version.startswith("11")  # 10.x: the BF16 flag
 
 
 def test_opset_none_keeps_the_file_opset_and_conv_in_float32(
