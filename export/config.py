@@ -22,8 +22,8 @@ MIN_OPSET = 17  # dynamo emits 18 and converts down; below 17 ops go missing (La
 CONFIG_VERSION = 1  # bump when a field changes meaning, so old recipes fail loudly
 RESERVED_PREFIX = "export."  # metadata keys this package writes; user keys may not use it
 BATCH_DIM_NAME = "batch"
-# Measured max |onnxruntime - torch| / max |torch logit| (FP32, CPU): see README; a wrong op
-# or changed weights moves logits by their own size (a ratio near 1), far above this.
+# Measured max |onnxruntime - torch| / max |torch logit| (FP32, CPU): docs/guide/own-model.md;
+# a wrong op or changed weights moves logits by their own size (a ratio near 1), far above this.
 PARITY_RTOL = 1e-4
 
 

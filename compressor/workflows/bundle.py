@@ -237,7 +237,7 @@ def _script(report: dict[str, Any], models: list[dict[str, Any]]) -> str:
                 'if [ "$BACKEND" = onnxruntime ]; then echo "run_on_device.sh: skipping '
                 f'{file}: onnxruntime has no BF16 CPU kernels (TensorRT runs it)"; else'
             )
-        else:  # onnxruntime's int8 CPU kernels compute differently from TensorRT (README.md)
+        else:  # onnxruntime's int8 CPU kernels differ from TensorRT's (docs/guide/precisions.md)
             ort = float(model["expected_top1_onnxruntime_cpu"])
             expect = f'$([ "$BACKEND" = onnxruntime ] && echo {ort!r} || echo {trt!r})'
         lines.append(
