@@ -35,7 +35,7 @@ RECIPE = {
     "data": {"name": "digits", "image_size": 8, "limit_train": 128},
     "prune": {"criterion": "snip", "blocks": 1},
     "train": {"epochs": 1, "batch_size": 64, "progress": "none", "device": "cpu"},
-    "export": {"int8": False, "fp16": False},
+    "export": {"int8": False, "fp16": False, "bf16": False},
 }
 FAST_BENCH = ["--backend", "onnxruntime", "--batch", "1", "--warmup", "1", "--iterations", "3"]
 

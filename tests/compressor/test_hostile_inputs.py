@@ -38,7 +38,7 @@ TINY_RECIPE = {
     "prune": {"criterion": "snip", "blocks": 1},
     "train": {"epochs": 1, "batch_size": 64, "progress": "none", "device": "cpu"},
     "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 1},
-    "export": {"int8": False, "fp16": False},
+    "export": {"int8": False, "fp16": False, "bf16": False},
 }
 SPEC = ModelSpec(model="resnet8", kwargs={"num_classes": 10, "in_channels": 1, "width": 0.5})
 

@@ -34,7 +34,7 @@ BASE = {
     "prune": {"criterion": "snip", "blocks": 1},
     "train": {"epochs": 1, "batch_size": 64, "lr": 0.02, "progress": "none"},
     "shrink": {"ratio": 0.5, "round_to": 4, "fine_tune_epochs": 1},
-    "export": {"int8": False, "fp16": False},
+    "export": {"int8": False, "fp16": False, "bf16": False},
     "bench": {"backends": ["onnxruntime"], "batch_sizes": [1], "iterations": 5, "warmup_iters": 1},
 }
 
