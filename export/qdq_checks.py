@@ -182,10 +182,13 @@ def _check_residual_add(g: OnnxGraph, i: int) -> Iterator[Finding]:
         if dq is None or g.nodes[dq].op_type != "DequantizeLinear":
             return  # an input in float: the Add can fuse into the layer computing it
         q = g.producer.get(g.nodes[dq].input[0])
-        if q is not None and g.nodes[q].op_type == "QuantizeLinear":
-            layer = fusable_producer(g, g.nodes[q].input[0], q)
-            if layer is not None:
-                pairs[index] = (q, layer)
+        if q is None or g.nodes[q].op_type != "QuantizeLinear":
+            continue
+        if _readers(g, g.nodes[q].output[0]) != [dq] or _readers(g, name) != [i]:
+            continue  # the pair also feeds another layer, which needs its INT8 input
+        layer = fusable_producer(g, g.nodes[q].input[0], q)
+        if layer is not None:
+            pairs[index] = (q, layer)
     if not pairs:
         return
     index = main_branch(g, node) if len(pairs) == 2 else next(iter(pairs))

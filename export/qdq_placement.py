@@ -100,14 +100,19 @@ def plan_placement(
     """The plan for `model` (the graph onnxruntime will quantize); names unnamed nodes of
     `model` in place for "tensorrt", which lists nodes by name."""
     op_types = set(op_types)
-    renamed = _name_nodes_(model) if placement == "tensorrt" else 0
+    # Nodes are listed by name for "tensorrt", and the classifier excluded by name for "all"
+    # (onnxruntime would exclude every unnamed node with it); "all" stays byte-identical to
+    # onnxruntime's own placement otherwise.
+    lists_nodes = placement == "tensorrt" or quantize_classifier is False
+    renamed = _name_nodes_(model) if lists_nodes else 0
     g = OnnxGraph(model)
     classifier = next(iter(classifier_nodes(g)), None)
     name = None if classifier is None else g.nodes[classifier].name
     if placement == "all":  # onnxruntime's placement, the classifier included unless told
-        excluded = (name,) if name is not None and quantize_classifier is False else ()
+        excluded = (name,) if name and quantize_classifier is False else ()
         return PlacementPlan("all", None, excluded, classifier=name,
-                             classifier_quantized=not excluded)  # fmt: skip
+                             classifier_quantized=not excluded,
+                             renamed_nodes=renamed)  # fmt: skip
     keep_classifier = bool(quantize_classifier)
     fused = residual_adds(g)
     chosen = []
@@ -148,15 +153,28 @@ def residual_adds(g: OnnxGraph) -> dict[str, int]:
 
 def fusable_producer(g: OnnxGraph, tensor: str, consumer: int) -> int | None:
     """The weighted layer computing `tensor` (across a BatchNormalization) whose output only
-    node `consumer` reads: the layer TensorRT can fuse that consumer into."""
-    i = g.producer.get(tensor)
+    node `consumer` reads: the layer TensorRT can fuse that consumer into.
+
+    Every tensor on the way must have that one reader: a conv (or its batch norm) output
+    that another layer also reads stays a tensor of its own, so nothing fuses into the conv.
+    """
+    outputs = {value.name for value in g.proto.graph.output}
+    i, reader = g.producer.get(tensor), consumer
     while i is not None and g.nodes[i].op_type in _FOLDED:
-        i = g.producer.get(g.nodes[i].input[0])
+        if not _read_only_by(g, i, reader, outputs):
+            return None
+        i, reader = g.producer.get(g.nodes[i].input[0]), i
     if i is None or g.nodes[i].op_type not in WEIGHTED_OPS:
         return None
-    readers = {j for out in g.nodes[i].output for j, _ in g.consumers.get(out, [])}
-    folded = {j for j in readers if g.nodes[j].op_type in _FOLDED}
-    return i if readers - folded <= {consumer} and len(folded) <= 1 else None
+    return i if _read_only_by(g, i, reader, outputs) else None
+
+
+def _read_only_by(g: OnnxGraph, node: int, reader: int, outputs: set[str]) -> bool:
+    """Whether node `reader` alone reads the outputs of `node` (no other node, no graph
+    output)."""
+    produced = g.nodes[node].output
+    readers = {j for out in produced for j, _ in g.consumers.get(out, [])}
+    return readers == {reader} and not outputs.intersection(produced)
 
 
 def classifier_nodes(g: OnnxGraph) -> list[int]:

@@ -280,3 +280,94 @@ def test_unnamed_nodes_and_a_matmul_classifier(tmp_path: Path) -> None:
     assert graph.made_by(conv.input[0]) == graph.made_by(conv.input[1]) == "DequantizeLinear"
     assert graph.made_by(graph.of_type("Relu")[0].input[0]) == "Conv"
     assert result.qdq_counts.by_op_type == {"Conv": {"Q": 1, "DQ": 2}}
+
+
+@pytest.mark.parametrize("preprocess", [True, False])
+def test_all_without_the_classifier_still_quantizes_unnamed_nodes(
+    tmp_path: Path, preprocess: bool
+) -> None:
+    """onnxruntime excludes by name: an unnamed classifier must not exclude every unnamed
+    node (before: nothing quantized, or the other layers silently left in float)."""
+    source = _unnamed_matmul_classifier(tmp_path / "unnamed.onnx")
+    images = np.random.default_rng(1).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    config = QuantizeConfig(qdq_placement="all", quantize_classifier=False, preprocess=preprocess)
+    result = quantize_qdq(source, tmp_path / "all.int8.onnx", images, config)
+    graph = Graph(result.path)
+    (conv,) = graph.of_type("Conv")
+    assert graph.made_by(conv.input[0]) == graph.made_by(conv.input[1]) == "DequantizeLinear"
+    classifier = next(n for n in graph.nodes if n.op_type in ("MatMul", "Gemm"))
+    assert result.float_classifier == classifier.name and classifier.name
+    assert graph.made_by(classifier.input[0]) == "Flatten"
+
+
+def _fork(path: Path) -> Path:
+    """Conv -> BN -> Relu (r0); Conv -> BN (b1); Add(r0, b1) -> Relu; b1 also feeds another
+    Conv: the conv branch of the residual Add is read twice, so nothing fuses into it."""
+    rng = np.random.default_rng(0)
+    inits = []
+
+    def tensor(name: str, shape: tuple[int, ...], low: float = -0.3, high: float = 0.3) -> str:
+        inits.append(
+            numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+        )
+        return name
+
+    def conv_bn(name: str, x: str, cin: int) -> list[onnx.NodeProto]:
+        ranges = {"s": (0.5, 1.5), "b": (-0.2, 0.2), "m": (-0.2, 0.2), "v": (0.5, 1.5)}
+        stats = [tensor(f"{name}_{s}", (4,), *r) for s, r in ranges.items()]
+        return [
+            helper.make_node(
+                "Conv",
+                [x, tensor(f"{name}_w", (4, cin, 3, 3))],
+                [f"{name}_c"],
+                name=f"{name}_conv",
+                pads=[1] * 4,
+            ),  # fmt: skip
+            helper.make_node(
+                "BatchNormalization", [f"{name}_c", *stats], [f"{name}_out"], name=f"{name}_bn"
+            ),  # fmt: skip
+        ]
+
+    nodes = [
+        *conv_bn("a", "input", 1),
+        helper.make_node("Relu", ["a_out"], ["r0"], name="relu0"),
+        *conv_bn("b", "r0", 4),
+        helper.make_node("Add", ["r0", "b_out"], ["sum"], name="residual"),
+        helper.make_node("Relu", ["sum"], ["r1"], name="relu1"),
+        helper.make_node(
+            "Conv", ["b_out", tensor("o_w", (4, 4, 3, 3))], ["o"], name="other", pads=[1] * 4
+        ),  # fmt: skip
+        helper.make_node("Add", ["r1", "o"], ["joined"], name="join"),
+        helper.make_node("GlobalAveragePool", ["joined"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node(
+            "Gemm", ["flat", tensor("fc", (3, 4))], ["logits"], name="fc", transB=1
+        ),  # fmt: skip
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fork",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_conv_branch_read_twice_keeps_its_pair_and_lints_clean(tmp_path: Path) -> None:
+    """The placement is the same with and without batch-norm folding, and the lint does not
+    advise removing a pair another layer needs."""
+    source = _fork(tmp_path / "fork.onnx")
+    images = np.random.default_rng(1).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    for preprocess in (True, False):
+        out = tmp_path / f"fork.{preprocess}.int8.onnx"
+        quantize_qdq(source, out, images, QuantizeConfig(preprocess=preprocess))
+        graph = Graph(out)
+        residual = next(n for n in graph.nodes if n.name == "residual")
+        made_by = [graph.made_by(name) for name in residual.input]
+        assert made_by == ["DequantizeLinear", "DequantizeLinear"], (preprocess, made_by)
+        codes = {f.code for f in check_readiness(out, trt_version="10").findings}
+        assert not codes & PLACEMENT_CODES, (preprocess, codes)
