@@ -178,12 +178,17 @@ def _raised(model: onnx.ModelProto, source: int, target: int) -> onnx.ModelProto
     """`model` at opset `target` (onnx.version_converter), with an IR version that allows it."""
     try:
         raised = onnx.version_converter.convert_version(model, target)
-    except Exception as exc:  # the converter raises RuntimeError/ValueError from C++
-        raise UnsupportedModelError(
-            f"BF16: onnx.version_converter cannot raise the graph from opset {source} to "
-            f"{target}: {first_line(exc)}; re-export at opset {target}, or keep opset {source} "
-            "with BF16Config(opset=None) (Conv and the pools then stay float32)"
-        ) from exc
+    except Exception:  # the converter raises RuntimeError/ValueError from C++
+        try:  # its usual complaint is a tensor declared without a shape: infer them, retry
+            inferred = onnx.shape_inference.infer_shapes(model)
+            raised = onnx.version_converter.convert_version(inferred, target)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"BF16: onnx.version_converter cannot raise the graph from opset {source} to "
+                f"{target}: {first_line(exc)}; re-export at opset {target}, or keep opset "
+                f"{source} with BF16Config(opset=None) (Conv and the pools then stay float32; "
+                "in a recipe, export.bf16: false skips the BF16 file)"
+            ) from exc
     opsets = [o for o in raised.opset_import if o.domain in ("", "ai.onnx")]
     raised.ir_version = max(raised.ir_version, onnx.helper.find_min_ir_version_for(opsets))
     return raised

@@ -35,7 +35,7 @@ from deploy.tensorrt.version import parse_trt_version
 from export.bf16 import BF16, convert_bf16
 from export.config import ExportResult
 from export.emulation import onnxruntime_or_emulation
-from export.errors import BlockBoundaryError
+from export.errors import BlockBoundaryError, ExportError
 from export.fp16 import FP16, convert_fp16
 from export.onnx_export import export_onnx
 from export.quantize import QuantizeConfig, quantize_qdq
@@ -209,7 +209,10 @@ def _float_sibling(
     """The FP16 or BF16 file, parity-checked on the validation images, its test top-1 measured
     on onnxruntime, or on its float32 emulation where onnxruntime has no kernels (BF16)."""
     convert, fmt = _FLOAT_WRITERS[precision]
-    result = convert(onnx_path, path, parity_inputs=data.val.images.numpy())
+    try:
+        result = convert(onnx_path, path, parity_inputs=data.val.images.numpy())
+    except ExportError as exc:  # its advice is the Python API's; a recipe can skip the file
+        raise type(exc)(f"{exc}; in the recipe, export.{precision}: false skips it") from exc
     with onnxruntime_or_emulation(path, fmt.onnx_type) as (runner, method):
         accuracy = top1_accuracy(runner, test, batch_size=64).top1
     log(

@@ -118,8 +118,18 @@ class OnnxRuntimeRunner(Runner):
             )
         except Exception as exc:  # onnxruntime raises its own C++-backed error types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            hint = ""
+            if (
+                "NOT_IMPLEMENTED" in first_line
+                and inspect_onnx(self.model_path).precision == "bf16"
+            ):
+                hint = (
+                    "; this is a BF16 graph, and onnxruntime's CPU provider has no BF16 kernels: "
+                    "time it with --backend tensorrt (its accuracy was measured on a float32 "
+                    "emulation when it was written)"
+                )
             raise DeployInputError(
-                f"onnxruntime cannot load {self.model_path}: {first_line}"
+                f"onnxruntime cannot load {self.model_path}: {first_line}{hint}"
             ) from exc
         # What the file computes in (Q/DQ nodes: int8; FP16 weights: fp16), for the records.
         self.precision = inspect_onnx(self.model_path).precision
