@@ -3,7 +3,7 @@ same FP32 files with the same calibration images: Q/DQ counts per op type fed, t
 lint says TensorRT cannot fuse, and test accuracy on onnxruntime CPU.
 
     python benchmarks/bench_qdq_placement.py [--run-dir runs/default]
-        [--modelopt-python /work/modelopt-venv/bin/python]
+        [--modelopt-python VENV/bin/python]
 
 Uses the dense/ticket/shrunk model.onnx of a `compressor run` directory (the embedded default
 is run first when the directory has no report) and writes its INT8 files and a JSON of the
@@ -13,12 +13,13 @@ symmetric ranges). ModelOpt keeps the float parts FP32 (--high_precision_dtype f
 the comparison is about placement only; it raises the opset to 19.
 
 ModelOpt pins older onnx (~1.21) and onnxruntime (~1.24) than this project, so it lives in a
-venv of its own, called as a subprocess. Made here with (CPU torch from the local wheel, so
-pip does not fetch CUDA torch; any torch >= 2.8 works):
+venv of its own, called as a subprocess. Made with (a CPU torch first, so pip does not fetch
+a CUDA build; any torch >= 2.8 works; the measured run used ModelOpt 0.47.0 and the local CPU
+wheel of torch 2.13.0):
 
-    python3.11 -m venv /work/modelopt-venv
-    /work/modelopt-venv/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-*.whl
-    /work/modelopt-venv/bin/pip install 'nvidia-modelopt[onnx]'
+    python3.11 -m venv VENV
+    VENV/bin/pip install torch==2.13.0   # a CPU build here (what install.sh installs)
+    VENV/bin/pip install 'nvidia-modelopt[onnx]'
 
 Without --modelopt-python (or when it cannot run ModelOpt) one line says so and the table has
 our two placements only. Accuracy is measured twice per file, on this venv's onnxruntime:
