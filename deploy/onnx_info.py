@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # The metadata_props keys `compressor export` writes (compressor/workflows/deliver.py) that
 # name a model whatever its file is called.
 VARIANT_KEY, SPEC_HASH_KEY = "variant", "spec_sha256"
+SOURCE_HASH_KEY = "source_onnx_sha256"  # written by the INT8/FP16/BF16 writers
 _MAX_ID_CHARS = 128  # a variant or hash longer than this is not ours: ignored
 
 # ONNX TensorProto data types -> numpy dtype names (the ones image models use).
@@ -47,10 +48,14 @@ class OnnxInfo:
     def identity(self) -> ModelIdentity:
         """The model this file holds: its variant and spec hash from the metadata, when
         `compressor export` wrote them; the SHA-256 of the file always."""
+        spec = _metadata_text(self.metadata, SPEC_HASH_KEY)
+        sha = file_sha256(self.path)
+        source = _metadata_text(self.metadata, SOURCE_HASH_KEY)
         return ModelIdentity(
             variant=_metadata_text(self.metadata, VARIANT_KEY),
-            spec_sha256=_metadata_text(self.metadata, SPEC_HASH_KEY),
-            file_sha256=file_sha256(self.path),
+            spec_sha256=spec,
+            file_sha256=sha,
+            source_sha256=source or (sha if spec else None),
         )
 
     @property

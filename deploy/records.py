@@ -96,9 +96,14 @@ class ModelIdentity:
     variant: str | None = None  # metadata "variant" ("dense", "ticket", "shrunk")
     spec_sha256: str | None = None  # metadata "spec_sha256"
     file_sha256: str | None = None  # the bytes that were timed (or the engine's source ONNX)
+    # The FP32 ONNX file the model's files were exported from: an INT8/FP16/BF16 sibling's
+    # metadata "source_onnx_sha256", an FP32 file's own hash. Two trainings of one spec have
+    # the same variant and spec but not the same weights: this tells them apart, while the
+    # precisions of one export stay one model.
+    source_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("variant", "spec_sha256", "file_sha256"):
+        for name in ("variant", "spec_sha256", "file_sha256", "source_sha256"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.isprintable()):
                 raise DeployInputError(
@@ -107,10 +112,12 @@ class ModelIdentity:
 
     @property
     def key(self) -> str | None:
-        """What makes two records the same model: variant and spec hash, else the file's
-        hash; None when neither is known (records written before identities)."""
+        """What makes two records the same model: variant, spec hash and the FP32 file they
+        were exported from, else the file's hash; None when neither is known (records written
+        before identities)."""
         if self.spec_sha256:
-            return f"{self.variant or ''}@spec:{self.spec_sha256}"
+            source = f"@onnx:{self.source_sha256}" if self.source_sha256 else ""
+            return f"{self.variant or ''}@spec:{self.spec_sha256}{source}"
         if self.file_sha256:
             return f"sha256:{self.file_sha256}"
         return None
@@ -132,7 +139,7 @@ class ModelIdentity:
         if not isinstance(data, Mapping) or set(data) - {f.name for f in fields(cls)}:
             raise DeployInputError(
                 f"record field 'details.{IDENTITY_KEY}' must be an object with variant, "
-                f"spec_sha256 and file_sha256, got {str(data)[:80]}"
+                f"spec_sha256, file_sha256 and source_sha256, got {str(data)[:80]}"
             )
         return cls(**dict(data))
 

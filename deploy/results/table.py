@@ -158,6 +158,8 @@ def identity_lines(table: MergedTable) -> list[str]:
         parts = [f"variant {identity.variant}"] if identity.variant else []
         parts += [f"spec sha256 {identity.spec_sha256[:16]}"] if identity.spec_sha256 else []
         parts += [f"file sha256 {identity.file_sha256[:16]}"] if identity.file_sha256 else []
+        if identity.source_sha256 and identity.source_sha256 != identity.file_sha256:
+            parts.append(f"exported from the FP32 ONNX sha256 {identity.source_sha256[:16]}")
         source = "ONNX metadata" if identity.spec_sha256 else "no metadata of ours: file hash"
         lines.append(f"{model}: {', '.join(parts)} ({source})")
     return lines
@@ -180,9 +182,12 @@ def model_rows(files: Sequence[tuple[Path | str, ResultFile]]) -> dict[tuple[str
             keys.setdefault(record.model, {}).setdefault(_row_key(record)[1], record)
     labels: dict[tuple[str, str | None], str] = {}
     for name, by_key in keys.items():
+        shorts = [r.identity.short if r.identity else "no model id" for r in by_key.values()]
         for key, record in by_key.items():
             identity = record.identity
             short = identity.short if identity is not None else "no model id"
+            if shorts.count(short) > 1 and identity is not None and identity.source_sha256:
+                short += f", onnx {identity.source_sha256[:8]}"  # one spec, trained twice
             labels[(name, key)] = name if len(by_key) == 1 else f"{name} [{short}]"
     taken: dict[str, int] = {}
     for label in labels.values():
@@ -226,10 +231,11 @@ def _choose_records(
                 previous = chosen[key]
                 newer_is_this = age > previous[0]
                 kept, dropped = (path, previous[1]) if newer_is_this else (previous[1], path)
+                pair = (record, previous[2]) if newer_is_this else (previous[2], record)
                 notes.append(
                     f"{label} on {record.backend} {record.precision} batch {record.batch} "
                     f"(fingerprint {fid}) was measured twice, in {kept} and {dropped}"
-                    f"{_same_bytes(record, previous[2])}: kept the newer, {kept}; "
+                    f"{_same_bytes(*pair)}: kept the newer, {kept}; "
                     f"{dropped} is not in the table"
                 )
                 if not newer_is_this:
@@ -246,14 +252,15 @@ def _choose_records(
     return chosen, fingerprints, notes, model_order
 
 
-def _same_bytes(a: LatencyRecord, b: LatencyRecord) -> str:
-    """Whether two measurements of one model timed the same file, as far as they say."""
-    hashes = [r.identity.file_sha256 if r.identity else None for r in (a, b)]
+def _same_bytes(kept: LatencyRecord, dropped: LatencyRecord) -> str:
+    """Whether two measurements of one model timed the same file, as far as they say; the
+    hashes in the order the note names the files (kept, then dropped)."""
+    hashes = [r.identity.file_sha256 if r.identity else None for r in (kept, dropped)]
     if None in hashes:
         return ""
     if hashes[0] == hashes[1]:
         return f" (the same file, sha256 {hashes[0][:8]})"
-    return f" (two files of the same variant and spec, sha256 {hashes[1][:8]} and {hashes[0][:8]})"
+    return f" (two files of the same model, sha256 {hashes[0][:8]} and {hashes[1][:8]})"
 
 
 def _device_labels(

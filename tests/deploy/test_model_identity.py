@@ -13,6 +13,8 @@ import pytest
 
 from deploy.cli import main
 from deploy.errors import DeployInputError
+from deploy.files import file_sha256
+from deploy.onnx_info import model_identity
 from deploy.records import ModelIdentity
 from deploy.results.files import read_results
 from tests.deploy.conftest import build_classifier
@@ -54,8 +56,9 @@ def test_a_runs_model_onnx_files_are_named_by_their_variant(
     bench(exported(run / "shrunk" / "model.onnx", "shrunk", "b"), tmp_path / "r/s.json")
     (record,) = read_results(tmp_path / "r/s.json").records
     assert record.model == "shrunk"
+    sha = record.identity.file_sha256
     assert record.identity == ModelIdentity(
-        variant="shrunk", spec_sha256="b" * 64, file_sha256=record.identity.file_sha256
+        variant="shrunk", spec_sha256="b" * 64, file_sha256=sha, source_sha256=sha
     )
     rows, err = report(capsys, str(tmp_path / "r"), "--out", str(tmp_path / "rep"))
     assert rows == ["dense (baseline)", "shrunk"]
@@ -151,3 +154,27 @@ def test_metadata_that_cannot_name_a_model_is_ignored(tmp_path: Path) -> None:
     (record,) = read_results(tmp_path / "r.json").records
     assert record.model == "odd" and record.identity.variant is None
     assert record.identity.spec_sha256 == "e" * 64
+
+
+def test_two_trainings_of_one_spec_stay_two_rows_and_precisions_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs of the same recipe with other weights (same variant and spec) are two models;
+    an INT8 sibling written from one of them (metadata source_onnx_sha256) is that model."""
+    first = exported(tmp_path / "run1" / "dense" / "model.onnx", "dense", "f", channels=2)
+    second = exported(tmp_path / "run2" / "dense" / "model.onnx", "dense", "f", channels=6)
+    first_sha, second_sha = file_sha256(first), file_sha256(second)
+    sibling = tmp_path / "run1" / "dense" / "model.int8.onnx"
+    proto = onnx.load(first)
+    onnx.helper.set_model_props(
+        proto, {"variant": "dense", "spec_sha256": "f" * 64, "source_onnx_sha256": first_sha}
+    )
+    onnx.save(proto, sibling)  # the metadata an INT8 sibling carries
+    assert model_identity(sibling).key == model_identity(first).key
+    assert model_identity(second).key != model_identity(first).key
+    bench(first, tmp_path / "r" / "one.json")
+    bench(second, tmp_path / "r" / "two.json")
+    rows, err = report(capsys, str(tmp_path / "r"), "--out", str(tmp_path / "rep"))
+    expected = [f"dense [spec ffffffff, onnx {sha[:8]}]" for sha in (first_sha, second_sha)]
+    assert sorted(rows) == sorted(expected), rows
+    assert "measured twice" not in err
