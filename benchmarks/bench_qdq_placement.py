@@ -57,8 +57,15 @@ MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}  # percentile: none i
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", default="runs/default")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--run-dir",
+        default="runs/default",
+        help="a `compressor run` folder (dense/ticket/shrunk model.onnx); made when it has none",
+    )
     parser.add_argument("--recipe", default=None, help="recipe used if the run must be made")
     parser.add_argument("--modelopt-python", default=None, help="python of ModelOpt's venv")
     args = parser.parse_args()

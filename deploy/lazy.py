@@ -43,7 +43,7 @@ _INSTALL_HINTS = {
         "with JetPack: pip install 'cuda-python==12.*')"
     ),
     "matplotlib": f"pip install '{PROJECT}[deploy]' (matplotlib)",
-    "ray": f"pip install '{PROJECT}[ray]' (from a checkout: bash install.sh --ray)",
+    "ray": f"pip install '{PROJECT}[pipeline,ray]' (from a checkout: bash install.sh --ray)",
 }
 
 

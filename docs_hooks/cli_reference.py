@@ -114,6 +114,10 @@ def argument_row(parser: argparse.ArgumentParser, action: argparse.Action) -> st
     choices = ""
     if action.choices is not None:
         choices = ", ".join(f"`{choice}`" for choice in action.choices)
+    elif isinstance(action.metavar, str) and action.metavar.startswith("{"):
+        # Flags whose values the CLI checks itself (its own one-line error) show them as a
+        # metavar, "{auto,cpu,cuda,cuda:N}".
+        choices = ", ".join(f"`{choice}`" for choice in action.metavar.strip("{}").split(","))
     return f"| {names} | {cell(help_text)} | {choices} | {default(action)} |"
 
 

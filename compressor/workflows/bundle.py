@@ -290,7 +290,7 @@ for it.
 ```bash
 sudo nvpmodel -m 0          # MAXN on Orin; `nvpmodel -q` shows the mode
 sudo jetson_clocks          # lock clocks; `deploy bench` warns when they are not
-python3 -m pip install numpy onnx     # onnxruntime is optional on the device
+python3 -m pip install numpy onnx 'cuda-python==12.*'  # GPU buffers without torch
 ./run_on_device.sh          # TensorRT Python API; BACKEND=trtexec ./run_on_device.sh for trtexec
 ```
 

@@ -46,7 +46,9 @@ def render_plots(table: MergedTable, batch: int | None) -> tuple[dict[str, bytes
     if panels:
         plots[ACCURACY_PLOT] = _accuracy_plot(Figure, panels, table.models, plot_batch)
         if len({c.batch for c in table.columns}) > 1:
-            notes.append(f"the accuracy plot shows batch {plot_batch} (pass batch= for another)")
+            notes.append(
+                f"the accuracy plot shows batch {plot_batch} (deploy report --batch N for another)"
+            )
     else:
         notes.append("no record carries accuracy, so the accuracy-vs-latency plot was skipped")
     if table.baseline is not None and len(table.models) > 1:

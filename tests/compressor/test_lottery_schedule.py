@@ -105,7 +105,7 @@ def test_missing_ray_is_one_line_naming_the_extra_before_anything_is_written(
     assert code == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("compressor: error: compressor lottery --executor ray needs the 'ray'")
-    assert "pip install 'layer-lottery-deploy[ray]'" in line
+    assert "pip install 'layer-lottery-deploy[pipeline,ray]'" in line
     assert not (tmp_path / "grid").exists()
 
 
