@@ -292,7 +292,10 @@ def test_a_torch_table_and_torch_timed_candidates(tmp_path) -> None:
     assert len(one.blocks) == 7 and 0 < one.skeleton_ms < one.network_ms
     assert {r["backend"] for r in table.records} == {"torch"}
     last = latency["steps"][-1]
-    assert last["measured_ms"] > 0 and 0.3 < last["measured_fraction"] < 0.95
+    # Measured, and within the budget or reported as missing it: how far below it lands is
+    # timing, which a loaded CI machine moves (0.98 seen there), so no bounds on it here.
+    assert last["measured_ms"] > 0 and last["measured_fraction"] > 0
+    assert last["measured_fraction"] <= 0.7 or latency["warnings"]
 
 
 def test_a_budget_measured_here_is_met_and_its_table_kept(tmp_path, monkeypatch) -> None:
@@ -312,7 +315,7 @@ def test_a_budget_measured_here_is_met_and_its_table_kept(tmp_path, monkeypatch)
     last = latency["steps"][-1]
     # measured, not only predicted; within the budget or reported as missing it
     assert last["measured_fraction"] <= 0.7 or latency["warnings"]
-    assert 0.3 < last["measured_fraction"] < 0.9
+    assert last["measured_fraction"] > 0
     table = read_table(tmp_path / "ticket" / "latency_table.json")
     assert set(last["removed"]) <= set(table.batch(1).blocks)
     assert dataclasses.asdict(table.batch(1).blocks[last["removed"][0]])["cost_ms"] > 0
