@@ -55,3 +55,11 @@ class DiskFullError(DeployError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class CudaError(DeployError):
+    """A CUDA runtime call made through cuda-python failed; `error_name` is CUDA's name."""
+
+    def __init__(self, message: str, error_name: str) -> None:
+        super().__init__(message)
+        self.error_name = error_name

@@ -27,14 +27,6 @@ INSTALL_HINT = (
 )
 
 
-class CudaError(DeployError):
-    """A CUDA runtime call made through cuda-python failed; `error_name` is CUDA's name."""
-
-    def __init__(self, message: str, error_name: str) -> None:
-        super().__init__(message)
-        self.error_name = error_name
-
-
 @dataclass(frozen=True)
 class DeviceBuffer:
     """One tensor's GPU memory: `ptr` is what TensorRT's set_tensor_address takes."""

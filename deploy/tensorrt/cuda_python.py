@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import MissingDependencyError
+from deploy.errors import CudaError, MissingDependencyError
 from deploy.lazy import lazy_import
 from deploy.tensorrt.cuda_buffers import (
     INSTALL_HINT,
     CudaBuffers,
-    CudaError,
     DeviceBuffer,
     check_size,
 )

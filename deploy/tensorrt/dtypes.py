@@ -14,7 +14,18 @@ import numpy as np
 
 from deploy.errors import DeployInputError
 from deploy.lazy import lazy_import
-from deploy.tensorrt.engine import TRT_DTYPES
+
+# trt.DataType member names -> numpy dtype names ("bfloat16" has no numpy type).
+TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+}
 
 
 def dtype_name(trt_dtype: Any) -> str:

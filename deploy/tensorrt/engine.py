@@ -18,6 +18,7 @@ from deploy.errors import DeployConfigError, DeployError, DeployInputError
 from deploy.lazy import lazy_import
 from deploy.onnx_info import OnnxInfo, inspect_onnx
 from deploy.tensor_spec import TensorSpec
+from deploy.tensorrt.dtypes import TRT_DTYPES
 from deploy.tensorrt.options import BuildOptions, BuildPlan, ShapeRange
 from deploy.tensorrt.sidecar import (
     REBUILD_HINT,
@@ -33,17 +34,6 @@ from deploy.tensorrt.sidecar import (
 )
 from deploy.tensorrt.version import TrtVersion, capabilities
 
-# trt.DataType member names -> numpy dtype names ("bfloat16" has no numpy type).
-TRT_DTYPES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "BF16": "bfloat16",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-}
 _PASS_ONNX = {
     "fp16": "pass the FP16 ONNX (`compressor export` writes model.fp16.onnx)",
     "bf16": "pass the BF16 ONNX (`compressor export` writes model.bf16.onnx, at opset 22)",

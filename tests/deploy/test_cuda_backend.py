@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.errors import DeployConfigError, DeployError, DeployInputError
-from deploy.tensorrt.cuda_buffers import CudaError
+from deploy.errors import CudaError, DeployConfigError, DeployError, DeployInputError
 from deploy.tensorrt.cuda_python import CudaPythonBuffers, cuda_error, cuda_runtime
 from deploy.tensorrt.dtypes import dtype_name, feed_dtype, from_device_layout, to_device_layout
 from deploy.tensorrt.runner import open_cuda_buffers
