@@ -30,6 +30,11 @@ class OnnxGraph:
                 self.consts[node.output[0]] = value
         self.has_qdq = any(n.op_type in QDQ for n in self.nodes)
 
+    def readers(self, tensor: str, op_type: str | None = None) -> list[int]:
+        """The nodes reading `tensor` (of `op_type` only, if given), in graph order."""
+        found = [j for j, _ in self.consumers.get(tensor, [])]
+        return [j for j in found if op_type is None or self.nodes[j].op_type == op_type]
+
     def array(self, name: str) -> np.ndarray | None:
         tensor = self.consts.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)

@@ -152,12 +152,12 @@ def _check_before_activation(g: OnnxGraph, i: int) -> Iterator[Finding]:
     layer = fusable_producer(g, tensor, i)
     add = g.producer.get(tensor)
     if layer is None and add is not None and g.nodes[add].op_type == "Add":
-        layer = add if _readers(g, tensor) == [i] else None
+        layer = add if g.readers(tensor) == [i] else None
     if layer is None:
         return
     conv = f"{g.nodes[layer].op_type} '{g.labels[layer]}'"
-    for dq in _readers(g, g.nodes[i].output[0], "DequantizeLinear"):
-        for j in _readers(g, g.nodes[dq].output[0]):
+    for dq in g.readers(g.nodes[i].output[0], "DequantizeLinear"):
+        for j in g.readers(g.nodes[dq].output[0]):
             if g.nodes[j].op_type not in ACTIVATIONS:
                 continue
             msg = (
@@ -184,7 +184,7 @@ def _check_residual_add(g: OnnxGraph, i: int) -> Iterator[Finding]:
         q = g.producer.get(g.nodes[dq].input[0])
         if q is None or g.nodes[q].op_type != "QuantizeLinear":
             continue
-        if _readers(g, g.nodes[q].output[0]) != [dq] or _readers(g, name) != [i]:
+        if g.readers(g.nodes[q].output[0]) != [dq] or g.readers(name) != [i]:
             continue  # the pair also feeds another layer, which needs its INT8 input
         layer = fusable_producer(g, g.nodes[q].input[0], q)
         if layer is not None:
@@ -219,11 +219,6 @@ def _check_dq_output(g: OnnxGraph, i: int) -> Iterator[Finding]:
         "'tensorrt')"
     )
     yield finding("warning", "qdq-output", msg, g.labels[i], "DequantizeLinear")
-
-
-def _readers(g: OnnxGraph, tensor: str, op_type: str | None = None) -> list[int]:
-    found = [j for j, _ in g.consumers.get(tensor, [])]
-    return [j for j in found if op_type is None or g.nodes[j].op_type == op_type]
 
 
 def _quantizes_int8_output(g: OnnxGraph, tensor: str, depth: int = 6) -> bool:

@@ -173,7 +173,7 @@ def _read_only_by(g: OnnxGraph, node: int, reader: int, outputs: set[str]) -> bo
     """Whether node `reader` alone reads the outputs of `node` (no other node, no graph
     output)."""
     produced = g.nodes[node].output
-    readers = {j for out in produced for j, _ in g.consumers.get(out, [])}
+    readers = {j for out in produced for j in g.readers(out)}
     return readers == {reader} and not outputs.intersection(produced)
 
 
@@ -244,11 +244,11 @@ def count_qdq(model: onnx.ModelProto) -> QdqCounts:
             continue
         kind = "Q" if node.op_type == "QuantizeLinear" else "DQ"
         totals[kind] += 1
-        dqs = [i] if kind == "DQ" else _readers(g, node.output[0])
+        dqs = [i] if kind == "DQ" else g.readers(node.output[0])
         fed = set()
         for j in dqs:
             out = g.nodes[j].output[0]
-            fed.update(g.nodes[k].op_type for k in _readers(g, out))
+            fed.update(g.nodes[k].op_type for k in g.readers(out))
             if out in outputs:
                 fed.add("(output)")
         for op_type in fed - {"DequantizeLinear"}:
@@ -258,10 +258,6 @@ def count_qdq(model: onnx.ModelProto) -> QdqCounts:
         totals["DQ"],
         {op: {"Q": c["Q"], "DQ": c["DQ"]} for op, c in sorted(by_type.items())},
     )
-
-
-def _readers(g: OnnxGraph, tensor: str) -> list[int]:
-    return [j for j, _ in g.consumers.get(tensor, [])]
 
 
 def main_branch(g: OnnxGraph, add: onnx.NodeProto) -> int:
