@@ -14,7 +14,7 @@ from deploy.cli_options import int_option
 from deploy.errors import DeployConfigError
 from deploy.machine.fingerprint import clock_warnings, device_fingerprint, summary_line
 from deploy.records import LatencyRecord
-from deploy.results.compare import Comparison, compare_results, render_comparison
+from deploy.results.compare import KEY_FIELDS, Comparison, compare_results, render_comparison
 from deploy.results.files import read_results
 from deploy.results.report import build_report, load_result_files
 from deploy.results.table import model_rows
@@ -67,9 +67,6 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-_KEY_FIELDS = ("model", "backend", "device", "precision", "batch")  # what pairs records
-
-
 def comparison_to_dict(
     comparison: Comparison, names: tuple[str, str], warnings: dict[str, list[str]]
 ) -> dict[str, Any]:
@@ -82,7 +79,7 @@ def comparison_to_dict(
         "new": {"path": names[1], "device": comparison.new_device},
         "cross_device": comparison.cross_device,
         "pairs": [
-            {field: getattr(pair.baseline, field) for field in _KEY_FIELDS}
+            {field: getattr(pair.baseline, field) for field in KEY_FIELDS}
             | {
                 "speedup": pair.speedup,
                 "within_noise": pair.within_noise,
@@ -98,7 +95,7 @@ def comparison_to_dict(
 
 
 def _key_dict(key: tuple[str, str, str, str, int]) -> dict[str, Any]:
-    return dict(zip(_KEY_FIELDS, key, strict=True))
+    return dict(zip(KEY_FIELDS, key, strict=True))
 
 
 def _figures(record: LatencyRecord) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from deploy.results.files import ResultFile
 from deploy.results.report import device_label
 
 RecordKey = tuple[str, str, str, str, int]  # model, backend, device, precision, batch
+KEY_FIELDS = ("model", "backend", "device", "precision", "batch")  # a RecordKey's fields
 _MAX_DIFFERENCES = 4  # named in the refusal; more would not fit one line
 
 
@@ -177,7 +178,7 @@ def _label(result: ResultFile) -> str:
 
 
 def _key(record: LatencyRecord) -> RecordKey:
-    return (record.model, record.backend, record.device, record.precision, record.batch)
+    return tuple(getattr(record, field) for field in KEY_FIELDS)  # type: ignore[return-value]
 
 
 def _by_key(result: ResultFile, batch: int | None) -> dict[RecordKey, LatencyRecord]:
